@@ -1,0 +1,3 @@
+from metersync.cli import main
+
+main()

@@ -1,0 +1,314 @@
+"""What the catalog accepts: subjects and customers in OpenMeter's JSON shape, validated.
+
+Field names are OpenMeter's camelCase on the wire (`displayName`, `primaryEmail`,
+`usageAttribution.subjectKeys`, `billingAddress.postalCode`) and snake_case in Python; both are
+accepted. Every problem in a record is reported at once, each naming its field.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
+
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from metersync.errors import FieldProblem, InvalidInput
+from metersync.store.models import DESCRIPTION_MAX, KEY_MAX, NAME_MAX
+
+ADDRESS_FIELD_MAX = 256
+PHONE_MAX = 64
+
+# Fields OpenMeter returns or has deprecated: accepted so that an export of an OpenMeter
+# instance imports as it is, and ignored. Any other unknown field is an error (a typo).
+_IGNORED_FIELDS = frozenset(
+    {
+        "id",
+        "createdAt",
+        "updatedAt",
+        "annotations",
+        "currentSubscriptionId",
+        "subscriptions",
+        "currentPeriodStart",
+        "currentPeriodEnd",
+        "stripeCustomerId",
+    }
+)
+
+
+def _problem(message: str) -> PydanticCustomError:
+    return PydanticCustomError("metersync", message)
+
+
+def _check_text(value: str, *, what: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise _problem(f"must be at most {max_len} characters, got {len(value)}")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise _problem(f"{what} must not contain control characters")
+    return value
+
+
+def _key(value: str) -> str:
+    if value == "":
+        raise _problem("must not be empty")
+    if value != value.strip():
+        raise _problem(f"{value!r} must not start or end with white space")
+    return _check_text(value, what="a key", max_len=KEY_MAX)
+
+
+def _blank_to_none(value: Any) -> Any:
+    # OpenMeter's own request examples send "" for fields that are not set.
+    return None if isinstance(value, str) and value.strip() == "" else value
+
+
+def _name(value: str) -> str:
+    if value.strip() == "":
+        raise _problem("must not be empty")
+    return _check_text(value, what="a name", max_len=NAME_MAX)
+
+
+def _limited(max_len: int) -> AfterValidator:
+    return AfterValidator(
+        lambda v: None if v is None else _check_text(v, what="text", max_len=max_len)
+    )
+
+
+def _email(value: str) -> str:
+    if len(value) > 512:
+        raise _problem(f"must be at most 512 characters, got {len(value)}")
+    try:
+        # test_environment: allow the reserved .test domain used by sandboxes and examples;
+        # deliverability (DNS) is never checked, the catalog must work offline.
+        return validate_email(value, check_deliverability=False, test_environment=True).normalized
+    except EmailNotValidError as exc:
+        raise _problem(f"{value!r} is not a valid email address: {exc}") from None
+
+
+def _currency(value: str) -> str:
+    code = value.strip().upper()
+    if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
+        raise _problem(f"{value!r} is not an ISO 4217 currency code (such as USD, EUR)")
+    return code
+
+
+def _country(value: str) -> str:
+    code = value.strip().upper()
+    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
+        raise _problem(f"{value!r} is not an ISO 3166-1 alpha-2 country code (such as US, DE)")
+    return code
+
+
+def _metadata(value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _problem(f"must be an object of string keys and string values, got {_kind(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or key == "":
+            raise _problem("keys must be non-empty strings")
+        if not isinstance(item, str):
+            raise _problem(f"value of {key!r} must be a string, got {_kind(item)}")
+    return dict(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
+
+
+Key = Annotated[str, AfterValidator(_key)]
+Name = Annotated[str, AfterValidator(_name)]
+Email = Annotated[
+    str | None,
+    BeforeValidator(_blank_to_none),
+    AfterValidator(lambda v: None if v is None else _email(v)),
+]
+Currency = Annotated[
+    str | None,
+    BeforeValidator(_blank_to_none),
+    AfterValidator(lambda v: None if v is None else _currency(v)),
+]
+Country = Annotated[
+    str | None,
+    BeforeValidator(_blank_to_none),
+    AfterValidator(lambda v: None if v is None else _country(v)),
+]
+Metadata = Annotated[dict[str, str], BeforeValidator(_metadata)]
+OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_read_only(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if k not in _IGNORED_FIELDS}
+        return data
+
+    def given(self) -> frozenset[str]:
+        """The fields the caller set (partial upserts and updates change only these)."""
+        return frozenset(self.model_fields_set)
+
+
+class SubjectUpsert(_Record):
+    """A subject upsert: only the fields given change (OpenMeter's `subjects.upsert`)."""
+
+    key: Key
+    display_name: Annotated[
+        OptionalText, AfterValidator(lambda v: None if v is None else _name(v))
+    ] = None
+    metadata: Metadata | None = None
+    deleted_at: Any = None
+
+    @model_validator(mode="after")
+    def _not_deleted(self) -> SubjectUpsert:
+        if self.deleted_at is not None:
+            raise _problem("deletedAt is set: deleted subjects are not imported")
+        return self
+
+
+class Address(_Record):
+    country: Country = None
+    postal_code: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
+    state: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
+    city: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
+    line1: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
+    line2: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
+    phone_number: Annotated[OptionalText, _limited(PHONE_MAX)] = None
+
+
+class UsageAttribution(_Record):
+    subject_keys: list[Key] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> UsageAttribution:
+        # Repeating a subject is harmless; keep the first mention's order.
+        deduped = list(dict.fromkeys(self.subject_keys))
+        if deduped != self.subject_keys:
+            self.subject_keys = deduped
+        return self
+
+
+class CustomerFields(_Record):
+    """The fields a customer carries, all optional: the shape of a partial update."""
+
+    key: Annotated[OptionalText, AfterValidator(lambda v: None if v is None else _key(v))] = None
+    name: Name | None = None
+    description: Annotated[OptionalText, _limited(DESCRIPTION_MAX)] = None
+    primary_email: Email = None
+    currency: Currency = None
+    billing_address: Address | None = None
+    metadata: Metadata | None = None
+    usage_attribution: UsageAttribution | None = None
+
+    @property
+    def subject_keys(self) -> list[str]:
+        return list(self.usage_attribution.subject_keys) if self.usage_attribution else []
+
+
+class CustomerUpdate(CustomerFields):
+    """A partial update: the given fields are replaced, the others kept.
+
+    Giving `usageAttribution` replaces the customer's whole set of subjects; giving one
+    `billingAddress` field replaces that field only; `""` or null clears an optional field.
+    """
+
+    @model_validator(mode="after")
+    def _name_not_cleared(self) -> CustomerUpdate:
+        if "name" in self.model_fields_set and self.name is None:
+            raise _problem("name cannot be cleared: a customer always has a name")
+        return self
+
+
+class CustomerCreate(CustomerFields):
+    """A whole customer (OpenMeter's `POST /api/v1/customers` body)."""
+
+    name: Name
+    deleted_at: Any = None
+
+    @model_validator(mode="after")
+    def _key_or_single_subject(self) -> CustomerCreate:
+        if self.deleted_at is not None:
+            raise _problem("deletedAt is set: deleted customers are not imported")
+        if self.key is None:
+            # OpenMeter: "Either key or usageAttribution.subjectKeys must be provided."
+            # We need a key for the mapping, so only a single subject can stand in for one.
+            if len(self.subject_keys) != 1:
+                raise PydanticCustomError(
+                    "metersync_key",
+                    "key is required unless usageAttribution.subjectKeys names exactly one "
+                    "subject (whose key then becomes the customer's key)",
+                )
+            self.key = self.subject_keys[0]
+        return self
+
+    @property
+    def customer_key(self) -> str:
+        assert self.key is not None  # set by the validator above
+        return self.key
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be an array",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "dict_type": "must be an object",
+}
+
+
+def parse(model: type[ModelT], data: Any, *, record: str | None = None) -> ModelT:
+    """Validate `data` as `model`, or raise InvalidInput listing every field at fault."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(problems_of(exc), record=record) from None
+
+
+def problems_of(exc: ValidationError) -> list[FieldProblem]:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        if error["type"] == "metersync_key":
+            loc = ["key"]
+        field = _dotted(loc)
+        message = _FRIENDLY.get(error["type"], error["msg"])
+        problems.append(FieldProblem(field, message))
+    return problems
+
+
+def _dotted(loc: list[str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out

@@ -1,0 +1,91 @@
+"""What every command shares: settings loaded once, the catalog opened once, errors mapped."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy.exc import OperationalError
+
+from metersync.catalog import Catalog
+from metersync.errors import DatabaseUnavailable, ExitCode, InvalidInput, MetersyncError
+from metersync.logs import configure_logging, get_logger, redact_text
+from metersync.settings import LogFormat, LogLevel, Settings, load_settings
+
+
+@dataclass
+class AppContext:
+    config_path: Path | None = None
+    log_level: LogLevel | None = None
+    log_format: LogFormat | None = None
+    _settings: Settings | None = None
+    _catalog: Catalog | None = None
+    closers: list[Any] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+            configure_logging(
+                self.log_level or self._settings.log.level,
+                self.log_format or self._settings.log.format,
+            )
+        return self._settings
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog.open(self.settings)
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    if obj is None:  # a command invoked without the root callback (only in embedding)
+        obj = ctx.ensure_object(AppContext)
+    return obj
+
+
+def name_cli_options(ctx: typer.Context, options: dict[str, str]) -> None:
+    """Tell the error handler which CLI option sets which record field, for its messages."""
+    ctx.meta["metersync.field_options"] = options
+
+
+class MetersyncGroup(typer.core.TyperGroup):
+    """The root group: turns the errors a user can cause into one line and an exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except MetersyncError as exc:
+            _fail(_message(ctx, exc), exc.exit_code)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            _fail(f"database error: {reason}", DatabaseUnavailable.exit_code)
+
+
+def _message(ctx: typer.Context, exc: MetersyncError) -> str:
+    options: dict[str, str] = ctx.meta.get("metersync.field_options", {})
+    if isinstance(exc, InvalidInput) and options:
+        parts = []
+        for problem in exc.problems:
+            # usageAttribution.subjectKeys[2] is set by the third --subject.
+            option = options.get(re.sub(r"\[\d+\]$", "", problem.field))
+            field_name = f"{option} ({problem.field})" if option else problem.field
+            parts.append(f"{field_name}: {problem.problem}" if field_name else problem.problem)
+        return "; ".join(parts)
+    return exc.message
+
+
+def _fail(message: str, code: ExitCode) -> None:
+    get_logger("metersync.cli").debug("command failed", error=message, exit_code=int(code))
+    typer.echo(f"error: {redact_text(message)}", err=True)
+    raise typer.Exit(int(code))

@@ -1,0 +1,240 @@
+"""`metersync customers …`"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from metersync.catalog import CustomerCreate, CustomerUpdate, parse
+from metersync.cli.context import app_context, name_cli_options
+from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
+from metersync.cli.output import print_customer, print_customers, print_notes
+
+app = typer.Typer(
+    help="Customers: the entities that pay, each with its subjects.", no_args_is_help=True
+)
+
+# Which option sets which OpenMeter field, so errors can name both.
+FIELD_OPTIONS = {
+    "key": "--key",
+    "name": "--name",
+    "description": "--description",
+    "primaryEmail": "--email",
+    "currency": "--currency",
+    "metadata": "--meta",
+    "usageAttribution.subjectKeys": "--subject",
+    "billingAddress.country": "--country",
+    "billingAddress.postalCode": "--postal-code",
+    "billingAddress.state": "--state",
+    "billingAddress.city": "--city",
+    "billingAddress.line1": "--line1",
+    "billingAddress.line2": "--line2",
+    "billingAddress.phoneNumber": "--phone",
+}
+
+ADDRESS_OPTIONS = {
+    "country": "country",
+    "postal_code": "postalCode",
+    "state": "state",
+    "city": "city",
+    "line1": "line1",
+    "line2": "line2",
+    "phone": "phoneNumber",
+}
+
+
+def _record(
+    *,
+    name: str | None,
+    description: str | None,
+    email: str | None,
+    currency: str | None,
+    subjects: list[str] | None,
+    clear_subjects: bool,
+    meta: list[str] | None,
+    clear_meta: bool,
+    address: dict[str, str | None],
+) -> dict[str, Any]:
+    """Only the options given become fields, so an update leaves the rest alone."""
+    data: dict[str, Any] = {}
+    for field, value in (
+        ("name", name),
+        ("description", description),
+        ("primaryEmail", email),
+        ("currency", currency),
+    ):
+        if value is not None:
+            data[field] = value
+    if subjects and clear_subjects:
+        raise typer.BadParameter(
+            "give either --subject or --clear-subjects", param_hint="--clear-subjects"
+        )
+    if subjects or clear_subjects:
+        data["usageAttribution"] = {"subjectKeys": list(subjects or [])}
+    metadata = parse_meta(meta)
+    if metadata and clear_meta:
+        raise typer.BadParameter("give either --meta or --clear-meta", param_hint="--clear-meta")
+    if metadata is not None or clear_meta:
+        data["metadata"] = metadata or {}
+    given_address = {ADDRESS_OPTIONS[k]: v for k, v in address.items() if v is not None}
+    if given_address:
+        data["billingAddress"] = given_address
+    return data
+
+
+NAME = typer.Option(None, "--name", help="Display name (1–256 characters).")
+DESCRIPTION = typer.Option(None, "--description", help="Free text (≤ 1024 characters).")
+EMAIL = typer.Option(None, "--email", help="Primary billing email.")
+CURRENCY = typer.Option(None, "--currency", help="ISO 4217 code, such as USD.")
+SUBJECT = typer.Option(
+    None,
+    "--subject",
+    help="A subject whose usage this customer pays for; "
+    "repeat for more. Missing subjects are created.",
+)
+COUNTRY = typer.Option(None, "--country", help="Billing address: ISO 3166-1 alpha-2 country.")
+POSTAL = typer.Option(None, "--postal-code", help="Billing address: postal code.")
+STATE = typer.Option(None, "--state", help="Billing address: state or province.")
+CITY = typer.Option(None, "--city", help="Billing address: city.")
+LINE1 = typer.Option(None, "--line1", help="Billing address: first line.")
+LINE2 = typer.Option(None, "--line2", help="Billing address: second line.")
+PHONE = typer.Option(None, "--phone", help="Billing address: phone number.")
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    key: str = typer.Option(..., "--key", help="The customer key (unique, immutable)."),
+    name: str = typer.Option(..., "--name", help="Display name (1–256 characters)."),
+    description: str | None = DESCRIPTION,
+    email: str | None = EMAIL,
+    currency: str | None = CURRENCY,
+    subject: list[str] | None = SUBJECT,
+    meta: list[str] | None = META_OPTION,
+    country: str | None = COUNTRY,
+    postal_code: str | None = POSTAL,
+    state: str | None = STATE,
+    city: str | None = CITY,
+    line1: str | None = LINE1,
+    line2: str | None = LINE2,
+    phone: str | None = PHONE,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create a customer and attribute its subjects to it."""
+    name_cli_options(ctx, FIELD_OPTIONS)
+    data = _record(
+        name=name,
+        description=description,
+        email=email,
+        currency=currency,
+        subjects=subject,
+        clear_subjects=False,
+        meta=meta,
+        clear_meta=False,
+        address={
+            "country": country,
+            "postal_code": postal_code,
+            "state": state,
+            "city": city,
+            "line1": line1,
+            "line2": line2,
+            "phone": phone,
+        },
+    )
+    data["key"] = key
+    result = app_context(ctx).catalog.create_customer(parse(CustomerCreate, data))
+    print_notes(result.notes)
+    if not as_json:
+        typer.echo(f"customer {key!r}: {result.outcome.value}", err=True)
+    print_customer(result.record, as_json=as_json)
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help="The customer to change."),
+    name: str | None = NAME,
+    description: str | None = DESCRIPTION,
+    email: str | None = EMAIL,
+    currency: str | None = CURRENCY,
+    subject: list[str] | None = typer.Option(
+        None, "--subject", help="Replaces the customer's subjects with these; repeat for more."
+    ),
+    clear_subjects: bool = typer.Option(False, "--clear-subjects", help="Detach every subject."),
+    meta: list[str] | None = META_OPTION,
+    clear_meta: bool = typer.Option(False, "--clear-meta", help="Remove all metadata."),
+    country: str | None = COUNTRY,
+    postal_code: str | None = POSTAL,
+    state: str | None = STATE,
+    city: str | None = CITY,
+    line1: str | None = LINE1,
+    line2: str | None = LINE2,
+    phone: str | None = PHONE,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Change the fields given; "" clears an optional field."""
+    name_cli_options(ctx, FIELD_OPTIONS)
+    data = _record(
+        name=name,
+        description=description,
+        email=email,
+        currency=currency,
+        subjects=subject,
+        clear_subjects=clear_subjects,
+        meta=meta,
+        clear_meta=clear_meta,
+        address={
+            "country": country,
+            "postal_code": postal_code,
+            "state": state,
+            "city": city,
+            "line1": line1,
+            "line2": line2,
+            "phone": phone,
+        },
+    )
+    if not data:
+        raise typer.BadParameter(
+            "nothing to change: give at least one option", param_hint="options"
+        )
+    result = app_context(ctx).catalog.update_customer(key, parse(CustomerUpdate, data))
+    print_notes(result.notes)
+    if not as_json:
+        typer.echo(f"customer {key!r}: {result.outcome.value}", err=True)
+    print_customer(result.record, as_json=as_json)
+
+
+@app.command("get")
+def get(
+    ctx: typer.Context,
+    key: str = typer.Argument(...),
+    include_deleted: bool = INCLUDE_DELETED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show one customer with its subjects."""
+    customer = app_context(ctx).catalog.get_customer(key, include_deleted=include_deleted)
+    print_customer(customer, as_json=as_json)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    include_deleted: bool = INCLUDE_DELETED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List customers, ordered by key."""
+    customers = app_context(ctx).catalog.list_customers(include_deleted=include_deleted)
+    print_customers(customers, as_json=as_json)
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """Delete a customer: a tombstone stays until every target has deleted its copy; its
+    subjects stay, without a customer."""
+    result = app_context(ctx).catalog.delete_customer(key)
+    print_notes(result.notes)
+    if as_json:
+        print_customer(result.record, as_json=True)
+    else:
+        typer.echo(f"customer {key!r}: {result.outcome.value.replace('_', ' ')}")

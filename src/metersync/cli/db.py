@@ -1,0 +1,41 @@
+"""`metersync db …`: schema migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from metersync.cli.context import app_context
+from metersync.store import Store
+from metersync.store.engine import build_engine
+from metersync.store.migrate import head_revision
+
+app = typer.Typer(help="The database schema.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    revision: str = typer.Option("head", "--revision", help="Target revision."),
+) -> None:
+    """Migrate the database to the schema this version needs (safe to run again)."""
+    store = Store(build_engine(app_context(ctx).settings.database.url))
+    try:
+        before, after = store.upgrade(revision)
+        if before == after:
+            typer.echo(f"{store.safe_url}: already at revision {after}")
+        else:
+            typer.echo(f"{store.safe_url}: upgraded from {before or 'empty'} to {after}")
+    finally:
+        store.dispose()
+
+
+@app.command("current")
+def current(ctx: typer.Context) -> None:
+    """Show the database's schema revision and the one this version needs."""
+    store = Store(build_engine(app_context(ctx).settings.database.url))
+    try:
+        typer.echo(f"database: {store.safe_url}")
+        typer.echo(f"current:  {store.current_revision() or 'empty'}")
+        typer.echo(f"needed:   {head_revision()}")
+    finally:
+        store.dispose()

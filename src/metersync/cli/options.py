@@ -1,0 +1,32 @@
+"""Option parsing shared by the record commands."""
+
+from __future__ import annotations
+
+import typer
+
+
+def parse_meta(values: list[str] | None, *, option: str = "--meta") -> dict[str, str] | None:
+    """`--meta k=v` pairs into a dict; None when the option was not given at all."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not of the form key=value", param_hint=option)
+        if key in out:
+            raise typer.BadParameter(f"key {key!r} is given twice", param_hint=option)
+        out[key] = value
+    return out
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print OpenMeter-shaped JSON instead of a table.")
+INCLUDE_DELETED_OPTION = typer.Option(
+    False, "--include-deleted", help="Also show tombstones (deleted, not yet purged)."
+)
+META_OPTION = typer.Option(
+    None,
+    "--meta",
+    metavar="KEY=VALUE",
+    help="Metadata entry; repeat for more. Replaces all metadata.",
+)

@@ -1,0 +1,171 @@
+"""Opening the database: one engine per process, write and read sessions, the schema check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, col
+
+from metersync.errors import DatabaseUnavailable
+from metersync.settings import redact_database_url
+from metersync.store import migrate
+from metersync.store.models import CatalogSequenceRow
+
+CATALOG_SEQUENCE = "catalog"
+_SQLITE_BEGIN_OPTION = "sqlite_begin"
+
+
+class Store:
+    """The database behind the catalog, the link table and (later) the ledger."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Reads take no write lock on SQLite, so a long reconcile never blocks the API.
+        self._read_engine = engine.execution_options(**{_SQLITE_BEGIN_OPTION: "DEFERRED"})
+
+    @classmethod
+    def open(cls, url: str, *, auto_migrate_new_sqlite: bool = True) -> Store:
+        """Connect, and make sure the schema is the one this version of metersync needs.
+
+        A new SQLite file is migrated on first use; any other database must be brought up to
+        date with `metersync db upgrade`, so a schema change is always an operator's decision.
+        """
+        store = cls(build_engine(url))
+        try:
+            store.ensure_schema(auto_migrate=auto_migrate_new_sqlite and store.is_sqlite)
+        except BaseException:
+            store.dispose()
+            raise
+        return store
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def safe_url(self) -> str:
+        return redact_database_url(self.engine.url.render_as_string(hide_password=False))
+
+    def ensure_schema(self, *, auto_migrate: bool) -> None:
+        with self._connect() as conn, conn.begin():
+            current = migrate.current_revision(conn)
+            head = migrate.head_revision()
+            if current == head:
+                return
+            if current is None and auto_migrate and migrate.is_empty(conn):
+                # Inside the same (on SQLite, IMMEDIATE) transaction as the check: two processes
+                # opening a new file at once migrate it once.
+                migrate.upgrade(conn)
+                return
+        raise DatabaseUnavailable(migrate.describe_mismatch(self.safe_url, current, head))
+
+    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Run migrations up to `revision`; returns (revision before, revision after)."""
+        with self._connect() as conn, conn.begin():
+            before = migrate.current_revision(conn)
+            migrate.upgrade(conn, revision)
+            return before, migrate.current_revision(conn)
+
+    def current_revision(self) -> str | None:
+        with self._connect(self._read_engine) as conn:
+            return migrate.current_revision(conn)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def next_change_seq(self, session: Session) -> int:
+        """Take the next catalog change number, holding the counter's lock until commit.
+
+        Call this first in a catalog write: every later write waits here, so whatever a
+        transaction reads after this call is the latest committed state.
+        """
+        value = session.execute(
+            update(CatalogSequenceRow)
+            .where(col(CatalogSequenceRow.name) == CATALOG_SEQUENCE)
+            .values(value=col(CatalogSequenceRow.value) + 1)
+            .returning(col(CatalogSequenceRow.value))
+        ).scalar_one()
+        return int(value)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _connect(self, engine: Engine | None = None) -> Iterator[Connection]:
+        try:
+            conn = (engine or self.engine).connect()
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise DatabaseUnavailable(
+                f"cannot connect to database {self.safe_url}: {reason}"
+            ) from None
+        with conn:
+            yield conn
+
+
+def build_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    in_memory = database in (None, "", ":memory:")
+    if not in_memory:
+        assert database is not None
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise DatabaseUnavailable(
+                f"cannot open SQLite database {database!r}: "
+                f"directory {str(parent)!r} does not exist"
+            )
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    if in_memory:
+        # One shared connection, or every new connection would see its own empty database.
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            # WAL: readers do not block the writer nor the writer readers.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front. A deferred transaction that reads and then
+        # writes can fail at once with "database is locked" when two of them race to upgrade.
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
