@@ -3,6 +3,7 @@ change sequence."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -60,22 +61,45 @@ def test_new_sqlite_file_is_migrated_on_first_use(tmp_path: Path) -> None:
     Store.open(url).dispose()
 
 
-def test_two_processes_opening_a_new_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/race.db"
+def test_concurrent_openers_of_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    """Several openers race on a brand-new file: switching it to WAL and migrating it must
+    happen once, with every opener waiting rather than failing with "database is locked"."""
     errors: list[BaseException] = []
 
-    def open_it() -> None:
+    def open_it(url: str) -> None:
         try:
             Store.open(url).dispose()
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for attempt in range(10):
+        url = f"sqlite:///{tmp_path}/race{attempt}.db"
+        threads = [threading.Thread(target=open_it, args=(url,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        store = Store.open(url)
+        assert store.current_revision() == head_revision()
+        store.dispose()
     assert errors == []
+
+
+def test_opening_waits_for_a_lock_held_on_a_new_file(tmp_path: Path) -> None:
+    """Deterministic form of the race above: another process holds the write lock on the new
+    file while we open it. We must wait for it, not fail with "database is locked"."""
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    releaser.start()
+    try:
+        store = Store.open(f"sqlite:///{path}")
+        assert store.current_revision() == head_revision()
+        store.dispose()
+    finally:
+        releaser.join()
+        holder.close()
 
 
 def test_postgresql_is_never_migrated_implicitly(postgres_url: str) -> None:

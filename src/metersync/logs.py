@@ -28,7 +28,11 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"), rf"\g<1>{REDACTED}"),
     # scheme://user:password@host: the password is the part between ':' and the last '@'
     # before the host, and may itself contain ':' or '@' when it was never URL-encoded.
-    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)[^\s/]*(@)"), rf"\g<1>{REDACTED}\g<2>"),
+    # A password SQLAlchemy already masked as *** is left as it is.
+    (
+        re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)(?!\*\*\*@)[^\s/]*(@)"),
+        rf"\g<1>{REDACTED}\g<2>",
+    ),
 )
 
 # Keys whose string values are secret whatever they look like. Anchored at the end of the key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from metersync.store import migrate
 from metersync.store.models import CatalogSequenceRow
 
 CATALOG_SEQUENCE = "catalog"
+_SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another writer's lock
 _SQLITE_BEGIN_OPTION = "sqlite_begin"
 
 
@@ -143,7 +146,9 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
                 f"cannot open SQLite database {database!r}: "
                 f"directory {str(parent)!r} does not exist"
             )
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    kwargs: dict[str, Any] = {
+        "connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
+    }
     if in_memory:
         # One shared connection, or every new connection would see its own empty database.
         kwargs["poolclass"] = StaticPool
@@ -156,8 +161,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         if not in_memory:
-            # WAL: readers do not block the writer nor the writer readers.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -169,3 +173,22 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """WAL: readers do not block the writer, nor the writer readers.
+
+    The mode is stored in the file, so it is switched once. Switching needs an exclusive lock and
+    SQLite answers "database is locked" at once instead of waiting out the busy timeout, which two
+    processes opening a new file together would hit; so wait for it here.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
