@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import event, insert
 
 from metersync.catalog import Catalog, Outcome
 from metersync.errors import Conflict, InvalidInput, NotFound
-from metersync.store import LinkKind, LinkRow, LinkState, Store
+from metersync.store import (
+    AttributionRow,
+    CustomerRow,
+    LinkKind,
+    LinkRow,
+    LinkState,
+    Store,
+    SubjectRow,
+)
 
 
 def acme(**extra: Any) -> dict[str, Any]:
@@ -353,3 +364,63 @@ def test_concurrent_claims_of_one_subject_one_wins(catalog: Catalog) -> None:
     assert sorted(type(v).__name__ for v in results.values()) == ["Conflict", "str"]
     owners = [c.key for c in catalog.list_customers() if c.subject_keys == ("shared",)]
     assert len(owners) == 1 and results[owners[0]] == "ok"
+
+
+def test_change_feed_is_not_bounded_by_sqlite_bind_limits(catalog: Catalog, store: Store) -> None:
+    """Reading a big change feed must not bind one parameter per row. Stock SQLite allows 32,766
+    (999 before 3.32); Debian raises it to 250,000, so the test imposes 999 itself."""
+    if store.is_sqlite:
+        store.engine.dispose()
+
+        @event.listens_for(store.engine, "connect")
+        def _stock_limit(dbapi_connection: Any, _: Any) -> None:
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    count = 1_500
+    now = datetime.now(UTC)
+    with store.session() as session:
+        seq = store.next_change_seq(session)
+        for table, rows in (
+            (
+                CustomerRow,
+                [
+                    {
+                        "id": f"{i:026d}",
+                        "key": f"c{i:05d}",
+                        "name": f"C {i}",
+                        "meta": {},
+                        "auto_created": False,
+                        "change_seq": seq,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in range(count)
+                ],
+            ),
+            (
+                SubjectRow,
+                [
+                    {
+                        "id": f"{i:026d}",
+                        "key": f"s{i:05d}",
+                        "meta": {},
+                        "change_seq": seq,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in range(count)
+                ],
+            ),
+            (
+                AttributionRow,
+                [
+                    {"subject_key": f"s{i:05d}", "customer_key": f"c{i:05d}", "created_at": now}
+                    for i in range(count)
+                ],
+            ),
+        ):
+            session.execute(insert(table), rows)
+    changes = catalog.changes_since(0)
+    assert len(changes.customers) == count and len(changes.subjects) == count
+    assert changes.customers[1_234].subject_keys == ("s01234",)
+    assert changes.high_water == seq

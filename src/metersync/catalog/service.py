@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -486,6 +487,31 @@ def _apply(row: CustomerRow, update: CustomerUpdate) -> bool:
     return changed
 
 
+@dataclass(frozen=True)
+class _Filter:
+    """The one filter both record kinds share: by keys, by change number, tombstones or not.
+
+    A change feed comes in change order (so a reader can stop anywhere and resume); anything
+    else in key order.
+    """
+
+    keys: list[str] | None = None
+    since: int | None = None
+    include_deleted: bool = False
+
+    def apply(self, query: Any, model: type[SubjectRow] | type[CustomerRow]) -> Any:
+        # `query` is any SELECT over `model` (SQLAlchemy's Select types do not unify here).
+        if self.keys is not None:
+            query = query.where(col(model.key).in_(self.keys))
+        if self.since is not None:
+            query = query.where(col(model.change_seq) > self.since)
+        if not self.include_deleted:
+            query = query.where(col(model.deleted_at).is_(None))
+        if self.since is not None:
+            return query.order_by(col(model.change_seq), col(model.key))
+        return query.order_by(col(model.key))
+
+
 def _subjects(
     session: Session,
     *,
@@ -496,17 +522,9 @@ def _subjects(
     query = select(SubjectRow, AttributionRow.customer_key).outerjoin(
         AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key)
     )
-    if keys is not None:
-        query = query.where(col(SubjectRow.key).in_(list(keys)))
-    if since is not None:
-        query = query.where(col(SubjectRow.change_seq) > since).order_by(
-            col(SubjectRow.change_seq), col(SubjectRow.key)
-        )
-    else:
-        query = query.order_by(col(SubjectRow.key))
-    if not include_deleted:
-        query = query.where(col(SubjectRow.deleted_at).is_(None))
-    return [Subject.from_row(row, customer_key) for row, customer_key in session.exec(query)]
+    where = _Filter(None if keys is None else list(keys), since, include_deleted)
+    rows = session.exec(where.apply(query, SubjectRow))
+    return [Subject.from_row(row, customer_key) for row, customer_key in rows]
 
 
 def _customers(
@@ -516,25 +534,16 @@ def _customers(
     since: int | None = None,
     include_deleted: bool = False,
 ) -> list[Customer]:
-    query = select(CustomerRow)
-    if keys is not None:
-        query = query.where(col(CustomerRow.key).in_(list(keys)))
-    if since is not None:
-        query = query.where(col(CustomerRow.change_seq) > since).order_by(
-            col(CustomerRow.change_seq), col(CustomerRow.key)
-        )
-    else:
-        query = query.order_by(col(CustomerRow.key))
-    if not include_deleted:
-        query = query.where(col(CustomerRow.deleted_at).is_(None))
-    rows = list(session.exec(query))
+    where = _Filter(None if keys is None else list(keys), since, include_deleted)
+    rows: list[CustomerRow] = list(session.exec(where.apply(select(CustomerRow), CustomerRow)))
+    if not rows:
+        return []
+    # The same filter through a join, not an IN list of the keys just read: a change feed over
+    # 100,000 customers would pass SQLite's limit on bound parameters.
+    attribution = select(AttributionRow.customer_key, AttributionRow.subject_key).join(
+        CustomerRow, col(CustomerRow.key) == col(AttributionRow.customer_key)
+    )
     subject_keys: dict[str, list[str]] = defaultdict(list)
-    if rows:
-        attribution = select(AttributionRow)
-        if keys is not None or since is not None:
-            attribution = attribution.where(
-                col(AttributionRow.customer_key).in_([row.key for row in rows])
-            )
-        for link in session.exec(attribution):
-            subject_keys[link.customer_key].append(link.subject_key)
+    for customer_key, subject_key in session.exec(where.apply(attribution, CustomerRow)):
+        subject_keys[customer_key].append(subject_key)
     return [Customer.from_row(row, subject_keys[row.key]) for row in rows]
