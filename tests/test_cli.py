@@ -295,3 +295,14 @@ def test_new_sqlite_file_in_working_directory_and_json_logs(tmp_path: Path) -> N
     assert json.loads(done.stdout)["key"] == "s1"
     done = run(["--version"], {}, tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("metersync ")
+
+
+def test_get_of_a_deleted_record_says_so(url: str) -> None:
+    cli(url, "customers", "create", "--key", "acme", "--name", "ACME")
+    cli(url, "customers", "delete", "acme")
+    code, _, err = cli(url, "customers", "get", "acme")
+    assert code == 2
+    assert err.startswith("error: customer 'acme' was deleted at ")
+    assert err.endswith("(--include-deleted shows it)\n")
+    code, out, _ = cli(url, "customers", "get", "acme", "--include-deleted", "--json")
+    assert code == 0 and "deletedAt" in json.loads(out)

@@ -58,7 +58,11 @@ class ConfigError(MetersyncError):
 
 
 class NotFound(MetersyncError):
-    """A key that names no live record."""
+    """A key that names no live record; `tombstone` when it names a deleted one."""
+
+    def __init__(self, message: str, *, tombstone: bool = False) -> None:
+        super().__init__(message)
+        self.tombstone = tombstone
 
 
 class Conflict(MetersyncError):

@@ -99,9 +99,11 @@ class Catalog:
 
     def get_subject(self, key: str, *, include_deleted: bool = False) -> Subject:
         with self.store.read_session() as session:
-            found = _subjects(session, keys=[key], include_deleted=include_deleted)
+            found = _subjects(session, keys=[key], include_deleted=True)
         if not found:
             raise NotFound(f"subject {key!r} does not exist")
+        if found[0].is_deleted and not include_deleted:
+            raise _deleted("subject", found[0])
         return found[0]
 
     def list_subjects(self, *, include_deleted: bool = False) -> list[Subject]:
@@ -172,9 +174,11 @@ class Catalog:
 
     def get_customer(self, key: str, *, include_deleted: bool = False) -> Customer:
         with self.store.read_session() as session:
-            found = _customers(session, keys=[key], include_deleted=include_deleted)
+            found = _customers(session, keys=[key], include_deleted=True)
         if not found:
             raise NotFound(f"customer {key!r} does not exist")
+        if found[0].is_deleted and not include_deleted:
+            raise _deleted("customer", found[0])
         return found[0]
 
     def list_customers(self, *, include_deleted: bool = False) -> list[Customer]:
@@ -196,6 +200,12 @@ class Catalog:
             subjects = _subjects(session, since=change_seq, include_deleted=True)
             customers = _customers(session, since=change_seq, include_deleted=True)
         return ChangeSet(subjects=subjects, customers=customers, high_water=int(high_water))
+
+
+def _deleted(kind: str, record: Subject | Customer) -> NotFound:
+    assert record.deleted_at is not None
+    when = record.deleted_at.isoformat(timespec="seconds")
+    return NotFound(f"{kind} {record.key!r} was deleted at {when}", tombstone=True)
 
 
 class _Write:
