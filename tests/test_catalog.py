@@ -424,3 +424,56 @@ def test_change_feed_is_not_bounded_by_sqlite_bind_limits(catalog: Catalog, stor
     assert len(changes.customers) == count and len(changes.subjects) == count
     assert changes.customers[1_234].subject_keys == ("s01234",)
     assert changes.high_water == seq
+
+
+def test_deleting_a_lone_subject_removes_its_placeholder(catalog: Catalog) -> None:
+    catalog.upsert_subject({"key": "p", "displayName": "Printer"})
+    result = catalog.delete_subject("p")
+    assert any("'p'" in note and "removed" in note for note in result.notes)
+    assert catalog.get_customer("p", include_deleted=True).is_deleted
+    # The subject comes back: a fresh placeholder, named after it.
+    catalog.upsert_subject({"key": "p", "displayName": "Printer 2"})
+    assert catalog.get_customer("p").name == "Printer 2"
+
+
+def test_placeholder_known_to_a_target_outlives_its_subject_and_is_renamed_on_return(
+    catalog: Catalog, store: Store
+) -> None:
+    catalog.upsert_subject({"key": "p"})
+    with store.session() as session:
+        session.add(
+            LinkRow(
+                target="stripe",
+                kind=LinkKind.CUSTOMER,
+                local_key="p",
+                external_id="cus_p",
+                state=LinkState.SYNCED,
+            )
+        )
+    result = catalog.delete_subject("p")
+    assert any("kept" in note for note in result.notes)
+    kept = catalog.get_customer("p")
+    assert kept.subject_keys == () and kept.auto_created
+    catalog.upsert_subject({"key": "p", "displayName": "New name"})
+    back = catalog.get_customer("p")
+    assert back.id == kept.id
+    assert back.subject_keys == ("p",) and back.name == "New name"
+
+
+def test_creating_a_customer_takes_over_its_subjects_placeholder(catalog: Catalog) -> None:
+    placeholder = catalog.upsert_subject({"key": "dev1"})
+    placeholder_id = catalog.get_customer("dev1").id
+    # OpenMeter's "key or subjectKeys" flow: the key comes from the single subject.
+    result = catalog.create_customer(
+        {"name": "Dev owner", "usageAttribution": {"subjectKeys": ["dev1"]}}
+    )
+    assert result.outcome is Outcome.CREATED
+    assert any("takes over" in note for note in result.notes)
+    customer = result.record
+    assert (customer.key, customer.name, customer.auto_created) == ("dev1", "Dev owner", False)
+    assert customer.id == placeholder_id  # same record: a target updates it, never duplicates it
+    assert customer.subject_keys == ("dev1",)
+    assert customer.change_seq > placeholder.record.change_seq
+    # Now it is a real customer: a second create is a conflict.
+    with pytest.raises(Conflict, match="already exists"):
+        catalog.create_customer({"key": "dev1", "name": "Again"})

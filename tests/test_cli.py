@@ -271,6 +271,7 @@ def test_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: invalid setting log.level (from METERSYNC_LOG_LEVEL)")
     assert "Traceback" not in done.stderr
+    assert done.stdout == "", "errors never land on stdout, where --json output goes"
 
 
 def test_unreachable_database_exits_2_without_traceback(tmp_path: Path) -> None:
@@ -306,3 +307,50 @@ def test_get_of_a_deleted_record_says_so(url: str) -> None:
     assert err.endswith("(--include-deleted shows it)\n")
     code, out, _ = cli(url, "customers", "get", "acme", "--include-deleted", "--json")
     assert code == 0 and "deletedAt" in json.loads(out)
+
+
+def test_database_and_revision_mistakes(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("just some text\n")
+    code, _, err = cli(f"sqlite:///{not_a_db}", "subjects", "list")
+    assert (
+        code == 2
+        and err.startswith("error: cannot connect to database")
+        and "not a database" in err
+    )
+    url = f"sqlite:///{tmp_path}/ok.db"
+    code, _, err = cli(url, "db", "upgrade", "--revision", "nope")
+    assert code == 2 and err.startswith("error: --revision: Can't locate revision")
+
+
+def test_empty_key_option_is_refused(url: str) -> None:
+    code, _, err = cli(url, "customers", "create", "--key", "", "--name", "X", "--subject", "s1")
+    assert code == 2 and "--key" in err and "must not be empty" in err
+    assert cli(url, "customers", "list", "--json")[1].strip() == "[]"
+
+
+def test_invalid_bytes_reach_no_traceback(tmp_path: Path) -> None:
+    """Arguments and stdin that are not UTF-8 (Python hands them over as lone surrogates)."""
+    env = {"METERSYNC_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    for args in (
+        ["subjects", "upsert", b"\xff".decode("utf-8", "surrogateescape")],
+        ["customers", "get", b"a\xffb".decode("utf-8", "surrogateescape")],
+    ):
+        done = run(args, env, tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "KEY (key): is not valid Unicode text" in done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")} | env
+    done = subprocess.run(
+        [sys.executable, "-m", "metersync", "import", "-"],
+        input=b"\xff\xfe{}",
+        env=full_env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode() == (
+        "error: FILE: standard input is not UTF-8 text (invalid start byte at byte 0)\n"
+    )

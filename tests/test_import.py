@@ -137,3 +137,37 @@ def test_conflicts_are_reported_per_record(catalog: Catalog) -> None:
 def test_unusable_files(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         read_records(text)
+
+
+def test_same_key_customer_and_subject_import_is_idempotent(catalog: Catalog) -> None:
+    # The file says customer x has no subjects, and subject x exists: the auto-customer rule
+    # must not attach x to x, or the next import would detach it again.
+    text = json.dumps(
+        [
+            {"key": "x", "name": "X Corp", "usageAttribution": {"subjectKeys": []}},
+            {"key": "x", "displayName": "X device"},
+        ]
+    )
+    import_records(catalog, read_records(text))
+    assert catalog.get_customer("x").subject_keys == ()
+    assert catalog.get_subject("x").customer_key is None
+    again = import_records(catalog, read_records(text))
+    assert {outcome for (_, outcome) in again.outcomes} == {Outcome.UNCHANGED}
+
+
+def test_a_broken_pretty_printed_document_is_rejected_whole(catalog: Catalog) -> None:
+    text = json.dumps(
+        {"customers": [{"key": "y", "name": "Y"}], "subjects": [{"key": "s"}]}, indent=2
+    ).replace("]\n}", "],\n}")
+    with pytest.raises(InvalidInput, match="not valid JSON at line"):
+        read_records(text)
+    ndjson_with_bad_first_line = '{"key": "a", \n{"key": "b"}\n'
+    assert [r.unreadable is None for r in read_records(ndjson_with_bad_first_line)] == [False, True]
+
+
+def test_deep_nesting_and_byte_order_marks() -> None:
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        read_records("[" * 100_000 + "]" * 100_000)
+    lines = read_records('{"key": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert lines[1].unreadable == "JSON nested too deeply to read"
+    assert read_records('\ufeff[{"key": "a"}]')[0].data == {"key": "a"}

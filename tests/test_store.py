@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from metersync.errors import DatabaseUnavailable
 from metersync.store import LinkKind, LinkRow, LinkState, Store, SubjectRow
@@ -219,3 +219,27 @@ def test_change_numbers_are_handed_out_in_commit_order(store: Store) -> None:
     fast.join(timeout=10)
     assert order[0][0] == "slow" and order[1][0] == "fast"
     assert order[0][1] < order[1][1]
+
+
+def test_a_read_session_is_one_snapshot(store: Store) -> None:
+    """Everything a read session reads is from one moment: a change feed assembled from several
+    queries must never mix states (PostgreSQL's default READ COMMITTED would)."""
+
+    def count(session: Session) -> int:
+        return len(session.exec(select(SubjectRow)).all())
+
+    with store.read_session() as reader:
+        before = count(reader)
+        with store.session() as writer:
+            writer.add(
+                SubjectRow(
+                    id="01J0000000000000000000000C",
+                    key="late",
+                    change_seq=1,
+                    created_at=datetime.now(UTC),
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        assert count(reader) == before
+    with store.read_session() as reader:
+        assert count(reader) == before + 1

@@ -50,7 +50,7 @@ class InvalidInput(MetersyncError):
         self.problems = problems
         self.record = record
         text = "; ".join(str(p) for p in problems)
-        super().__init__(f"{record}: {text}" if record else text)
+        super().__init__(f"{record}: {text}" if record and text else (record or text))
 
 
 class ConfigError(MetersyncError):

@@ -90,23 +90,32 @@ class ImportReport:
 
 def read_records(text: str) -> list[SourceRecord]:
     """Split a file into records; raises InvalidInput only when the file as a whole is unusable."""
-    stripped = text.strip()
+    stripped = text.removeprefix("\ufeff").strip()
     if not stripped:
         raise InvalidInput([], record="the file holds no records")
     try:
         whole = json.loads(stripped)
+    except RecursionError:
+        raise InvalidInput([], record="JSON nested too deeply to read") from None
     except json.JSONDecodeError as exc:
-        if stripped.startswith("["):
-            # A broken JSON array cannot be split into records reliably.
+        if _is_one_document(stripped):
+            # A broken pretty-printed document cannot be split into records reliably: reading
+            # it line by line would import whichever lines happen to be valid on their own.
             raise InvalidInput(
                 [], record=f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
-        return _ndjson(text)
+        return _ndjson(stripped)
     if isinstance(whole, list):
         return [SourceRecord(f"record {i}", i, item) for i, item in enumerate(whole, start=1)]
     if isinstance(whole, dict) and _is_sectioned(whole):
         return _sections(whole)
     return [SourceRecord("record 1", 1, whole)]
+
+
+def _is_one_document(text: str) -> bool:
+    """A JSON array, or an object spread over lines (its first line opens a structure)."""
+    first_line = text.split("\n", 1)[0].rstrip()
+    return text.startswith("[") or first_line.endswith(("{", "["))
 
 
 def _ndjson(text: str) -> list[SourceRecord]:
@@ -123,6 +132,10 @@ def _ndjson(text: str) -> list[SourceRecord]:
                     number,
                     unreadable=f"not valid JSON at column {exc.colno}: {exc.msg}",
                 )
+            )
+        except RecursionError:
+            records.append(
+                SourceRecord(f"line {number}", number, unreadable="JSON nested too deeply to read")
             )
     return records
 
@@ -157,13 +170,37 @@ def import_records(catalog: Catalog, records: list[SourceRecord]) -> ImportRepor
     report = ImportReport()
     # Customers first (see the module docstring); rejections are reported in file order.
     ordered = sorted(records, key=lambda r: (kind_of(r) is not RecordKind.CUSTOMER, r.order))
+    # Where the file describes a customer, it says which subjects that customer has: a subject
+    # of the same key must not join it through the auto-customer rule, or the next import of
+    # the same file would take it away again.
+    described = {key for r in ordered if (key := _customer_key(r)) is not None}
     for record in ordered:
-        _import_one(catalog, record, report)
+        _import_one(catalog, record, report, described_customers=described)
     report.rejected.sort(key=lambda r: r.order)
     return report
 
 
-def _import_one(catalog: Catalog, record: SourceRecord, report: ImportReport) -> None:
+def _customer_key(record: SourceRecord) -> str | None:
+    if kind_of(record) is not RecordKind.CUSTOMER or not isinstance(record.data, dict):
+        return None
+    key = record.data.get("key")
+    if isinstance(key, str) and key.strip():
+        return key
+    attribution = record.data.get("usageAttribution") or record.data.get("usage_attribution")
+    subject_keys = attribution.get("subjectKeys") if isinstance(attribution, dict) else None
+    if isinstance(subject_keys, list) and len(subject_keys) == 1:
+        only = subject_keys[0]
+        return only if isinstance(only, str) else None
+    return None
+
+
+def _import_one(
+    catalog: Catalog,
+    record: SourceRecord,
+    report: ImportReport,
+    *,
+    described_customers: set[str],
+) -> None:
     if record.unreadable is not None:
         report.rejected.append(Rejection(record.where, "record", record.unreadable, record.order))
         return
@@ -184,7 +221,9 @@ def _import_one(catalog: Catalog, record: SourceRecord, report: ImportReport) ->
             result_c = catalog.put_customer(parse(CustomerCreate, record.data))
             outcome, notes = result_c.outcome, result_c.notes
         else:
-            result_s = catalog.upsert_subject(parse(SubjectUpsert, record.data))
+            upsert = parse(SubjectUpsert, record.data)
+            auto = False if upsert.key in described_customers else None
+            result_s = catalog.upsert_subject(upsert, auto_customer=auto)
             outcome, notes = result_s.outcome, result_s.notes
     except InvalidInput as exc:
         reason = "; ".join(map(str, exc.problems)) or exc.message

@@ -29,6 +29,11 @@ from metersync.store.models import DESCRIPTION_MAX, KEY_MAX, NAME_MAX
 
 ADDRESS_FIELD_MAX = 256
 PHONE_MAX = 64
+# Local bounds that protect the store; each target applies its own, stricter limits when
+# planning (Stripe: 50 keys, 40-character keys, 500-character values).
+METADATA_MAX_ENTRIES = 256
+METADATA_KEY_MAX = 256
+METADATA_VALUE_MAX = 4096
 
 # Fields OpenMeter returns or has deprecated: accepted so that an export of an OpenMeter
 # instance imports as it is, and ignored. Any other unknown field is an error (a typo).
@@ -51,20 +56,50 @@ def _problem(message: str) -> PydanticCustomError:
     return PydanticCustomError("metersync", message)
 
 
-def _check_text(value: str, *, what: str, max_len: int) -> str:
+# Characters refused, by Unicode category. Cs (lone surrogates, which arrive from invalid UTF-8)
+# cannot even be encoded for the database; Cc are control characters; Cf are invisible format
+# characters (zero-width space, …) that would let two different keys look the same.
+# Multi-line text (descriptions, metadata values) may hold tabs and line breaks, nothing else.
+_MULTI_LINE = frozenset({"Cs"})
+_SINGLE_LINE = frozenset({"Cs", "Cc"})
+_IDENTIFIER = frozenset({"Cs", "Cc", "Cf"})
+_LINE_CONTROLS = frozenset("\t\n\r")
+
+
+def _check_text(value: str, *, max_len: int, refused: frozenset[str] = _SINGLE_LINE) -> str:
     if len(value) > max_len:
         raise _problem(f"must be at most {max_len} characters, got {len(value)}")
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise _problem(f"{what} must not contain control characters")
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category in refused or (category == "Cc" and ch not in _LINE_CONTROLS):
+            raise _problem(_refusal(category, ch))
     return value
 
 
-def _key(value: str) -> str:
+def _refusal(category: str, ch: str) -> str:
+    if category == "Cs":
+        return "is not valid Unicode text (a lone surrogate, often from bytes that are not UTF-8)"
+    if category == "Cf":
+        return f"must not contain invisible format characters (found U+{ord(ch):04X})"
+    return f"must not contain control characters (found U+{ord(ch):04X})"
+
+
+def check_key(value: str) -> str:
+    """A subject or customer key: the rules every door (API, CLI, import) applies."""
     if value == "":
         raise _problem("must not be empty")
+    _check_text(value, max_len=KEY_MAX, refused=_IDENTIFIER)
     if value != value.strip():
         raise _problem(f"{value!r} must not start or end with white space")
-    return _check_text(value, what="a key", max_len=KEY_MAX)
+    return value
+
+
+def parse_key(value: str) -> str:
+    """check_key for a key given on its own (get, delete, update): InvalidInput naming `key`."""
+    try:
+        return check_key(value)
+    except PydanticCustomError as exc:
+        raise InvalidInput([FieldProblem("key", exc.message())]) from None
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -75,18 +110,18 @@ def _blank_to_none(value: Any) -> Any:
 def _name(value: str) -> str:
     if value.strip() == "":
         raise _problem("must not be empty")
-    return _check_text(value, what="a name", max_len=NAME_MAX)
+    return _check_text(value, max_len=NAME_MAX)
 
 
-def _limited(max_len: int) -> AfterValidator:
+def _limited(max_len: int, *, multi_line: bool = False) -> AfterValidator:
+    refused = _MULTI_LINE if multi_line else _SINGLE_LINE
     return AfterValidator(
-        lambda v: None if v is None else _check_text(v, what="text", max_len=max_len)
+        lambda v: None if v is None else _check_text(v, max_len=max_len, refused=refused)
     )
 
 
 def _email(value: str) -> str:
-    if len(value) > 512:
-        raise _problem(f"must be at most 512 characters, got {len(value)}")
+    _check_text(value, max_len=512, refused=_IDENTIFIER)
     try:
         # test_environment: allow the reserved .test domain used by sandboxes and examples;
         # deliverability (DNS) is never checked, the catalog must work offline.
@@ -96,6 +131,7 @@ def _email(value: str) -> str:
 
 
 def _currency(value: str) -> str:
+    _check_text(value, max_len=8, refused=_IDENTIFIER)
     code = value.strip().upper()
     if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
         raise _problem(f"{value!r} is not an ISO 4217 currency code (such as USD, EUR)")
@@ -103,6 +139,7 @@ def _currency(value: str) -> str:
 
 
 def _country(value: str) -> str:
+    _check_text(value, max_len=8, refused=_IDENTIFIER)
     code = value.strip().upper()
     if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
         raise _problem(f"{value!r} is not an ISO 3166-1 alpha-2 country code (such as US, DE)")
@@ -114,11 +151,21 @@ def _metadata(value: Any) -> Any:
         return {}
     if not isinstance(value, Mapping):
         raise _problem(f"must be an object of string keys and string values, got {_kind(value)}")
+    if len(value) > METADATA_MAX_ENTRIES:
+        raise _problem(f"must have at most {METADATA_MAX_ENTRIES} entries, got {len(value)}")
     for key, item in value.items():
         if not isinstance(key, str) or key == "":
             raise _problem("keys must be non-empty strings")
+        try:
+            _check_text(key, max_len=METADATA_KEY_MAX, refused=_IDENTIFIER)
+        except PydanticCustomError as exc:
+            raise _problem(f"key {key!r} {exc.message()}") from None
         if not isinstance(item, str):
             raise _problem(f"value of {key!r} must be a string, got {_kind(item)}")
+        try:
+            _check_text(item, max_len=METADATA_VALUE_MAX, refused=_MULTI_LINE)
+        except PydanticCustomError as exc:
+            raise _problem(f"value of {key!r} {exc.message()}") from None
     return dict(value)
 
 
@@ -135,7 +182,7 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-Key = Annotated[str, AfterValidator(_key)]
+Key = Annotated[str, AfterValidator(check_key)]
 Name = Annotated[str, AfterValidator(_name)]
 Email = Annotated[
     str | None,
@@ -217,9 +264,11 @@ class UsageAttribution(_Record):
 class CustomerFields(_Record):
     """The fields a customer carries, all optional: the shape of a partial update."""
 
-    key: Annotated[OptionalText, AfterValidator(lambda v: None if v is None else _key(v))] = None
+    key: Annotated[OptionalText, AfterValidator(lambda v: None if v is None else check_key(v))] = (
+        None
+    )
     name: Name | None = None
-    description: Annotated[OptionalText, _limited(DESCRIPTION_MAX)] = None
+    description: Annotated[OptionalText, _limited(DESCRIPTION_MAX, multi_line=True)] = None
     primary_email: Email = None
     currency: Currency = None
     billing_address: Address | None = None
@@ -298,17 +347,20 @@ def parse(model: type[ModelT], data: Any, *, record: str | None = None) -> Model
 def problems_of(exc: ValidationError) -> list[FieldProblem]:
     problems = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
+        loc = list(error["loc"])
         if error["type"] == "metersync_key":
             loc = ["key"]
-        field = _dotted(loc)
         message = _FRIENDLY.get(error["type"], error["msg"])
-        problems.append(FieldProblem(field, message))
+        problems.append(FieldProblem(_dotted(loc), message))
     return problems
 
 
-def _dotted(loc: list[str]) -> str:
+def _dotted(loc: list[int | str]) -> str:
+    # List positions arrive as ints, field and metadata names as strings (even "1").
     out = ""
     for part in loc:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
     return out

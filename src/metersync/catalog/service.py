@@ -27,7 +27,13 @@ from typing import Any
 from sqlmodel import Session, col, select
 from ulid import ULID
 
-from metersync.catalog.schemas import CustomerCreate, CustomerUpdate, SubjectUpsert, parse
+from metersync.catalog.schemas import (
+    CustomerCreate,
+    CustomerUpdate,
+    SubjectUpsert,
+    parse,
+    parse_key,
+)
 from metersync.catalog.views import ChangeSet, Customer, Outcome, Subject, WriteResult
 from metersync.clock import utcnow
 from metersync.errors import Conflict, NotFound
@@ -79,14 +85,21 @@ class Catalog:
 
     # -- subjects ------------------------------------------------------------------------------
 
-    def upsert_subject(self, data: SubjectUpsert | Mapping[str, Any]) -> WriteResult[Subject]:
+    def upsert_subject(
+        self, data: SubjectUpsert | Mapping[str, Any], *, auto_customer: bool | None = None
+    ) -> WriteResult[Subject]:
+        """Create a subject or change the fields given. `auto_customer` overrides the catalog's
+        setting for this call (the importer turns it off where the file itself says which
+        subjects a customer has)."""
         upsert = data if isinstance(data, SubjectUpsert) else parse(SubjectUpsert, data)
+        give_customer = self.auto_customer if auto_customer is None else auto_customer
         with self.store.session() as session:
             tx = _Write(session, self.store.next_change_seq(session))
-            outcome = tx.upsert_subject(upsert, auto_customer=self.auto_customer)
+            outcome = tx.upsert_subject(upsert, auto_customer=give_customer)
             return WriteResult(outcome, tx.subject_view(upsert.key), tuple(tx.notes))
 
     def delete_subject(self, key: str) -> WriteResult[Subject]:
+        key = parse_key(key)
         with self.store.session() as session:
             tx = _Write(session, self.store.next_change_seq(session))
             row = tx.subject_row(key)
@@ -98,6 +111,7 @@ class Catalog:
             return WriteResult(Outcome.DELETED, tx.subject_view(key), tuple(tx.notes))
 
     def get_subject(self, key: str, *, include_deleted: bool = False) -> Subject:
+        key = parse_key(key)
         with self.store.read_session() as session:
             found = _subjects(session, keys=[key], include_deleted=True)
         if not found:
@@ -119,8 +133,18 @@ class Catalog:
             tx = _Write(session, self.store.next_change_seq(session))
             existing = tx.customer_row(create.customer_key)
             if existing is not None and existing.deleted_at is None:
-                raise Conflict(f"customer {create.customer_key!r} already exists")
-            tx.create_customer(create, reuse=existing)
+                if not existing.auto_created:
+                    raise Conflict(f"customer {create.customer_key!r} already exists")
+                # The placeholder of a lone subject becomes the customer a person now describes:
+                # same record, so a target that already has it updates it instead of duplicating.
+                tx.update_customer(existing, _replacing(create))
+                tx.make_real(existing)
+                tx.notes.append(
+                    f"customer {create.customer_key!r} takes over the customer auto-created "
+                    "for its subject"
+                )
+            else:
+                tx.create_customer(create, reuse=existing)
             return WriteResult(
                 Outcome.CREATED, tx.customer_view(create.customer_key), tuple(tx.notes)
             )
@@ -146,6 +170,7 @@ class Catalog:
         self, key: str, data: CustomerUpdate | Mapping[str, Any]
     ) -> WriteResult[Customer]:
         """Replace the fields given, keep the rest."""
+        key = parse_key(key)
         update = data if isinstance(data, CustomerUpdate) else parse(CustomerUpdate, data)
         if update.key is not None and update.key != key:
             raise Conflict(
@@ -162,6 +187,7 @@ class Catalog:
             return WriteResult(outcome, tx.customer_view(key), tuple(tx.notes))
 
     def delete_customer(self, key: str) -> WriteResult[Customer]:
+        key = parse_key(key)
         with self.store.session() as session:
             tx = _Write(session, self.store.next_change_seq(session))
             row = tx.customer_row(key)
@@ -173,6 +199,7 @@ class Catalog:
             return WriteResult(Outcome.DELETED, tx.customer_view(key), tuple(tx.notes))
 
     def get_customer(self, key: str, *, include_deleted: bool = False) -> Customer:
+        key = parse_key(key)
         with self.store.read_session() as session:
             found = _customers(session, keys=[key], include_deleted=True)
         if not found:
@@ -287,9 +314,13 @@ class _Write:
         return row
 
     def delete_subject(self, row: SubjectRow) -> None:
+        link = self.attribution(row.key)
+        owner = self.customer_row(link.customer_key) if link is not None else None
         self.detach(row.key)
         row.deleted_at = self.now
         self.touch(row)
+        if owner is not None and owner.auto_created:
+            self._release(owner, why=f"lost its subject {row.key!r}, which was deleted")
 
     def give_customer(self, subject: SubjectRow) -> None:
         """The auto-customer rule, for a subject that has just come into being."""
@@ -303,6 +334,9 @@ class _Write:
             self.session.flush()
             self.notes.append(f"created customer {subject.key!r} for subject {subject.key!r}")
         else:
+            if customer.auto_created:
+                # A placeholder kept from an earlier life of this subject: named after it again.
+                customer.name = subject.display_name or subject.key
             self.touch(customer)
             self.notes.append(f"attributed subject {subject.key!r} to customer {subject.key!r}")
         self.session.add(
@@ -360,10 +394,13 @@ class _Write:
         if "usage_attribution" in update.given():
             changed = self.claim(row, update.subject_keys) or changed
         if changed:
-            # A person has now shaped this customer: it is no longer a placeholder.
-            row.auto_created = False
-            self.touch(row)
+            self.make_real(row)
         return changed
+
+    def make_real(self, row: CustomerRow) -> None:
+        """A person has now shaped this customer: it is no longer a placeholder."""
+        row.auto_created = False
+        self.touch(row)
 
     def delete_customer(self, row: CustomerRow) -> None:
         for subject_key in self.subjects_of(row.key):
@@ -432,7 +469,7 @@ class _Write:
         self.session.flush()
 
         for placeholder in placeholders.values():
-            self._release(placeholder, to=customer.key)
+            self._release(placeholder, why=f"gave its subject to {customer.key!r}")
         return current != set(wanted)
 
     def _touch_subject(self, key: str) -> None:
@@ -440,21 +477,20 @@ class _Write:
         if subject is not None:
             self.touch(subject)
 
-    def _release(self, placeholder: CustomerRow, *, to: str) -> None:
-        """A placeholder that gave its subjects away is deleted, unless a target has seen it."""
+    def _release(self, placeholder: CustomerRow, *, why: str) -> None:
+        """A placeholder left without subjects is deleted, unless a target has seen it (then
+        deleting it would delete a record someone may already be billing)."""
         if self.subjects_of(placeholder.key):
             return
         if self._is_linked(placeholder.key):
             self.notes.append(
-                f"auto-created customer {placeholder.key!r} gave its subject to {to!r} and was "
-                "kept, because it already exists in a target; delete it yourself if unwanted"
+                f"auto-created customer {placeholder.key!r} {why} and was kept, because it "
+                "already exists in a target; delete it yourself if unwanted"
             )
             return
         placeholder.deleted_at = self.now
         self.touch(placeholder)
-        self.notes.append(
-            f"auto-created customer {placeholder.key!r} gave its subject to {to!r} and was removed"
-        )
+        self.notes.append(f"auto-created customer {placeholder.key!r} {why} and was removed")
 
     def _is_linked(self, customer_key: str) -> bool:
         found = self.session.exec(

@@ -10,6 +10,7 @@ from metersync import __version__
 from metersync.cli import config, customers, db, subjects
 from metersync.cli.context import AppContext, MetersyncGroup
 from metersync.cli.importing import import_command
+from metersync.logs import configure_logging
 from metersync.settings import CONFIG_ENV, LogFormat, LogLevel
 
 app = typer.Typer(
@@ -52,6 +53,9 @@ def root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
+    # Logging works from the first line on, to stderr, even if the settings then fail to load;
+    # loading them reconfigures it with their level and format.
+    configure_logging(log_level or LogLevel.INFO, log_format or LogFormat.AUTO)
     obj = AppContext(config_path=config_path, log_level=log_level, log_format=log_format)
     ctx.obj = obj
     ctx.call_on_close(obj.close)

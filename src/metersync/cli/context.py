@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from metersync.catalog import Catalog
 from metersync.errors import DatabaseUnavailable, ExitCode, InvalidInput, MetersyncError
 from metersync.logs import configure_logging, get_logger, redact_text
 from metersync.settings import LogFormat, LogLevel, Settings, load_settings
+from metersync.store.engine import first_line
 
 
 @dataclass
@@ -67,14 +68,16 @@ class MetersyncGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except MetersyncError as exc:
             _fail(_message(ctx, exc), exc.exit_code)
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            _fail(f"database error: {reason}", DatabaseUnavailable.exit_code)
+        except DatabaseError as exc:
+            # The database went away or is not one (its file, its server) mid-command.
+            _fail(f"database error: {first_line(exc)}", DatabaseUnavailable.exit_code)
 
 
 def _message(ctx: typer.Context, exc: MetersyncError) -> str:
-    options: dict[str, str] = ctx.meta.get("metersync.field_options", {})
-    if isinstance(exc, InvalidInput) and options:
+    # Commands that take a record's fields as options name them; elsewhere `key` is the KEY
+    # argument (get, delete).
+    options: dict[str, str] = ctx.meta.get("metersync.field_options", {"key": "KEY"})
+    if isinstance(exc, InvalidInput) and exc.problems and not exc.record:
         parts = []
         for problem in exc.problems:
             # usageAttribution.subjectKeys[2] is set by the third --subject.

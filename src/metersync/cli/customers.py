@@ -143,6 +143,10 @@ def create(
             "phone": phone,
         },
     )
+    if not key.strip():
+        # In a JSON body an empty key means "take the single subject's key"; on the command
+        # line it is a mistake.
+        raise typer.BadParameter("must not be empty", param_hint="--key")
     data["key"] = key
     result = app_context(ctx).catalog.create_customer(parse(CustomerCreate, data))
     print_notes(result.notes)
@@ -175,7 +179,7 @@ def update(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Change the fields given; "" clears an optional field."""
-    name_cli_options(ctx, FIELD_OPTIONS)
+    name_cli_options(ctx, FIELD_OPTIONS | {"key": "KEY"})
     data = _record(
         name=name,
         description=description,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from alembic.util.exc import CommandError
 
 from metersync.cli.context import app_context
+from metersync.errors import FieldProblem, InvalidInput
 from metersync.store import Store
 from metersync.store.engine import build_engine
 from metersync.store.migrate import head_revision
@@ -20,7 +22,10 @@ def upgrade(
     """Migrate the database to the schema this version needs (safe to run again)."""
     store = Store(build_engine(app_context(ctx).settings.database.url))
     try:
-        before, after = store.upgrade(revision)
+        try:
+            before, after = store.upgrade(revision)
+        except CommandError as exc:
+            raise InvalidInput([FieldProblem("--revision", str(exc))]) from None
         if before == after:
             typer.echo(f"{store.safe_url}: already at revision {after}")
         else:

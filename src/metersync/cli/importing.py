@@ -66,17 +66,24 @@ def import_command(
 
 def _read(file: str) -> str:
     if file == "-":
-        return sys.stdin.read()
+        return _decode(sys.stdin.buffer.read(), "standard input")
     path = Path(file)
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InvalidInput([], record=f"FILE: {file!r} does not exist") from None
     except IsADirectoryError:
         raise InvalidInput([], record=f"FILE: {file!r} is a directory") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(
-            [], record=f"FILE: {file!r} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
     except OSError as exc:
         raise InvalidInput([], record=f"FILE: {file!r} cannot be read: {exc.strerror}") from None
+    return _decode(data, repr(file))
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        # utf-8-sig: a byte-order mark, as some editors on Windows write, is not part of the JSON.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            [], record=f"FILE: {source} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None

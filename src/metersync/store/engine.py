@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col
 
@@ -30,8 +30,15 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Reads take no write lock on SQLite, so a long reconcile never blocks the API.
-        self._read_engine = engine.execution_options(**{_SQLITE_BEGIN_OPTION: "DEFERRED"})
+        # A read session is one snapshot, so answers assembled from several queries (a change
+        # feed, customers with their subjects) never mix two states. SQLite in WAL mode gives a
+        # deferred transaction a snapshot at its first read, and takes no write lock, so a long
+        # read never blocks writers; PostgreSQL needs REPEATABLE READ for the same.
+        self._read_engine = (
+            engine.execution_options(**{_SQLITE_BEGIN_OPTION: "DEFERRED"})
+            if engine.dialect.name == "sqlite"
+            else engine.execution_options(isolation_level="REPEATABLE READ")
+        )
 
     @classmethod
     def open(cls, url: str, *, auto_migrate_new_sqlite: bool = True) -> Store:
@@ -116,13 +123,24 @@ class Store:
     def _connect(self, engine: Engine | None = None) -> Iterator[Connection]:
         try:
             conn = (engine or self.engine).connect()
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        except DBAPIError as exc:
             raise DatabaseUnavailable(
-                f"cannot connect to database {self.safe_url}: {reason}"
+                f"cannot connect to database {self.safe_url}: {first_line(exc)}"
             ) from None
         with conn:
-            yield conn
+            try:
+                yield conn
+            except DatabaseError as exc:
+                # "file is not a database" surfaces at the first statement, not at connect.
+                raise DatabaseUnavailable(
+                    f"cannot use database {self.safe_url}: {first_line(exc)}"
+                ) from None
+
+
+def first_line(exc: DBAPIError) -> str:
+    """The driver's own message, without SQLAlchemy's SQL echo and background link."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def build_engine(url: str) -> Engine:
