@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,13 @@ import typer
 from sqlalchemy.exc import DatabaseError
 
 from metersync.catalog import Catalog
-from metersync.errors import DatabaseUnavailable, ExitCode, InvalidInput, MetersyncError
+from metersync.errors import (
+    DatabaseUnavailable,
+    ExitCode,
+    InvalidInput,
+    MetersyncError,
+    NotFound,
+)
 from metersync.logs import configure_logging, get_logger, redact_text
 from metersync.settings import LogFormat, LogLevel, Settings, load_settings
 from metersync.store.engine import first_line
@@ -53,6 +61,17 @@ def app_context(ctx: typer.Context) -> AppContext:
     if obj is None:  # a command invoked without the root callback (only in embedding)
         obj = ctx.ensure_object(AppContext)
     return obj
+
+
+@contextmanager
+def tombstone_hint() -> Iterator[None]:
+    """A get of a deleted record says how to see it anyway."""
+    try:
+        yield
+    except NotFound as exc:
+        if exc.tombstone:
+            raise NotFound(f"{exc.message} (--include-deleted shows it)") from None
+        raise
 
 
 def name_cli_options(ctx: typer.Context, options: dict[str, str]) -> None:

@@ -7,10 +7,9 @@ from typing import Any
 import typer
 
 from metersync.catalog import CustomerCreate, CustomerUpdate, parse
-from metersync.cli.context import app_context, name_cli_options
+from metersync.cli.context import app_context, name_cli_options, tombstone_hint
 from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
 from metersync.cli.output import print_customer, print_customers, print_notes
-from metersync.errors import NotFound
 
 app = typer.Typer(
     help="Customers: the entities that pay, each with its subjects.", no_args_is_help=True
@@ -218,12 +217,8 @@ def get(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one customer with its subjects."""
-    try:
+    with tombstone_hint():
         customer = app_context(ctx).catalog.get_customer(key, include_deleted=include_deleted)
-    except NotFound as exc:
-        if exc.tombstone:
-            raise NotFound(f"{exc.message} (--include-deleted shows it)") from None
-        raise
     print_customer(customer, as_json=as_json)
 
 

@@ -7,10 +7,9 @@ from typing import Any
 import typer
 
 from metersync.catalog import SubjectUpsert, parse
-from metersync.cli.context import app_context, name_cli_options
+from metersync.cli.context import app_context, name_cli_options, tombstone_hint
 from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
 from metersync.cli.output import print_notes, print_subject, print_subjects
-from metersync.errors import NotFound
 
 app = typer.Typer(help="Subjects: the entities that produce usage.", no_args_is_help=True)
 
@@ -51,12 +50,8 @@ def get(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one subject."""
-    try:
+    with tombstone_hint():
         subject = app_context(ctx).catalog.get_subject(key, include_deleted=include_deleted)
-    except NotFound as exc:
-        if exc.tombstone:
-            raise NotFound(f"{exc.message} (--include-deleted shows it)") from None
-        raise
     print_subject(subject, as_json=as_json)
 
 
