@@ -1,0 +1,261 @@
+"""StripeEmulator: a stateful Stripe over real HTTP on 127.0.0.1, for tests, demos, benchmarks.
+
+    from metersync.testing import StripeEmulator
+
+    with StripeEmulator(latency_ms=50, rate_limit=25) as emulator:
+        client = emulator.client()                      # a real stripe.StripeClient
+        customer = client.v1.customers.create({"name": "ACME"})
+        assert emulator.customers()[0]["id"] == customer.id
+
+The server runs on its own thread and event loop. Its timers use the real monotonic clock, so
+freezegun can move the business clock (created, 24 h idempotency, 35-day meter window, 15-minute
+sessions) without freezing the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import stripe
+
+from metersync.testing import _customers, _meters, _v2
+from metersync.testing._app import EmulatorApp
+from metersync.testing._config import EmulatorConfig
+from metersync.testing._routes import Route
+from metersync.testing._server import start_server
+from metersync.testing._webhooks import WebhookSender, build_events
+
+T = TypeVar("T")
+DEFAULT_TEST_KEY = "sk_test_metersync_emulator"
+
+
+class _RealTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on CLOCK_MONOTONIC read directly: freezegun patches time.monotonic (and
+    any module attribute that refers to it), never clock_gettime."""
+
+    def time(self) -> float:
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def all_routes() -> list[Route]:
+    return [*_customers.routes(), *_meters.routes(), *_v2.routes()]
+
+
+class StripeEmulator:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: EmulatorConfig | None = None,
+        **knobs: Any,
+    ) -> None:
+        """`knobs` are EmulatorConfig fields: latency_ms, jitter_ms, rate_limit, faults, …"""
+        base = config or EmulatorConfig()
+        self._config = base.updated(knobs) if knobs else base
+        self.host = host
+        self.port = port
+        self._loop: _RealTimeLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._app: EmulatorApp | None = None
+        self._webhooks: WebhookSender | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> StripeEmulator:
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._loop = _RealTimeLoop()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="stripe-emulator", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout=10)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> StripeEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def serve_forever(self, on_ready: Callable[[StripeEmulator], None] | None = None) -> None:
+        """Run in the foreground until SIGINT or SIGTERM (the `metersync emulator` command)."""
+        self.start()
+        if on_ready is not None:
+            on_ready(self)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        self.stop()
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(ready))
+        except BaseException as exc:  # noqa: BLE001 - handed to start() to raise
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._webhooks = WebhookSender()
+        self._webhooks.start()
+        self._app = EmulatorApp(
+            all_routes(), self._config, loop_clock=loop.time, on_events=self._on_events
+        )
+        server = await start_server(self._app, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            await self._webhooks.stop()
+            # Keep-alive connections are tasks of their own; end them before the loop closes.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+    def _on_events(self, emitted: list[dict[str, Any]]) -> None:
+        app, sender = self._app, self._webhooks
+        assert app is not None and sender is not None
+        entry = app.log[-1] if app.log else {}
+        events = build_events(app.state, emitted, entry.get("request_id"),
+                              entry.get("idempotency_key"))
+        config = app.config
+        if config.webhook_url and config.webhook_secret:
+            for event in events:
+                sender.enqueue(event, config.webhook_url, config.webhook_secret,
+                               config.webhook_max_attempts)
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the emulator's loop thread (its state has no locks) and return its result."""
+        if self._loop is None or self._app is None:
+            raise RuntimeError("the emulator is not running; call start() or use `with`")
+
+        async def run() -> T:
+            return fn()
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        return future.result(timeout=30)
+
+    # -- what tests use --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._thread is None:
+            raise RuntimeError("the emulator is not running; call start() or use `with`")
+        return f"http://{self.host}:{self.port}"
+
+    def client(
+        self, api_key: str = DEFAULT_TEST_KEY, *, max_network_retries: int = 0,
+        timeout: float = 80.0,
+    ) -> stripe.StripeClient:
+        """A real stripe-python client aimed at this emulator (sync and async methods)."""
+        return stripe.StripeClient(
+            api_key,
+            base_addresses={"api": self.url, "meter_events": self.url},
+            max_network_retries=max_network_retries,
+            http_client=stripe.HTTPXClient(allow_sync_methods=True, timeout=timeout),
+        )
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._on_loop(lambda: self._require_app().config)
+
+    def configure(self, **changes: Any) -> EmulatorConfig:
+        """Change knobs while running (same names as the constructor's)."""
+        return self._on_loop(lambda: self._require_app().configure(changes))
+
+    def reset(self) -> None:
+        """Forget every object, idempotent result, counter and logged request."""
+        self._on_loop(lambda: self._require_app().reset())
+
+    def stats(self) -> dict[str, Any]:
+        return self._on_loop(lambda: self._require_app().stats())
+
+    def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """The request log, oldest first, optionally for one endpoint (customers.create, …)."""
+        return self._on_loop(
+            lambda: [dict(r) for r in self._require_app().log
+                     if endpoint is None or r["endpoint"] == endpoint]
+        )
+
+    def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """Live customers, newest first (and deleted ids as tombstones when asked)."""
+
+        def read() -> list[dict[str, Any]]:
+            state = self._require_app().state
+            live = sorted(state.customers.values(),
+                          key=lambda c: -state.customer_order[c["id"]])
+            out = [dict(c) for c in live]
+            if include_deleted:
+                out += [{"id": cid, "object": "customer", "deleted": True}
+                        for cid in sorted(state.deleted_customers)]
+            return out
+
+        return self._on_loop(read)
+
+    def meters(self) -> list[dict[str, Any]]:
+        return self._on_loop(lambda: [dict(m) for m in self._require_app().state.meters.values()])
+
+    def meter_events(self, *, include_cancelled: bool = False) -> list[dict[str, Any]]:
+        """Accepted meter events (v1 and v2), in the order they were accepted."""
+        return self._on_loop(
+            lambda: [dict(r.event, cancelled=r.cancelled)
+                     for r in self._require_app().state.meter_events
+                     if include_cancelled or not r.cancelled]
+        )
+
+    def meter_event_errors(self) -> list[dict[str, Any]]:
+        """Events of the v2 stream rejected after acceptance (Stripe reports these by webhook)."""
+        return self._on_loop(lambda: list(self._require_app().state.meter_event_errors))
+
+    def events(self) -> list[dict[str, Any]]:
+        """Webhook events (customer.created/updated/deleted), in order."""
+        return self._on_loop(lambda: list(self._require_app().state.events))
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        return self._on_loop(lambda: list(self._require_webhooks().deliveries))
+
+    def _require_app(self) -> EmulatorApp:
+        assert self._app is not None
+        return self._app
+
+    def _require_webhooks(self) -> WebhookSender:
+        assert self._webhooks is not None
+        return self._webhooks
