@@ -53,7 +53,12 @@ Handler = Callable[[Request], Awaitable[Outcome]]
 
 async def start_server(handler: Handler, host: str, port: int) -> asyncio.Server:
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_connection(handler, reader, writer)
+        try:
+            await _serve_connection(handler, reader, writer)
+        except asyncio.CancelledError:
+            # Shutdown cancels idle keep-alive connections. Python 3.11's stream callback calls
+            # task.exception() on the task, which raises for a cancelled one: end normally.
+            return
 
     return await asyncio.start_server(on_connection, host, port, backlog=2048)
 
