@@ -9,6 +9,7 @@ import typer
 from metersync import __version__
 from metersync.cli import config, customers, db, subjects
 from metersync.cli.context import AppContext, MetersyncGroup
+from metersync.cli.emulator import emulator_command
 from metersync.cli.importing import import_command
 from metersync.logs import configure_logging
 from metersync.settings import CONFIG_ENV, LogFormat, LogLevel
@@ -26,6 +27,7 @@ app.add_typer(customers.app, name="customers")
 app.command("import")(import_command)
 app.add_typer(db.app, name="db")
 app.add_typer(config.app, name="config")
+app.command("emulator")(emulator_command)
 
 
 def _version(value: bool) -> None:

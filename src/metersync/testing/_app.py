@@ -60,8 +60,11 @@ class EmulatorApp:
 
     def _apply_config(self, config: EmulatorConfig) -> None:
         self.config = config
-        self.faults_random = random.Random(config.seed)
-        self.latency_random = random.Random(None if config.seed is None else config.seed + 1)
+        # Reproducible chaos, not cryptography: a seed replays the same fault sequence.
+        self.faults_random = random.Random(config.seed)  # noqa: S311
+        self.latency_random = random.Random(  # noqa: S311
+            None if config.seed is None else config.seed + 1
+        )
         self.buckets: dict[str, TokenBucket | None] = {}
         for endpoint_class in ENDPOINT_CLASSES:
             rate = config.limit_for(endpoint_class)
@@ -109,8 +112,11 @@ class EmulatorApp:
         except StripeApiError as exc:
             outcome = self._error_response(exc, request_id)
         status = (
-            outcome.status if isinstance(outcome, Response)
-            else "reset" if isinstance(outcome, Reset) else "drop"
+            outcome.status
+            if isinstance(outcome, Response)
+            else "reset"
+            if isinstance(outcome, Reset)
+            else "drop"
         )
         entry["status"] = status
         entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -147,7 +153,11 @@ class EmulatorApp:
             raise self._rate_limit_error()
 
         params = self._params(request, route)
-        key = request.headers.get("idempotency-key") if request.method in _IDEMPOTENT_METHODS else None
+        key = (
+            request.headers.get("idempotency-key")
+            if request.method in _IDEMPOTENT_METHODS
+            else None
+        )
         scope = (api_key, key) if key else None
         fingerprint = self._fingerprint(request, params)
         if scope is not None:
@@ -160,7 +170,7 @@ class EmulatorApp:
                     409,
                     "There is currently another in-progress request using this Idempotent Key "
                     "(that probably means you submitted twice, and the other request is still "
-                    "going through): " + key + ". Please try again later.",
+                    f"going through): {scope[1]}. Please try again later.",
                     code="idempotency_key_in_use",
                 )
             self.in_flight.add(scope)
@@ -320,7 +330,17 @@ class EmulatorApp:
             if name == "health" and request.method == "GET":
                 return Response(200, _json({"ok": True}))
         except (ValueError, TypeError, KeyError) as exc:
-            return Response(400, _json({"error": {"type": "invalid_request_error",
-                                                  "message": str(exc)}}))
-        return Response(404, _json({"error": {"type": "invalid_request_error",
-                                              "message": f"no control endpoint {request.path}"}}))
+            return Response(
+                400, _json({"error": {"type": "invalid_request_error", "message": str(exc)}})
+            )
+        return Response(
+            404,
+            _json(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"no control endpoint {request.path}",
+                    }
+                }
+            ),
+        )

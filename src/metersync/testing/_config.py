@@ -61,6 +61,7 @@ class EmulatorConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_max_attempts: int = 5
+    webhook_retry_delay_s: float = 0.5  # doubles after each failed attempt
     request_log_size: int = 100_000
 
     def limit_for(self, endpoint_class: str) -> float | None:
@@ -75,7 +76,7 @@ class EmulatorConfig:
         data = asdict(self)
         data["faults"] = [{**asdict(f), "kind": f.kind.value} for f in self.faults]
         if data["webhook_secret"]:
-            data["webhook_secret"] = "whsec_…"
+            data["webhook_secret"] = "whsec_…"  # noqa: S105 - a mask, not a secret
         return data
 
     def updated(self, changes: dict[str, Any]) -> EmulatorConfig:

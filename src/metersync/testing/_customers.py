@@ -22,13 +22,28 @@ METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 ADDRESS_FIELDS = ("city", "country", "line1", "line2", "postal_code", "state")
 _WRITABLE = {
-    "address", "description", "email", "metadata", "name", "phone", "preferred_locales",
-    "shipping", "tax_exempt", "balance", "invoice_prefix", "next_invoice_sequence",
-    "business_name", "individual_name",
+    "address",
+    "description",
+    "email",
+    "metadata",
+    "name",
+    "phone",
+    "preferred_locales",
+    "shipping",
+    "tax_exempt",
+    "balance",
+    "invoice_prefix",
+    "next_invoice_sequence",
+    "business_name",
+    "individual_name",
 }
 _LIST_PARAMS = {"limit", "starting_after", "ending_before", "email", "created", "test_clock"}
-_SCALARS = {"name": NAME_MAX, "email": EMAIL_MAX, "phone": PHONE_MAX,
-            "description": DESCRIPTION_MAX}
+_SCALARS = {
+    "name": NAME_MAX,
+    "email": EMAIL_MAX,
+    "phone": PHONE_MAX,
+    "description": DESCRIPTION_MAX,
+}
 
 
 def routes() -> list[Route]:
@@ -105,8 +120,13 @@ def update(call: Call) -> HandlerResult:
     _index(call, customer)
     previous = {k: before[k] for k in customer if before.get(k) != customer.get(k)}
     if previous:
-        call.emitted.append({"type": "customer.updated", "object": copy.deepcopy(customer),
-                             "previous_attributes": previous})
+        call.emitted.append(
+            {
+                "type": "customer.updated",
+                "object": copy.deepcopy(customer),
+                "previous_attributes": previous,
+            }
+        )
     return 200, customer
 
 
@@ -133,12 +153,19 @@ def list_(call: Call) -> HandlerResult:
     if created is not None:
         ordered = [cid for cid in ordered if _created_matches(state.customers[cid], created)]
     page, has_more = p.paginate(
-        ordered, limit, starting_after, ending_before,
+        ordered,
+        limit,
+        starting_after,
+        ending_before,
         exists=lambda cid: cid in state.customers or cid in state.deleted_customers,
         kind="customer",
     )
-    return 200, {"object": "list", "data": [state.customers[cid] for cid in page],
-                 "has_more": has_more, "url": "/v1/customers"}
+    return 200, {
+        "object": "list",
+        "data": [state.customers[cid] for cid in page],
+        "has_more": has_more,
+        "url": "/v1/customers",
+    }
 
 
 def search(call: Call) -> HandlerResult:
@@ -152,7 +179,7 @@ def search(call: Call) -> HandlerResult:
     visible = _searchable(call.state)
     hits = [c for c in visible if predicate(c)]
     hits.sort(key=lambda c: -call.state.customer_order.get(c["id"], 0))
-    page = hits[offset:offset + limit]
+    page = hits[offset : offset + limit]
     has_more = len(hits) > offset + limit
     return 200, {
         "object": "search_result",
@@ -213,7 +240,9 @@ def _apply(customer: dict[str, Any], params: dict[str, Any], *, creating: bool) 
         customer["shipping"] = shipping or None
 
 
-def _merged_metadata(current: dict[str, str], params: dict[str, Any], *, creating: bool) -> dict[str, str]:
+def _merged_metadata(
+    current: dict[str, str], params: dict[str, Any], *, creating: bool
+) -> dict[str, str]:
     given = p.obj(params, "metadata")
     assert given is not None
     if not given:
@@ -221,28 +250,37 @@ def _merged_metadata(current: dict[str, str], params: dict[str, Any], *, creatin
     merged = {} if creating else dict(current)
     for key, value in given.items():
         if len(key) > METADATA_KEY_MAX:
-            raise invalid(f"Metadata keys can have at most {METADATA_KEY_MAX} characters "
-                          f"(key {key!r} has {len(key)}).", param=f"metadata[{key}]")
+            raise invalid(
+                f"Metadata keys can have at most {METADATA_KEY_MAX} characters "
+                f"(key {key!r} has {len(key)}).",
+                param=f"metadata[{key}]",
+            )
         if not isinstance(value, str):
-            raise invalid(f"Metadata values must be strings (key {key!r}).", param=f"metadata[{key}]")
+            raise invalid(
+                f"Metadata values must be strings (key {key!r}).", param=f"metadata[{key}]"
+            )
         if len(value) > METADATA_VALUE_MAX:
-            raise invalid(f"Metadata values can have at most {METADATA_VALUE_MAX} characters "
-                          f"(key {key!r}).", param=f"metadata[{key}]")
+            raise invalid(
+                f"Metadata values can have at most {METADATA_VALUE_MAX} characters (key {key!r}).",
+                param=f"metadata[{key}]",
+            )
         if value == "":
             merged.pop(key, None)
         else:
             merged[key] = value
     if len(merged) > METADATA_KEYS_MAX:
-        raise invalid(f"You can have at most {METADATA_KEYS_MAX} metadata keys (this request "
-                      f"would leave {len(merged)}).", param="metadata")
+        raise invalid(
+            f"You can have at most {METADATA_KEYS_MAX} metadata keys (this request "
+            f"would leave {len(merged)}).",
+            param="metadata",
+        )
     return merged
 
 
 def _created_matches(customer: dict[str, Any], created: Any) -> bool:
     value = customer["created"]
     if isinstance(created, dict):
-        checks = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__,
-                  "lte": value.__le__}
+        checks = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__, "lte": value.__le__}
         for op, bound in created.items():
             if op not in checks:
                 raise invalid(f"Received unknown parameter: created[{op}]", param=f"created[{op}]")

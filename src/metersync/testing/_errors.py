@@ -13,7 +13,7 @@ class StripeApiError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - Stripe's own field name
+        type: str = "invalid_request_error",  # Stripe's own field name
         code: str | None = None,
         param: str | None = None,
         should_retry: bool | None = None,

@@ -25,14 +25,17 @@ def decode_form(text: str) -> dict[str, Any]:
             raise invalid(f"Invalid parameter name: {raw_key}", param=raw_key)
         path = [match.group(1), *_PART.findall(match.group(2))]
         _insert(root, path, value, raw_key)
-    return _listify(root)
+    decoded: dict[str, Any] = _listify(root)
+    return decoded
 
 
 def _insert(node: dict[str, Any], path: list[str], value: str, raw_key: str) -> None:
     for part in path[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise invalid(f"Invalid parameter: {raw_key} mixes a value and an object", param=raw_key)
+            raise invalid(
+                f"Invalid parameter: {raw_key} mixes a value and an object", param=raw_key
+            )
         node = child
     last = path[-1]
     if isinstance(node.get(last), dict):

@@ -1,10 +1,10 @@
 """Stripe's search query language, the subset customers need.
 
-    email:'jenny@example.com'            exact (case-insensitive for email and name)
-    name~'jen'                           substring
-    metadata['metersync_key']:'acme'     exact, case-sensitive
-    created>1700000000                   numeric comparison (>, <, >=, <=, :)
-    clause AND clause …  |  clause OR clause …   (not both in one query, as on Stripe)
+email:'jenny@example.com'            exact (case-insensitive for email and name)
+name~'jen'                           substring
+metadata['metersync_key']:'acme'     exact, case-sensitive
+created>1700000000                   numeric comparison (>, <, >=, <=, :)
+clause AND clause …  |  clause OR clause …   (not both in one query, as on Stripe)
 """
 
 from __future__ import annotations
@@ -62,11 +62,17 @@ def _clause(text: str) -> Predicate:
         if op not in (":", "~"):
             raise invalid(f"{field} supports only ':' and '~'", param="query")
         fold = field in ("email", "name")
-        predicate = _text_match(lambda c, f=field: c.get(f), op, value, fold)
+        predicate = _text_match(_getter(field), op, value, fold)
     else:
-        raise invalid(f"Field '{found.group('field')}' is an unsupported search field for "
-                      "customers.", param="query")
+        raise invalid(
+            f"Field '{found.group('field')}' is an unsupported search field for customers.",
+            param="query",
+        )
     return (lambda c: not predicate(c)) if negate else predicate
+
+
+def _getter(field: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda customer: customer.get(field)
 
 
 def _text_match(get: Callable[[dict[str, Any]], Any], op: str, value: str, fold: bool) -> Predicate:
@@ -84,7 +90,10 @@ def _text_match(get: Callable[[dict[str, Any]], Any], op: str, value: str, fold:
 
 def _number_match(field: str, op: str, value: int) -> Predicate:
     compare: dict[str, Callable[[int, int], bool]] = {
-        ":": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
-        ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
+        ":": lambda a, b: a == b,
+        ">": lambda a, b: a > b,
+        "<": lambda a, b: a < b,
+        ">=": lambda a, b: a >= b,
+        "<=": lambda a, b: a <= b,
     }
     return lambda c: compare[op](int(c.get(field, 0)), value)

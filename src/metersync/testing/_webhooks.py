@@ -4,6 +4,7 @@ delivered in the background with retries and exponential backoff."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,7 +29,9 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 def build_events(
-    state: EmulatorState, emitted: list[dict[str, Any]], request_id: str | None,
+    state: EmulatorState,
+    emitted: list[dict[str, Any]],
+    request_id: str | None,
     idempotency_key: str | None,
 ) -> list[dict[str, Any]]:
     events = []
@@ -56,11 +59,10 @@ class WebhookSender:
     """Delivers events one endpoint at a time, in order, retrying each until it gets a 2xx."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[dict[str, Any], str, str, int]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[dict[str, Any], str, str, int, float]] = asyncio.Queue()
         self.deliveries: list[dict[str, Any]] = []
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
-        self.base_delay_s = 0.5
 
     def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=10.0)
@@ -69,32 +71,41 @@ class WebhookSender:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._client is not None:
             await self._client.aclose()
 
-    def enqueue(self, event: dict[str, Any], url: str, secret: str, max_attempts: int) -> None:
-        self.queue.put_nowait((event, url, secret, max_attempts))
+    def enqueue(
+        self, event: dict[str, Any], url: str, secret: str, max_attempts: int, delay_s: float
+    ) -> None:
+        self.queue.put_nowait((event, url, secret, max_attempts, delay_s))
 
     async def _run(self) -> None:
         while True:
-            event, url, secret, max_attempts = await self.queue.get()
-            await self._deliver(event, url, secret, max_attempts)
+            event, url, secret, max_attempts, delay_s = await self.queue.get()
+            await self._deliver(event, url, secret, max_attempts, delay_s)
 
-    async def _deliver(self, event: dict[str, Any], url: str, secret: str, max_attempts: int) -> None:
+    async def _deliver(
+        self, event: dict[str, Any], url: str, secret: str, max_attempts: int, delay_s: float
+    ) -> None:
         assert self._client is not None
         payload = json.dumps(event).encode()
         for attempt in range(1, max_attempts + 1):
-            record: dict[str, Any] = {"event": event["id"], "type": event["type"], "attempt": attempt}
+            record: dict[str, Any] = {
+                "event": event["id"],
+                "type": event["type"],
+                "attempt": attempt,
+            }
             try:
                 response = await self._client.post(
-                    url, content=payload,
-                    headers={"Content-Type": "application/json",
-                             "Stripe-Signature": sign(payload, secret),
-                             "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"},
+                    url,
+                    content=payload,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Stripe-Signature": sign(payload, secret),
+                        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                    },
                 )
                 record["status"] = response.status_code
             except httpx.HTTPError as exc:
@@ -104,5 +115,7 @@ class WebhookSender:
             if record["status"] is not None and 200 <= record["status"] < 300:
                 return
             if attempt < max_attempts:
-                await asyncio.sleep(self.base_delay_s * 2 ** (attempt - 1))
-        _log.warning("webhook delivery gave up", event=event["id"], url=url, attempts=max_attempts)
+                await asyncio.sleep(delay_s * 2 ** (attempt - 1))
+        _log.warning(
+            "webhook delivery gave up", event_id=event["id"], url=url, attempts=max_attempts
+        )

@@ -100,7 +100,9 @@ class StripeEmulator:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -154,13 +156,19 @@ class StripeEmulator:
         app, sender = self._app, self._webhooks
         assert app is not None and sender is not None
         entry = app.log[-1] if app.log else {}
-        events = build_events(app.state, emitted, entry.get("request_id"),
-                              entry.get("idempotency_key"))
+        events = build_events(
+            app.state, emitted, entry.get("request_id"), entry.get("idempotency_key")
+        )
         config = app.config
         if config.webhook_url and config.webhook_secret:
             for event in events:
-                sender.enqueue(event, config.webhook_url, config.webhook_secret,
-                               config.webhook_max_attempts)
+                sender.enqueue(
+                    event,
+                    config.webhook_url,
+                    config.webhook_secret,
+                    config.webhook_max_attempts,
+                    config.webhook_retry_delay_s,
+                )
 
     def _on_loop(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop thread (its state has no locks) and return its result."""
@@ -182,7 +190,10 @@ class StripeEmulator:
         return f"http://{self.host}:{self.port}"
 
     def client(
-        self, api_key: str = DEFAULT_TEST_KEY, *, max_network_retries: int = 0,
+        self,
+        api_key: str = DEFAULT_TEST_KEY,
+        *,
+        max_network_retries: int = 0,
         timeout: float = 80.0,
     ) -> stripe.StripeClient:
         """A real stripe-python client aimed at this emulator (sync and async methods)."""
@@ -211,8 +222,11 @@ class StripeEmulator:
     def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """The request log, oldest first, optionally for one endpoint (customers.create, …)."""
         return self._on_loop(
-            lambda: [dict(r) for r in self._require_app().log
-                     if endpoint is None or r["endpoint"] == endpoint]
+            lambda: [
+                dict(r)
+                for r in self._require_app().log
+                if endpoint is None or r["endpoint"] == endpoint
+            ]
         )
 
     def customers(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
@@ -220,12 +234,13 @@ class StripeEmulator:
 
         def read() -> list[dict[str, Any]]:
             state = self._require_app().state
-            live = sorted(state.customers.values(),
-                          key=lambda c: -state.customer_order[c["id"]])
+            live = sorted(state.customers.values(), key=lambda c: -state.customer_order[c["id"]])
             out = [dict(c) for c in live]
             if include_deleted:
-                out += [{"id": cid, "object": "customer", "deleted": True}
-                        for cid in sorted(state.deleted_customers)]
+                out += [
+                    {"id": cid, "object": "customer", "deleted": True}
+                    for cid in sorted(state.deleted_customers)
+                ]
             return out
 
         return self._on_loop(read)
@@ -236,9 +251,11 @@ class StripeEmulator:
     def meter_events(self, *, include_cancelled: bool = False) -> list[dict[str, Any]]:
         """Accepted meter events (v1 and v2), in the order they were accepted."""
         return self._on_loop(
-            lambda: [dict(r.event, cancelled=r.cancelled)
-                     for r in self._require_app().state.meter_events
-                     if include_cancelled or not r.cancelled]
+            lambda: [
+                dict(r.event, cancelled=r.cancelled)
+                for r in self._require_app().state.meter_events
+                if include_cancelled or not r.cancelled
+            ]
         )
 
     def meter_event_errors(self) -> list[dict[str, Any]]:
