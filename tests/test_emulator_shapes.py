@@ -33,20 +33,31 @@ def objects() -> Iterator[dict[str, dict[str, Any]]]:
         customer = client.v1.customers.create({"name": "Shape", "address": {"line1": "1 Main"}})
         deleted = client.v1.customers.delete(client.v1.customers.create({"name": "Gone"}).id)
         meter = client.v1.billing.meters.create(
-            {"display_name": "API calls", "event_name": "api_call",
-             "default_aggregation": {"formula": "sum"}}
+            {
+                "display_name": "API calls",
+                "event_name": "api_call",
+                "default_aggregation": {"formula": "sum"},
+            }
         )
         now = int(time.time())
         event = client.v1.billing.meter_events.create(
-            {"event_name": "api_call", "identifier": "shape-1", "timestamp": now,
-             "payload": {"stripe_customer_id": customer.id, "value": "25"}}
+            {
+                "event_name": "api_call",
+                "identifier": "shape-1",
+                "timestamp": now,
+                "payload": {"stripe_customer_id": customer.id, "value": "25"},
+            }
         )
         adjustment = client.v1.billing.meter_event_adjustments.create(
             {"event_name": "api_call", "type": "cancel", "cancel": {"identifier": "shape-1"}}
         )
         client.v1.billing.meter_events.create(
-            {"event_name": "api_call", "identifier": "shape-2", "timestamp": now,
-             "payload": {"stripe_customer_id": customer.id, "value": "7"}}
+            {
+                "event_name": "api_call",
+                "identifier": "shape-2",
+                "timestamp": now,
+                "payload": {"stripe_customer_id": customer.id, "value": "7"},
+            }
         )
         hour = now - now % 3600
         summaries = client.v1.billing.meters.event_summaries.list(
