@@ -759,38 +759,28 @@ def test_event_summaries_equal_the_sum_of_accepted_events(
         }
         payload = {"stripe_customer_id": event["customer"], "value": str(event["value"])}
         roll = rng.random()
+
+        def send(event: dict[str, Any] = event, payload: dict[str, str] = payload) -> None:
+            client.v1.billing.meter_events.create(
+                {
+                    "event_name": f"ev_{event['formula']}",
+                    "payload": payload,
+                    "identifier": event["identifier"],
+                    "timestamp": event["timestamp"],
+                }
+            )
+
         if roll < 0.1:
             payload["value"] = "1.5"
             with rejected("meter_event_invalid_value"):
-                client.v1.billing.meter_events.create(
-                    {
-                        "event_name": f"ev_{formula}",
-                        "payload": payload,
-                        "identifier": event["identifier"],
-                        "timestamp": event["timestamp"],
-                    }
-                )
+                send()
             continue
         if roll < 0.2 and accepted:
             event["identifier"] = rng.choice(accepted)["identifier"]
             with rejected("duplicate_meter_event"):
-                client.v1.billing.meter_events.create(
-                    {
-                        "event_name": f"ev_{formula}",
-                        "payload": payload,
-                        "identifier": event["identifier"],
-                        "timestamp": event["timestamp"],
-                    }
-                )
+                send()
             continue
-        client.v1.billing.meter_events.create(
-            {
-                "event_name": f"ev_{formula}",
-                "payload": payload,
-                "identifier": event["identifier"],
-                "timestamp": event["timestamp"],
-            }
-        )
+        send()
         accepted.append(event)
     for event in rng.sample(accepted, 5):
         cancel(client, event["identifier"], f"ev_{event['formula']}")

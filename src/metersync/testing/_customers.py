@@ -160,12 +160,7 @@ def list_(call: Call) -> HandlerResult:
         exists=lambda cid: cid in state.customers or cid in state.deleted_customers,
         kind="customer",
     )
-    return 200, {
-        "object": "list",
-        "data": [state.customers[cid] for cid in page],
-        "has_more": has_more,
-        "url": "/v1/customers",
-    }
+    return 200, p.list_object([state.customers[cid] for cid in page], has_more, "/v1/customers")
 
 
 def search(call: Call) -> HandlerResult:

@@ -176,12 +176,7 @@ def list_meters(call: Call) -> HandlerResult:
         exists=lambda mid: mid in state.meters,
         kind="billing.meter",
     )
-    return 200, {
-        "object": "list",
-        "data": [state.meters[mid] for mid in page],
-        "has_more": has_more,
-        "url": "/v1/billing/meters",
-    }
+    return 200, p.list_object([state.meters[mid] for mid in page], has_more, "/v1/billing/meters")
 
 
 def retrieve_meter(call: Call) -> HandlerResult:
@@ -532,12 +527,8 @@ def list_event_summaries(call: Call) -> HandlerResult:
         exists=lambda sid: sid in by_id,
         kind="billing.meter_event_summary",
     )
-    return 200, {
-        "object": "list",
-        "data": [by_id[sid] for sid in page],
-        "has_more": has_more,
-        "url": f"/v1/billing/meters/{meter['id']}/event_summaries",
-    }
+    url = f"/v1/billing/meters/{meter['id']}/event_summaries"
+    return 200, p.list_object([by_id[sid] for sid in page], has_more, url)
 
 
 def _summary_range(params: dict[str, Any]) -> tuple[int, int, int | None]:

@@ -126,3 +126,8 @@ def paginate(
         head = ordered_ids[:index]
         return head[-limit:], len(head) > limit
     return ordered_ids[:limit], len(ordered_ids) > limit
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool, url: str) -> dict[str, Any]:
+    """Stripe's list envelope."""
+    return {"object": "list", "data": data, "has_more": has_more, "url": url}
