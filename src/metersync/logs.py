@@ -121,7 +121,7 @@ def configure_logging(
     root.setLevel(level.value.upper())
     # SQLAlchemy repeats every statement and Alembic its context set-up at INFO, on every
     # command; keep them for --log-level debug.
-    for chatty in ("sqlalchemy.engine", "alembic.runtime.migration"):
+    for chatty in ("sqlalchemy.engine", "alembic.runtime.migration", "stripe", "httpx"):
         logging.getLogger(chatty).setLevel(
             logging.DEBUG if level is LogLevel.DEBUG else logging.WARNING
         )

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -100,6 +100,21 @@ class StripeSettings(_Section):
         return SecretStr(text)
 
 
+class SyncSettings(_Section):
+    concurrency: int = Field(default=16, ge=1, le=256)
+    # Requests/s to the target; unset: Stripe's own limit for the key (25 test, 100 live).
+    rate_limit: float | None = Field(default=None, gt=0)
+    search_rate_limit: float = Field(default=20.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    retry_attempts: int = Field(default=5, ge=1, le=20)
+    delete_policy: Literal["delete", "archive", "keep"] = "delete"
+    missing_policy: Literal["recreate", "report"] = "recreate"
+    orphan_policy: Literal["report", "delete"] = "report"
+    max_delete_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_deletes: int | None = Field(default=None, ge=0)
+    mass_delete_floor: int = Field(default=3, ge=1)
+
+
 class CatalogSettings(_Section):
     auto_customer: bool = True
 
@@ -140,6 +155,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -83,7 +83,7 @@ class Catalog:
     def close(self) -> None:
         self.store.dispose()
 
-    # -- subjects ------------------------------------------------------------------------------
+    # -- subjects --------------------------------------------------------------------------------
 
     def upsert_subject(
         self, data: SubjectUpsert | Mapping[str, Any], *, auto_customer: bool | None = None
@@ -124,7 +124,7 @@ class Catalog:
         with self.store.read_session() as session:
             return _subjects(session, include_deleted=include_deleted)
 
-    # -- customers -----------------------------------------------------------------------------
+    # -- customers -------------------------------------------------------------------------------
 
     def create_customer(self, data: CustomerCreate | Mapping[str, Any]) -> WriteResult[Customer]:
         """Create a customer; an existing live customer with the same key is a Conflict."""
@@ -212,7 +212,16 @@ class Catalog:
         with self.store.read_session() as session:
             return _customers(session, include_deleted=include_deleted)
 
-    # -- change feed ---------------------------------------------------------------------------
+    def customers_by_keys(self, keys: Iterable[str]) -> list[Customer]:
+        """Customers (tombstones included) for the given keys, read in one snapshot."""
+        wanted = sorted(set(keys))
+        found: list[Customer] = []
+        with self.store.read_session() as session:
+            for start in range(0, len(wanted), 500):
+                found += _customers(session, keys=wanted[start : start + 500], include_deleted=True)
+        return found
+
+    # -- change feed -----------------------------------------------------------------------------
 
     def changes_since(self, change_seq: int) -> ChangeSet:
         """Subjects and customers changed after `change_seq`, tombstones included.

@@ -11,6 +11,7 @@ from metersync.cli import config, customers, db, subjects
 from metersync.cli.context import AppContext, MetersyncGroup
 from metersync.cli.emulator import emulator_command
 from metersync.cli.importing import import_command
+from metersync.cli.sync import reconcile_command, status_command
 from metersync.logs import configure_logging
 from metersync.settings import CONFIG_ENV, LogFormat, LogLevel
 
@@ -25,6 +26,8 @@ app = typer.Typer(
 app.add_typer(subjects.app, name="subjects")
 app.add_typer(customers.app, name="customers")
 app.command("import")(import_command)
+app.command("reconcile")(reconcile_command)
+app.command("status")(status_command)
 app.add_typer(db.app, name="db")
 app.add_typer(config.app, name="config")
 app.command("emulator")(emulator_command)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import typer
 
@@ -10,6 +12,12 @@ from metersync.catalog import CustomerCreate, CustomerUpdate, parse
 from metersync.cli.context import app_context, name_cli_options, tombstone_hint
 from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
 from metersync.cli.output import print_customer, print_customers, print_notes
+from metersync.store.lock import run_lock
+from metersync.sync.manual import link_customer, unlink_customer
+from metersync.targets.factory import stripe_target
+from metersync.targets.stripe import StripeTarget
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Customers: the entities that pay, each with its subjects.", no_args_is_help=True
@@ -243,3 +251,36 @@ def delete(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = J
         print_customer(result.record, as_json=True)
     else:
         typer.echo(f"customer {key!r}: {result.outcome.value.replace('_', ' ')}")
+
+
+@app.command("link")
+def link(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help="The local customer."),
+    external_id: str = typer.Argument(..., metavar="CUS_ID", help="The Stripe customer (cus_…)."),
+) -> None:
+    """Link a customer to an existing Stripe customer (checked: it exists, it is not linked to
+    another key). The next reconcile pushes the catalog's fields to it."""
+    app = app_context(ctx)
+    with run_lock(app.catalog.store):
+        asyncio.run(_with_target(app, lambda t: link_customer(app.catalog, t, key, external_id)))
+    typer.echo(f"customer {key!r} linked to {external_id}; run `metersync reconcile` to push it")
+
+
+@app.command("unlink")
+def unlink(ctx: typer.Context, key: str = typer.Argument(..., help="The local customer.")) -> None:
+    """Stop managing the Stripe customer linked to KEY: the Stripe record stays, without
+    metersync's marker, and the local customer has no Stripe customer until the next reconcile
+    creates one (or you link another)."""
+    app = app_context(ctx)
+    with run_lock(app.catalog.store):
+        external_id = asyncio.run(_with_target(app, lambda t: unlink_customer(app.catalog, t, key)))
+    typer.echo(f"customer {key!r} unlinked from {external_id or 'nothing'}")
+
+
+async def _with_target(app: Any, work: Callable[[StripeTarget], Awaitable[T]]) -> T:
+    target = stripe_target(app.settings)
+    try:
+        return await work(target)
+    finally:
+        await target.close()

@@ -9,6 +9,7 @@ from metersync.store.models import (
     LinkRow,
     LinkState,
     SubjectRow,
+    SyncStateRow,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "LinkState",
     "Store",
     "SubjectRow",
+    "SyncStateRow",
 ]

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from metersync.clock import utcnow
@@ -129,12 +140,14 @@ class LinkKind(StrEnum):
 class LinkState(StrEnum):
     """Where the external record stands. Stored as text, so new states need no migration."""
 
+    PENDING = "pending"  # known locally; nothing exists (or is routed) in the target yet
     CREATING = "creating"  # intent written before the create call; outcome not yet known
     SYNCED = "synced"  # external record matches synced_hash
     UPDATING = "updating"  # update intent written; outcome not yet known
     DELETING = "deleting"  # delete intent written; outcome not yet known
     DELETED = "deleted"  # we deleted the external record
     ARCHIVED = "archived"  # marked archived in the target, record kept
+    RELEASED = "released"  # local record deleted under the `keep` policy: no longer managed
     MISSING = "missing"  # the external record vanished out of band
 
 
@@ -144,8 +157,18 @@ class LinkRow(SQLModel, table=True):
     __tablename__ = "link"
     __table_args__ = (
         UniqueConstraint("target", "kind", "local_key", name="uq_link_local"),
-        # NULL external ids (a create in flight) do not collide on either database.
-        UniqueConstraint("target", "kind", "external_id", name="uq_link_external"),
+        # One external customer per local customer. Only for customers: subject rows record
+        # the external customer their usage goes to, which many subjects share. NULL external
+        # ids (a create in flight) do not collide on either database.
+        Index(
+            "uq_link_external_customer",
+            "target",
+            "kind",
+            "external_id",
+            unique=True,
+            postgresql_where=text("kind = 'customer'"),
+            sqlite_where=text("kind = 'customer'"),
+        ),
         Index("ix_link_due", "target", "next_attempt_at"),
     )
 
@@ -167,9 +190,29 @@ class LinkRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = Field(default=0)
     next_attempt_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    # What we last pushed (target-shaped fields and owned metadata): the base for field-level
+    # diffs without listing the target, and for unsetting metadata keys we no longer want.
+    synced_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The exact payload of a write in flight (with idempotency_key): a retry after a crash
+    # re-sends these very parameters, because the same key with other parameters is an error.
+    intent_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    intent_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     synced_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
+class SyncStateRow(SQLModel, table=True):
+    """Per target: how far the incremental sync has read the catalog, and when runs happened."""
+
+    __tablename__ = "sync_state"
+
+    target: str = Field(primary_key=True, max_length=32)
+    change_cursor: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    last_tick_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    last_full_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    last_success_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    last_summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 metadata = SQLModel.metadata

@@ -52,7 +52,7 @@ class EmulatorApp:
         self.config = config
         self._apply_config(config)
 
-    # -- configuration and inspection (called on the loop thread) ------------------------------
+    # -- configuration and inspection (called on the loop thread) --------------------------------
 
     def configure(self, changes: dict[str, Any]) -> EmulatorConfig:
         self._apply_config(self.config.updated(changes))
@@ -200,7 +200,7 @@ class EmulatorApp:
             return Response(status, raw, response.headers, delay_s=self.config.slow_seconds)
         return response
 
-    # -- steps -------------------------------------------------------------------------------------
+    # -- steps -----------------------------------------------------------------------------------
 
     def _authenticate(self, request: Request, route: Route) -> str:
         header = request.headers.get("authorization", "")
@@ -308,7 +308,7 @@ class EmulatorApp:
             headers.append(("stripe-should-retry", "true" if exc.should_retry else "false"))
         return Response(exc.status, _json(exc.body()), headers)
 
-    # -- control endpoints -------------------------------------------------------------------------
+    # -- control endpoints -----------------------------------------------------------------------
 
     def _control(self, request: Request) -> Response:
         name = request.path.removeprefix("/_emulator/")

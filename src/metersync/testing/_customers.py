@@ -185,7 +185,7 @@ def search(call: Call) -> HandlerResult:
     }
 
 
-# -- helpers -------------------------------------------------------------------------------------
+# -- helpers ------------------------------------------------------------------------------------
 
 
 def _live(state: EmulatorState, customer_id: str) -> dict[str, Any]:

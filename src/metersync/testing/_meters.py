@@ -124,7 +124,7 @@ def routes() -> list[Route]:
     ]
 
 
-# -- meters ----------------------------------------------------------------------------------
+# -- meters -------------------------------------------------------------------------------------
 
 
 def create_meter(call: Call) -> HandlerResult:
@@ -272,7 +272,7 @@ def _value_key(params: dict[str, Any]) -> str:
     )
 
 
-# -- meter events: the rules shared with the v2 stream ----------------------------------------
+# -- meter events: the rules shared with the v2 stream ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -437,7 +437,7 @@ def _value_of(meter: dict[str, Any], payload: dict[str, str]) -> int:
     return int(raw)
 
 
-# -- adjustments -------------------------------------------------------------------------------
+# -- adjustments --------------------------------------------------------------------------------
 
 
 def create_adjustment(call: Call) -> HandlerResult:
@@ -493,7 +493,7 @@ def _cancellable(state: EmulatorState, event_name: str, identifier: str) -> Mete
     return record
 
 
-# -- event summaries ---------------------------------------------------------------------------
+# -- event summaries ----------------------------------------------------------------------------
 
 
 def list_event_summaries(call: Call) -> HandlerResult:
@@ -606,7 +606,7 @@ def _summary_id(meter_id: str, customer: str, start: int, end: int) -> str:
     return "mtrusg_" + "".join(chars)
 
 
-# -- small parameter helpers -------------------------------------------------------------------
+# -- small parameter helpers --------------------------------------------------------------------
 
 
 def _required_text(

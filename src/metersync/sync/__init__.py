@@ -1,0 +1,1 @@
+"""The sync engine: plan (pure) and apply (journaled), for any target."""

@@ -1,0 +1,66 @@
+"""Client-side rate limiting: respected, not discovered (DESIGN sync rule 8).
+
+A token bucket per endpoint class (writes, search, meter events), shared by every request of a
+run. A 429 from the target halves the class's rate for everyone (multiplicative decrease), and
+the rate climbs back a tenth of the configured rate per second without another 429 (additive
+increase). No limiter package we could find adapts its rate this way, hence this small class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LimiterStats:
+    acquired: int = 0
+    waited_s: float = 0.0
+    throttled: int = 0
+
+
+@dataclass
+class AdaptiveLimiter:
+    rate: float  # the configured requests per second
+    burst: float = 1.0
+    min_rate: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    stats: LimiterStats = field(default_factory=LimiterStats)
+
+    def __post_init__(self) -> None:
+        self.current = self.rate
+        self._tokens = self.burst
+        self._stamp = self.clock()
+        self._last_throttle = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        # One waiter at a time computes its slot, so the bucket is never overdrawn.
+        async with self._lock:
+            while True:
+                self._refill()
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    self.stats.acquired += 1
+                    return
+                wait = (1.0 - self._tokens) / self.current
+                self.stats.waited_s += wait
+                await asyncio.sleep(wait)
+
+    def throttled(self) -> None:
+        """The target answered 429: slow the whole class down."""
+        self.stats.throttled += 1
+        self._refill()
+        self.current = max(self.min_rate, self.current / 2)
+        self._tokens = min(self._tokens, 0.0)
+        self._last_throttle = self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        elapsed = now - self._stamp
+        self._stamp = now
+        if self.current < self.rate and now - self._last_throttle > 1.0:
+            self.current = min(self.rate, self.current + self.rate * 0.1 * elapsed)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.current)

@@ -1,0 +1,239 @@
+"""The sync engine's vocabulary, independent of any target.
+
+A target (Stripe, HubSpot) renders each local customer into a `Desired` record in its own terms
+(fields plus the metadata keys we own), lists what it holds as `External` records, and applies
+`Action`s. The planner compares the three sources (desired, links, external) and never knows
+which target it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+def digest(data: Any) -> str:
+    """A stable hash of JSON-able data: what a target record holds, as we see it."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the target's record for local `key` should hold: owned fields and owned metadata."""
+
+    key: str
+    fields: Mapping[str, Any]
+    metadata: Mapping[str, str]
+    blocked: tuple[str, ...] = ()  # why the target cannot take it (its limits, missing data)
+
+    def state(self) -> dict[str, Any]:
+        return {"fields": dict(self.fields), "metadata": dict(self.metadata)}
+
+    @property
+    def hash(self) -> str:
+        return digest(self.state())
+
+
+@dataclass(frozen=True)
+class External:
+    """A record as the target holds it. `key` is the managed marker, None when unmanaged."""
+
+    id: str
+    key: str | None
+    fields: Mapping[str, Any]
+    metadata: Mapping[str, str]
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a full listing of the target returned, indexed for the planner."""
+
+    by_id: Mapping[str, External]
+    by_key: Mapping[str, tuple[External, ...]]  # managed records per local key, oldest first
+    total: int
+
+    @classmethod
+    def of(cls, records: list[External]) -> Snapshot:
+        by_key: dict[str, list[External]] = {}
+        for record in records:
+            if record.key is not None:
+                by_key.setdefault(record.key, []).append(record)
+        return cls(
+            by_id={r.id: r for r in records},
+            by_key={
+                k: tuple(sorted(v, key=lambda r: (r.created, r.id))) for k, v in by_key.items()
+            },
+            total=len(records),
+        )
+
+    @property
+    def managed(self) -> int:
+        return sum(len(v) for v in self.by_key.values())
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A link row as the planner needs it."""
+
+    key: str
+    external_id: str | None
+    state: str
+    generation: int = 1
+    synced_hash: str | None = None
+    synced_state: Mapping[str, Any] | None = None
+    owned_metadata_keys: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+    intent_state: Mapping[str, Any] | None = None
+    intent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"  # no record yet
+    ADOPT = "adopt"  # a managed record exists with our key but no link: take it over
+    RELINK = "relink"  # the link points elsewhere than the managed record with our key
+    UPDATE = "update"  # owned fields or owned metadata differ
+    RECREATE = "recreate"  # our record was deleted in the target out of band
+    DELETE = "delete"  # local record deleted (policy delete), or an orphan (orphan policy)
+    ARCHIVE = "archive"  # local record deleted (policy archive): mark it, keep it
+    RELEASE = "release"  # local record deleted (policy keep): stop managing it
+    SKIP = "skip"  # nothing to do, or waiting (reason says which)
+    BLOCKED = "blocked"  # the target cannot take the record (reason says why)
+    ORPHAN = "orphan"  # managed in the target, unknown locally: reported, kept
+    DUPLICATE = "duplicate"  # a second managed record with the same key: reported, kept
+    GUARDED = "guarded"  # a delete withheld by the mass-delete guard
+
+
+# What makes calls to the target (ADOPT and RELINK only when they carry changes).
+WRITES = frozenset(
+    {
+        ActionKind.CREATE,
+        ActionKind.UPDATE,
+        ActionKind.RECREATE,
+        ActionKind.DELETE,
+        ActionKind.ARCHIVE,
+        ActionKind.ADOPT,
+        ActionKind.RELINK,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field (or `metadata.<key>`) and its value before and after."""
+
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    key: str
+    external_id: str | None = None
+    desired: Desired | None = None
+    changes: tuple[Change, ...] = ()
+    reason: str = ""
+    generation: int = 1
+    resume: bool = False  # an earlier intent's outcome is unknown: finish it first
+    drift: bool = False  # the target differs from what we last pushed (changed out of band)
+
+    @property
+    def calls_target(self) -> bool:
+        if self.kind in (ActionKind.ADOPT, ActionKind.RELINK):
+            return bool(self.changes)
+        return self.kind in WRITES
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.kind.value, "key": self.key}
+        if self.external_id:
+            out["externalId"] = self.external_id
+        if self.changes:
+            out["changes"] = [
+                {"field": c.field, "before": c.before, "after": c.after} for c in self.changes
+            ]
+        if self.reason:
+            out["reason"] = self.reason
+        if self.kind in (ActionKind.CREATE, ActionKind.RECREATE):
+            out["generation"] = self.generation
+        if self.resume:
+            out["resume"] = True
+        if self.drift:
+            out["drift"] = True
+        return out
+
+
+# The order a plan lists (and applies) actions in: creates and repairs before destructive ones.
+_ORDER = {kind: index for index, kind in enumerate(ActionKind)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str
+    full: bool
+    actions: tuple[Action, ...]
+    managed: int  # managed records the delete guard measures against
+    guard_tripped: bool = False
+    guard_reason: str = ""
+
+    @staticmethod
+    def ordered(actions: list[Action]) -> tuple[Action, ...]:
+        return tuple(sorted(actions, key=lambda a: (_ORDER[a.kind], a.key, a.external_id or "")))
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for action in self.actions:
+            counts[action.kind.value] = counts.get(action.kind.value, 0) + 1
+        return counts
+
+    def writes(self) -> list[Action]:
+        return [a for a in self.actions if a.calls_target]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "mode": "full" if self.full else "incremental",
+            "counts": self.counts(),
+            "guard": {
+                "tripped": self.guard_tripped,
+                "reason": self.guard_reason,
+                "managed": self.managed,
+            },
+            "actions": [a.to_json() for a in self.actions],
+        }
+
+
+@dataclass(frozen=True)
+class DeletePolicy:
+    """What happens to the target's record when the local one is deleted, and the guard."""
+
+    on_delete: str = "delete"  # delete | archive | keep
+    on_missing: str = "recreate"  # our record deleted in the target: recreate | report
+    on_orphan: str = "report"  # managed in the target, unknown locally: report | delete
+    max_delete_fraction: float = 0.1
+    max_deletes: int | None = None
+    # The fraction guard ignores runs deleting fewer records than this: removing one customer
+    # out of five is not a mass delete.
+    mass_delete_floor: int = 3
+    allow_mass_delete: bool = False
+
+
+@dataclass
+class Summary:
+    """What a run did, item by item outcomes aggregated."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + n

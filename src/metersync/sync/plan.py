@@ -1,0 +1,441 @@
+"""Planning: catalog × links × (optionally) a target snapshot → Plan. Pure: no I/O, no clock
+reads (the caller passes `now`), deterministic order.
+
+With a snapshot (a full reconcile) the plan compares against what the target really holds:
+it adopts instead of creating, repairs drift, recreates what was deleted out of band and reports
+orphans. Without one (an incremental tick) it compares against what we last pushed, which is
+enough to push local changes and costs no listing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from metersync.store.models import LinkState
+from metersync.sync.model import (
+    Action,
+    ActionKind,
+    Change,
+    DeletePolicy,
+    Desired,
+    External,
+    LinkView,
+    Plan,
+    Snapshot,
+)
+
+# Links whose external record we treat as ours and present (or presumed present).
+_HOLDING = {
+    LinkState.SYNCED,
+    LinkState.UPDATING,
+    LinkState.DELETING,
+    LinkState.ARCHIVED,
+    LinkState.MISSING,
+}
+# Links whose record is gone or no longer ours.
+_LET_GO = {LinkState.DELETED, LinkState.RELEASED}
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    """Limits that depend on the record as the target holds it (known only with a snapshot)."""
+
+    metadata_max_keys: int | None = None
+
+
+def plan_customers(
+    *,
+    target: str,
+    local: Mapping[str, Desired | None],
+    links: Mapping[str, LinkView],
+    snapshot: Snapshot | None,
+    policy: DeletePolicy,
+    now: datetime,
+    rules: TargetRules = TargetRules(),
+) -> Plan:
+    """`local` maps every local key to plan for to its Desired record, or None for a tombstone."""
+    actions: list[Action] = []
+    claimed: set[str] = set()  # external ids accounted for by a local key
+    for key in sorted(local):
+        link = links.get(key)
+        desired = local[key]
+        if desired is None:
+            actions += _plan_tombstone(key, link, snapshot, policy, claimed)
+        else:
+            actions += _plan_live(desired, link, snapshot, policy, now, rules, claimed)
+    if snapshot is not None:
+        actions += _plan_unclaimed(snapshot, local, links, policy, claimed)
+    managed = (
+        snapshot.managed
+        if snapshot is not None
+        else sum(
+            1
+            for link in links.values()
+            if link.external_id and link.state in (LinkState.SYNCED, LinkState.UPDATING)
+        )
+    )
+    return _guard(Plan(target, snapshot is not None, Plan.ordered(actions), managed), policy)
+
+
+# -- live records -------------------------------------------------------------------------------
+
+
+def _plan_live(
+    desired: Desired,
+    link: LinkView | None,
+    snapshot: Snapshot | None,
+    policy: DeletePolicy,
+    now: datetime,
+    rules: TargetRules,
+    claimed: set[str],
+) -> list[Action]:
+    key = desired.key
+    if desired.blocked:
+        return [
+            Action(
+                ActionKind.BLOCKED,
+                key,
+                link.external_id if link else None,
+                desired,
+                reason="; ".join(desired.blocked),
+            )
+        ]
+    waiting = _backing_off(desired, link, now)
+    if waiting is not None:
+        if link is not None and link.external_id:
+            claimed.add(link.external_id)
+        return [waiting]
+    generation = link.generation if link else 1
+    if snapshot is None:
+        return [_incremental(desired, link, generation)]
+
+    candidates = snapshot.by_key.get(key, ())
+    current = snapshot.by_id.get(link.external_id) if link and link.external_id else None
+    if current is not None and link is not None and link.state not in _LET_GO:
+        claimed.add(current.id)
+        out = [_update(desired, current, link, rules, ActionKind.UPDATE)]
+        return out + _duplicates(key, candidates, current.id, claimed)
+    if candidates:
+        # A managed record with our key: the create happened (we crashed before recording it),
+        # or the link table was lost. Take it over; never create a second one.
+        chosen = candidates[0]
+        claimed.add(chosen.id)
+        kind = ActionKind.RELINK if link and link.external_id else ActionKind.ADOPT
+        action = _update(desired, chosen, link, rules, kind)
+        return [action, *_duplicates(key, candidates, chosen.id, claimed)]
+    if link is not None and link.external_id and link.state in _HOLDING:
+        # Ours, linked, and gone from the target: deleted out of band.
+        if policy.on_missing == "recreate":
+            return [
+                Action(
+                    ActionKind.RECREATE,
+                    key,
+                    link.external_id,
+                    desired,
+                    generation=generation + 1,
+                    reason="deleted in the target out of band; recreating",
+                )
+            ]
+        return [
+            Action(
+                ActionKind.BLOCKED,
+                key,
+                link.external_id,
+                desired,
+                reason="deleted in the target out of band (on_missing = report)",
+            )
+        ]
+    if link is not None and link.state == LinkState.CREATING:
+        return [
+            Action(
+                ActionKind.CREATE,
+                key,
+                None,
+                desired,
+                generation=generation,
+                resume=True,
+                reason="an earlier create's outcome is unknown; finishing it",
+            )
+        ]
+    if link is not None and link.state in _LET_GO:
+        return [
+            Action(
+                ActionKind.RECREATE,
+                key,
+                link.external_id,
+                desired,
+                generation=generation + 1,
+                reason="the record was deleted earlier",
+            )
+        ]
+    return [Action(ActionKind.CREATE, key, None, desired, generation=generation)]
+
+
+def _incremental(desired: Desired, link: LinkView | None, generation: int) -> Action:
+    key = desired.key
+    if (
+        link is None
+        or link.state == LinkState.PENDING
+        or not (link.external_id or link.state == LinkState.CREATING)
+    ):
+        return Action(ActionKind.CREATE, key, None, desired, generation=generation)
+    if link.state == LinkState.CREATING:
+        return Action(
+            ActionKind.CREATE,
+            key,
+            None,
+            desired,
+            generation=generation,
+            resume=True,
+            reason="an earlier create's outcome is unknown; finishing it",
+        )
+    if link.state in _LET_GO or link.state == LinkState.MISSING:
+        return Action(
+            ActionKind.RECREATE,
+            key,
+            link.external_id,
+            desired,
+            generation=generation + 1,
+            reason=f"link is {link.state}",
+        )
+    pushed = External(
+        link.external_id or "",
+        key,
+        (link.synced_state or {}).get("fields", {}),
+        (link.synced_state or {}).get("metadata", {}),
+    )
+    changes = _changes(desired, pushed, link.owned_metadata_keys)
+    if link.state in (LinkState.ARCHIVED, LinkState.UPDATING) or changes:
+        return Action(
+            ActionKind.UPDATE,
+            key,
+            link.external_id,
+            desired,
+            changes,
+            resume=link.state == LinkState.UPDATING,
+        )
+    return Action(ActionKind.SKIP, key, link.external_id, desired, reason="in sync")
+
+
+def _update(
+    desired: Desired,
+    record: External,
+    link: LinkView | None,
+    rules: TargetRules,
+    kind: ActionKind,
+) -> Action:
+    owned = link.owned_metadata_keys if link else ()
+    changes = _changes(desired, record, owned)
+    if rules.metadata_max_keys is not None:
+        theirs = set(record.metadata) - set(owned) - set(desired.metadata)
+        if len(theirs) + len(desired.metadata) > rules.metadata_max_keys:
+            return Action(
+                ActionKind.BLOCKED,
+                desired.key,
+                record.id,
+                desired,
+                reason=(
+                    f"metadata would have {len(theirs) + len(desired.metadata)} keys "
+                    f"({len(theirs)} written by others), over the target's limit of "
+                    f"{rules.metadata_max_keys}"
+                ),
+            )
+    unarchive = link is not None and link.state == LinkState.ARCHIVED
+    if kind == ActionKind.UPDATE and not changes and not unarchive:
+        return Action(ActionKind.SKIP, desired.key, record.id, desired, reason="in sync")
+    drift = bool(changes) and link is not None and link.synced_hash == desired.hash
+    return Action(
+        kind,
+        desired.key,
+        record.id,
+        desired,
+        changes,
+        drift=drift,
+        reason="repairing drift" if drift else "",
+    )
+
+
+def _changes(
+    desired: Desired, record: External, owned_metadata: tuple[str, ...]
+) -> tuple[Change, ...]:
+    out = []
+    for name, value in desired.fields.items():
+        before = record.fields.get(name)
+        if _norm(before) != _norm(value):
+            out.append(Change(name, before, value))
+    for name, value in desired.metadata.items():
+        if record.metadata.get(name) != value:
+            out.append(Change(f"metadata.{name}", record.metadata.get(name), value))
+    for name in sorted(set(owned_metadata) - set(desired.metadata)):
+        if name in record.metadata:  # ours once, no longer wanted: unset exactly it
+            out.append(Change(f"metadata.{name}", record.metadata[name], None))
+    return tuple(out)
+
+
+def _norm(value: Any) -> Any:
+    """Absent, null and "" mean the same to a target field; so do empty sub-fields."""
+    if value == "" or value is None:
+        return None
+    if isinstance(value, Mapping):
+        inner = {k: _norm(v) for k, v in value.items() if _norm(v) is not None}
+        return inner or None
+    return value
+
+
+def _backing_off(desired: Desired, link: LinkView | None, now: datetime) -> Action | None:
+    """A record that failed permanently waits for its backoff, unless it changed since."""
+    if link is None or link.next_attempt_at is None or link.next_attempt_at <= now:
+        return None
+    if link.last_error is None:
+        return None
+    failed = (link.intent_state or {}).get("hash")
+    if failed is not None and failed != desired.hash:
+        return None
+    return Action(
+        ActionKind.SKIP,
+        desired.key,
+        link.external_id,
+        desired,
+        reason=f"backing off after an error until {link.next_attempt_at.isoformat()}",
+    )
+
+
+def _duplicates(
+    key: str, candidates: tuple[External, ...], kept: str, claimed: set[str]
+) -> list[Action]:
+    out = []
+    for record in candidates:
+        if record.id != kept and record.id not in claimed:
+            claimed.add(record.id)
+            out.append(
+                Action(
+                    ActionKind.DUPLICATE,
+                    key,
+                    record.id,
+                    reason=(f"a second managed record for {key!r}; {kept} is the one kept in sync"),
+                )
+            )
+    return out
+
+
+# -- tombstones and the unclaimed ---------------------------------------------------------------
+
+
+def _plan_tombstone(
+    key: str,
+    link: LinkView | None,
+    snapshot: Snapshot | None,
+    policy: DeletePolicy,
+    claimed: set[str],
+) -> list[Action]:
+    targets: list[str] = []
+    if (
+        link is not None
+        and link.external_id
+        and link.state not in _LET_GO
+        and (snapshot is None or link.external_id in snapshot.by_id)
+    ):
+        targets.append(link.external_id)
+    if snapshot is not None:
+        if link is not None and link.state == LinkState.RELEASED:
+            claimed.update(r.id for r in snapshot.by_key.get(key, ()))
+            return []
+        targets += [r.id for r in snapshot.by_key.get(key, ()) if r.id not in targets]
+    if link is not None and link.state == LinkState.CREATING and not targets:
+        # A create may have happened: finish it to learn the id, then act on the delete.
+        return [
+            Action(
+                _tombstone_kind(policy),
+                key,
+                None,
+                resume=True,
+                reason="local record deleted while its create was in flight",
+            )
+        ]
+    claimed.update(targets)
+    out = []
+    for external_id in targets:
+        kind = _tombstone_kind(policy)
+        if (
+            kind == ActionKind.ARCHIVE
+            and link is not None
+            and link.state == LinkState.ARCHIVED
+            and external_id == link.external_id
+        ):
+            continue
+        out.append(
+            Action(kind, key, external_id, reason=f"local record deleted ({policy.on_delete})")
+        )
+    return out
+
+
+def _tombstone_kind(policy: DeletePolicy) -> ActionKind:
+    return {"delete": ActionKind.DELETE, "archive": ActionKind.ARCHIVE, "keep": ActionKind.RELEASE}[
+        policy.on_delete
+    ]
+
+
+def _plan_unclaimed(
+    snapshot: Snapshot,
+    local: Mapping[str, Desired | None],
+    links: Mapping[str, LinkView],
+    policy: DeletePolicy,
+    claimed: set[str],
+) -> list[Action]:
+    out = []
+    for key, records in snapshot.by_key.items():
+        if key in local:
+            continue  # planned above
+        link = links.get(key)
+        for record in records:
+            if record.id in claimed:
+                continue
+            if link is not None and link.state == LinkState.RELEASED:
+                continue  # kept on purpose when the local record was deleted
+            if policy.on_orphan == "delete":
+                out.append(
+                    Action(
+                        ActionKind.DELETE,
+                        key,
+                        record.id,
+                        reason="orphan: managed in the target, unknown locally",
+                    )
+                )
+            else:
+                out.append(
+                    Action(
+                        ActionKind.ORPHAN,
+                        key,
+                        record.id,
+                        reason="managed in the target, unknown locally; kept",
+                    )
+                )
+    return out
+
+
+def _guard(plan: Plan, policy: DeletePolicy) -> Plan:
+    """Withhold every delete when a run would delete too much at once."""
+    deletes = [a for a in plan.actions if a.kind == ActionKind.DELETE]
+    if not deletes or policy.allow_mass_delete:
+        return plan
+    count, managed = len(deletes), max(plan.managed, 1)
+    reason = ""
+    if policy.max_deletes is not None and count > policy.max_deletes:
+        reason = f"{count} deletes exceed max_deletes = {policy.max_deletes}"
+    elif count >= policy.mass_delete_floor and count / managed > policy.max_delete_fraction:
+        reason = (
+            f"{count} deletes are {count / managed:.0%} of {plan.managed} managed records, "
+            f"over max_delete_fraction = {policy.max_delete_fraction:.0%}"
+        )
+    if not reason:
+        return plan
+    guarded = [
+        Action(ActionKind.GUARDED, a.key, a.external_id, a.desired, reason=reason)
+        if a.kind == ActionKind.DELETE
+        else a
+        for a in plan.actions
+    ]
+    return Plan(plan.target, plan.full, Plan.ordered(guarded), plan.managed, True, reason)

@@ -1,0 +1,1 @@
+"""Targets: the external systems metersync writes to (Stripe now, HubSpot later)."""
