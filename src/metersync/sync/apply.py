@@ -347,6 +347,9 @@ class Applier:
             self.target.name, "archive", action.key, link.generation if link else 1, external_id
         )
         marker = await self._call(lambda: self.target.archive(external_id, idem))
+        if link is not None and link.external_id not in (None, external_id):
+            self.result.count("archived")  # a duplicate: archived, the link stays where it is
+            return
         pushed = dict((link.synced_state if link else None) or {"fields": {}, "metadata": {}})
         pushed["metadata"] = {**pushed.get("metadata", {}), **marker}
         await self._journal(

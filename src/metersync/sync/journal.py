@@ -22,7 +22,9 @@ from metersync.store.models import SyncStateRow
 from metersync.sync.model import LinkView, digest
 
 _BATCH = 500  # keys per IN (…) query: far below any database's bound-parameter limit
-_UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING)
+# Looked at again by every tick until resolved: intents whose outcome is unknown, and records
+# found deleted out of band (recreated, or reported, by policy).
+_UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING, LinkState.MISSING)
 
 
 def backoff(attempts: int, *, base_s: float = 30.0, cap_s: float = 3600.0) -> timedelta:

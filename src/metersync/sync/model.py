@@ -49,6 +49,7 @@ class External:
     fields: Mapping[str, Any]
     metadata: Mapping[str, str]
     created: int = 0
+    archived: bool = False  # carries the target's archive marker (delete policy `archive`)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _plan_live(
         return [waiting]
     generation = link.generation if link else 1
     if snapshot is None:
-        return [_incremental(desired, link, generation)]
+        return [_incremental(desired, link, generation, policy)]
 
     candidates = snapshot.by_key.get(key, ())
     current = snapshot.by_id.get(link.external_id) if link and link.external_id else None
@@ -174,7 +174,9 @@ def _plan_live(
     return [Action(ActionKind.CREATE, key, None, desired, generation=generation)]
 
 
-def _incremental(desired: Desired, link: LinkView | None, generation: int) -> Action:
+def _incremental(
+    desired: Desired, link: LinkView | None, generation: int, policy: DeletePolicy
+) -> Action:
     key = desired.key
     if (
         link is None
@@ -191,6 +193,14 @@ def _incremental(desired: Desired, link: LinkView | None, generation: int) -> Ac
             generation=generation,
             resume=True,
             reason="an earlier create's outcome is unknown; finishing it",
+        )
+    if link.state == LinkState.MISSING and policy.on_missing != "recreate":
+        return Action(
+            ActionKind.BLOCKED,
+            key,
+            link.external_id,
+            desired,
+            reason="deleted in the target out of band (on_missing = report)",
         )
     if link.state in _LET_GO or link.state == LinkState.MISSING:
         return Action(
@@ -359,17 +369,24 @@ def _plan_tombstone(
     out = []
     for external_id in targets:
         kind = _tombstone_kind(policy)
-        if (
-            kind == ActionKind.ARCHIVE
-            and link is not None
-            and link.state == LinkState.ARCHIVED
-            and external_id == link.external_id
-        ):
+        if kind == ActionKind.ARCHIVE and _already_archived(external_id, link, snapshot):
             continue
         out.append(
             Action(kind, key, external_id, reason=f"local record deleted ({policy.on_delete})")
         )
     return out
+
+
+def _already_archived(external_id: str, link: LinkView | None, snapshot: Snapshot | None) -> bool:
+    marked = (
+        snapshot is not None
+        and external_id in snapshot.by_id
+        and snapshot.by_id[external_id].archived
+    )
+    recorded = (
+        link is not None and link.state == LinkState.ARCHIVED and external_id == link.external_id
+    )
+    return marked or recorded
 
 
 def _tombstone_kind(policy: DeletePolicy) -> ActionKind:

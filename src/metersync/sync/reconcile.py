@@ -118,7 +118,11 @@ async def sync_customers(
     if subject_keys is not None and applied.changed_customers:
         subject_keys += _subjects_of(catalog, applied.changed_customers, customers)
     result.subjects_routed = journal.route_subjects(subject_keys)
-    journal.advance(cursor=changes.high_water, full=options.full, summary=result.counts)
+    # Withheld deletes left no trace on their link rows: keep the cursor before them, so the
+    # next run (with --allow-mass-delete, or after the catalog is fixed) sees them again. The
+    # rest of the window replays as no-ops.
+    cursor = None if plan.guard_tripped else changes.high_water
+    journal.advance(cursor=cursor, full=options.full, summary=result.counts)
     _log.info("applied", target=target.name, counts=result.counts)
     return result
 

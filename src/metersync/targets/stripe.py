@@ -81,7 +81,9 @@ class StripeTarget:
             "phone": address.phone_number,
             "address": address_fields if any(address_fields.values()) else None,
         }
-        metadata = dict(customer.metadata)
+        # Stripe cannot hold an empty metadata value ("" unsets the key): leave such keys out,
+        # or every full reconcile would see them missing and "repair" them forever.
+        metadata = {k: v for k, v in customer.metadata.items() if v != ""}
         blocked = list(_limits(fields, metadata))
         metadata[MANAGED_KEY] = customer.key
         if len(metadata) > METADATA_KEYS_MAX:
@@ -283,6 +285,7 @@ def _external(customer: Mapping[str, Any]) -> External:
         },
         metadata=metadata,
         created=int(customer.get("created") or 0),
+        archived=ARCHIVED_KEY in metadata,
     )
 
 

@@ -164,7 +164,8 @@ class EmulatorApp:
             replay = self._replay(scope, fingerprint, request_id)
             if replay is not None:
                 entry["replayed"] = True
-                return replay
+                # The network can lose a replay's answer as well as an original's.
+                return self._deliver(replay, fault)
             if scope in self.in_flight:
                 raise StripeApiError(
                     409,
@@ -193,11 +194,16 @@ class EmulatorApp:
         if call.emitted and self.on_events is not None:
             self.on_events(call.emitted)
 
-        response = Response(status, raw, self._headers(request_id, key))
+        return self._deliver(Response(status, raw, self._headers(request_id, key)), fault)
+
+    def _deliver(self, response: Response, fault: FaultKind | None) -> Outcome:
+        """Faults that strike after the work is done: the answer is lost, or comes too late."""
         if fault is FaultKind.COMMIT_THEN_DROP:
             return Drop()
         if fault is FaultKind.SLOW:
-            return Response(status, raw, response.headers, delay_s=self.config.slow_seconds)
+            return Response(
+                response.status, response.body, response.headers, delay_s=self.config.slow_seconds
+            )
         return response
 
     # -- steps -----------------------------------------------------------------------------------
@@ -278,7 +284,7 @@ class EmulatorApp:
         canonical = json.dumps([request.method, request.path, params], sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def _replay(self, scope: tuple[str, str], fingerprint: str, request_id: str) -> Outcome | None:
+    def _replay(self, scope: tuple[str, str], fingerprint: str, request_id: str) -> Response | None:
         self.state.expire_idempotency()
         stored = self.state.idempotency.get(scope)
         if stored is None:
