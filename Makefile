@@ -20,11 +20,11 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	PATH="$(abspath $(BIN)):$$PATH" DEMO_DIR=$(DEMO_DIR) sh examples/demo.sh
+	DEMO_DIR=$(DEMO_DIR) $(BIN)/python examples/demo.py
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

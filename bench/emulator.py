@@ -27,8 +27,6 @@ bench/results/emulator.json and emulator.md.
                                                      # figures go to emulator-profile.*
 """
 
-# ruff: noqa: T201 - a benchmark reports on stdout
-
 from __future__ import annotations
 
 import argparse
@@ -116,9 +114,7 @@ def emulator_process(profile_path: Path | None = None) -> Iterator[tuple[str, in
     command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
     if profile_path is not None:
         command += ["--profile-to", str(profile_path)]
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30
