@@ -41,8 +41,10 @@ class AdaptiveLimiter:
         async with self._lock:
             while True:
                 self._refill()
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # A tolerance: refills sum floats, and 0.9999999999999998 of a token must not
+                # mean a 1e-17 s wait that no clock can even tell apart from now.
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     self.stats.acquired += 1
                     return
                 wait = (1.0 - self._tokens) / self.current
