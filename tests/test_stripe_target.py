@@ -56,7 +56,10 @@ def test_a_429_halves_the_whole_rate_and_it_recovers() -> None:
     assert limiter.current == 5.0
     clock.now += 3.0
     limiter._refill()
-    assert limiter.current == 20.0  # +10% of 20/s per second, capped at the configured rate
+    assert limiter.current == pytest.approx(11.0)  # +10% of 20/s for each second since
+    clock.now += 10.0
+    limiter._refill()
+    assert limiter.current == 20.0  # capped at the configured rate
 
 
 def test_default_rates_follow_the_key_mode() -> None:
