@@ -8,14 +8,22 @@ Used by metersync's own tests and benchmarks; usable for yours:
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlmodel import update
+
 from metersync.catalog import Catalog
+from metersync.store import LinkRow
+from metersync.sync.apply import RetryPolicy
+from metersync.sync.reconcile import SyncOptions, sync_customers
 from metersync.targets.stripe import ADDRESS_FIELDS, MANAGED_KEY, StripeTarget
 from metersync.testing.emulator import StripeEmulator
 
@@ -106,3 +114,89 @@ def kill_after(
     process.send_signal(signal.SIGKILL)
     process.wait()
     return None
+
+
+def mutate(catalog: Catalog, rng: random.Random, trial: int) -> None:
+    """Move the catalog on between runs: renames, deletes and new customers, so that creates,
+    updates and deletes are all in flight when the next run is killed."""
+    live = [c.key for c in catalog.list_customers()]
+    for key in rng.sample(live, min(6, len(live))):
+        catalog.update_customer(
+            key, {"name": f"{key} trial {trial}", "metadata": {"trial": str(trial)}}
+        )
+    for key in rng.sample(live, min(2, len(live))):
+        catalog.delete_customer(key)
+    for i in range(3):
+        catalog.create_customer(
+            {
+                "key": f"t{trial}-{i}",
+                "name": f"New {trial}/{i}",
+                "primaryEmail": f"n{trial}{i}@x.test",
+            }
+        )
+
+
+def kill_mid_apply(
+    env: Mapping[str, str],
+    emulator: StripeEmulator,
+    rng: random.Random,
+    *,
+    window_s: float = 0.35,
+) -> float:
+    """Start `metersync reconcile`; once it has sent its first request to the emulator (so the
+    kill cannot land in Python's start-up), SIGKILL it after a random delay within `window_s`.
+    Returns the delay used."""
+    before = len(emulator.requests())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metersync", "reconcile"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while len(emulator.requests()) == before and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError("the reconcile never reached the emulator")
+        time.sleep(0.005)
+    delay = rng.uniform(0.0, window_s)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return delay
+
+
+def rerun_until_settled(catalog: Catalog, emulator: StripeEmulator, *, attempts: int = 5) -> int:
+    """Run the sync in-process until nothing is left to do; returns how many runs it took.
+
+    Intents a killed run left behind wait out a short retry backoff; clearing next_attempt_at
+    here stands in for waiting it out."""
+    for run in range(1, attempts + 1):
+        counts = asyncio.run(_run_once(catalog, emulator))
+        if not counts.get("skip") and not counts.get("failed"):
+            return run
+        with catalog.store.session() as session:
+            session.exec(update(LinkRow).values(next_attempt_at=None))
+    return attempts
+
+
+async def _run_once(catalog: Catalog, emulator: StripeEmulator) -> dict[str, int]:
+    target = StripeTarget("sk_test_chaos", api_base=emulator.url, rate=1000)
+    try:
+        result = await sync_customers(
+            catalog, target, SyncOptions(concurrency=4, retry=RetryPolicy(base_delay_s=0.01))
+        )
+        return result.counts
+    finally:
+        await target.close()
+
+
+def reconcile_env(database_url: str, emulator: StripeEmulator) -> dict[str, str]:
+    return {
+        "METERSYNC_DATABASE_URL": database_url,
+        "STRIPE_API_KEY": "sk_test_chaos",
+        "METERSYNC_STRIPE_API_BASE": emulator.url,
+        "METERSYNC_SYNC_CONCURRENCY": "4",
+        "METERSYNC_SYNC_RATE_LIMIT": "1000",
+        "METERSYNC_LOG_LEVEL": "error",
+    }
