@@ -114,7 +114,8 @@ class Customer:
         return self.deleted_at is not None
 
     @classmethod
-    def from_row(cls, row: CustomerRow, subject_keys: list[str]) -> Customer:
+    def from_row(cls, row: CustomerRow | Any, subject_keys: list[str]) -> Customer:
+        """From an ORM row or a plain row whose columns are labelled like its attributes."""
         return cls(
             id=row.id,
             key=row.key,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import insert, or_, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -22,6 +22,8 @@ from metersync.store.models import SyncStateRow
 from metersync.sync.model import LinkView, digest
 
 _BATCH = 500  # keys per IN (…) query: far below any database's bound-parameter limit
+# Customer links whose external record usage can be routed to.
+_ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
 # Looked at again by every tick until resolved: intents whose outcome is unknown, and records
 # found deleted out of band (recreated, or reported, by policy).
 _UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING, LinkState.MISSING)
@@ -58,17 +60,52 @@ class Journal:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def links(self, keys: Iterable[str] | None = None) -> dict[str, LinkView]:
+    def links(
+        self, keys: Iterable[str] | None = None, *, with_state: bool = True
+    ) -> dict[str, LinkView]:
+        """Customer links, all or for `keys`. Plain column reads, not ORM objects: a full
+        reconcile reads 100,000 of them. `with_state=False` skips what we last pushed, which
+        only an incremental plan compares against."""
+        columns = [
+            LinkRow.local_key,
+            LinkRow.external_id,
+            LinkRow.state,
+            LinkRow.generation,
+            LinkRow.synced_hash,
+            LinkRow.owned_metadata_keys,
+            LinkRow.idempotency_key,
+            LinkRow.intent_state,
+            LinkRow.intent_at,
+            LinkRow.attempts,
+            LinkRow.last_error,
+            LinkRow.next_attempt_at,
+        ]
+        if with_state:
+            columns.append(LinkRow.synced_state)
+        query = select(*columns).where(  # type: ignore[type-var]
+            LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
+        )
         with self.store.read_session() as session:
-            rows: list[LinkRow] = []
-            if keys is None:
-                rows = list(session.exec(self._customers()))
-            else:
-                wanted = sorted(set(keys))
-                for start in range(0, len(wanted), _BATCH):
-                    chunk = wanted[start : start + _BATCH]
-                    rows += session.exec(self._customers().where(col(LinkRow.local_key).in_(chunk)))
-        return {row.local_key: view(row) for row in rows}
+            wanted = None if keys is None else sorted(set(keys))
+            rows = self._in_batches(session, query, col(LinkRow.local_key), wanted)
+        return {
+            row[0]: LinkView(
+                key=row[0],
+                external_id=row[1],
+                state=row[2],
+                generation=row[3],
+                synced_hash=row[4],
+                owned_metadata_keys=tuple(row[5] or ()),
+                idempotency_key=row[6],
+                intent_state=row[7],
+                intent_at=row[8],
+                attempts=row[9],
+                last_error=row[10],
+                next_attempt_at=row[11],
+                synced_state=row[12] if with_state else None,
+            )
+            for row in rows
+        }
 
     def link(self, key: str) -> LinkView | None:
         return self.links([key]).get(key)
@@ -243,35 +280,52 @@ class Journal:
 
     def route_subjects(self, subject_keys: Iterable[str] | None = None) -> int:
         """Point each subject's link row at the external customer its usage goes to (through its
-        customer's link), or at nothing yet. Returns how many rows changed."""
+        customer's link), or at nothing yet. Returns how many rows changed.
+
+        `subject_keys` None means every subject (a full reconcile); a tick passes only the few
+        it touched, and then reads only those rows. Plain column reads and bulk writes: this
+        runs over 100,000 subjects in a full reconcile.
+        """
+        wanted = None if subject_keys is None else sorted(set(subject_keys))
+        if wanted == []:
+            return 0
         with self.store.session() as session:
+            subjects = self._in_batches(
+                session,
+                select(
+                    SubjectRow.key, SubjectRow.deleted_at, AttributionRow.customer_key
+                ).outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key)),
+                col(SubjectRow.key),
+                wanted,
+            )
+            owners = None if wanted is None else sorted({c for _, _, c in subjects if c})
             customer_ids = {
                 key: external_id
-                for key, external_id, state in session.exec(
+                for key, external_id, state in self._in_batches(
+                    session,
                     select(LinkRow.local_key, LinkRow.external_id, LinkRow.state).where(
                         LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
-                    )
+                    ),
+                    col(LinkRow.local_key),
+                    owners,
                 )
-                if external_id
-                and state in (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
+                if external_id and state in _ROUTABLE
             }
-            query = select(
-                SubjectRow.key, SubjectRow.deleted_at, AttributionRow.customer_key
-            ).outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key))
-            wanted_keys = None if subject_keys is None else set(subject_keys)
             current = {
-                row.local_key: row
-                for row in session.exec(
-                    select(LinkRow).where(
+                key: (row_id, external_id, state)
+                for row_id, key, external_id, state in self._in_batches(
+                    session,
+                    select(LinkRow.id, LinkRow.local_key, LinkRow.external_id, LinkRow.state).where(
                         LinkRow.target == self.target, LinkRow.kind == LinkKind.SUBJECT
-                    )
+                    ),
+                    col(LinkRow.local_key),
+                    wanted,
                 )
-                if wanted_keys is None or row.local_key in wanted_keys
             }
-            changed = 0
-            for key, deleted_at, customer_key in session.exec(query):
-                if wanted_keys is not None and key not in wanted_keys:
-                    continue
+            now = utcnow()
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for key, deleted_at, customer_key in subjects:
                 external_id = customer_ids.get(customer_key) if customer_key else None
                 state = (
                     LinkState.DELETED
@@ -280,17 +334,43 @@ class Journal:
                     if external_id
                     else LinkState.PENDING
                 )
-                row = current.get(key)
-                if row is None:
-                    row = LinkRow(
-                        target=self.target, kind=LinkKind.SUBJECT, local_key=key, state=state
+                existing = current.get(key)
+                if existing is None:
+                    inserts.append(
+                        {
+                            "target": self.target,
+                            "kind": LinkKind.SUBJECT,
+                            "local_key": key,
+                            "external_id": external_id,
+                            "state": state,
+                            "owned_metadata_keys": [],
+                            "generation": 1,
+                            "attempts": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                            "synced_at": now if external_id else None,
+                        }
                     )
-                elif row.external_id == external_id and row.state == state:
-                    continue
-                row.external_id = external_id
-                row.state = state
-                row.synced_at = utcnow() if external_id else row.synced_at
-                row.updated_at = utcnow()
-                session.add(row)
-                changed += 1
-            return changed
+                elif existing[1:] != (external_id, state):
+                    updates.append(
+                        {
+                            "id": existing[0],
+                            "external_id": external_id,
+                            "state": state,
+                            "updated_at": now,
+                        }
+                    )
+            if inserts:
+                session.execute(insert(LinkRow), inserts)
+            if updates:
+                session.execute(update(LinkRow), updates)
+            return len(inserts) + len(updates)
+
+    @staticmethod
+    def _in_batches(session: Session, query: Any, column: Any, keys: list[str] | None) -> list[Any]:
+        if keys is None:
+            return list(session.exec(query))
+        rows: list[Any] = []
+        for start in range(0, len(keys), _BATCH):
+            rows += session.exec(query.where(column.in_(keys[start : start + _BATCH])))
+        return rows

@@ -23,7 +23,7 @@ def digest(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Desired:
     """What the target's record for local `key` should hold: owned fields and owned metadata."""
 
@@ -40,7 +40,7 @@ class Desired:
         return digest(self.state())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class External:
     """A record as the target holds it. `key` is the managed marker, None when unmanaged."""
 
@@ -79,7 +79,7 @@ class Snapshot:
         return sum(len(v) for v in self.by_key.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkView:
     """A link row as the planner needs it."""
 
@@ -128,7 +128,7 @@ WRITES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     """One field (or `metadata.<key>`) and its value before and after."""
 
@@ -137,7 +137,7 @@ class Change:
     after: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     kind: ActionKind
     key: str

@@ -72,7 +72,7 @@ async def sync_customers(
     journal = Journal(catalog.store, target.name)
     started = utcnow()
     if options.full:
-        changes = catalog.changes_since(0)
+        changes = catalog.changes_since(0, include_subjects=False)  # subjects: all re-routed
         customers = changes.customers
         snapshot: Snapshot | None = Snapshot.of(await target.list_customers())
         subject_keys: list[str] | None = None
@@ -83,7 +83,7 @@ async def sync_customers(
         snapshot = None
         subject_keys = [s.key for s in changes.subjects]
     local = {c.key: _render(target, c) for c in customers}
-    links = journal.links(None if options.full else local.keys())
+    links = journal.links(None, with_state=False) if options.full else journal.links(local)
     plan = plan_customers(
         target=target.name,
         local=local,

@@ -10,6 +10,7 @@ engine retries, and every attempt waits its turn.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -108,14 +109,12 @@ class StripeTarget:
                 params["starting_after"] = cursor
 
             async def fetch(params: dict[str, Any] = params) -> Any:
-                # raw_request: the listing is read for a few fields only; building SDK objects
-                # for 100,000 customers would cost most of a full reconcile's CPU.
-                return await self.client.raw_request_async("get", "/v1/customers", **params)
+                return await self._get_json("/v1/customers", params)
 
             page = await self._call(fetch)
-            data = page.data["data"]
+            data = page["data"]
             records.extend(_external(c) for c in data)
-            if not page.data.get("has_more") or not data:
+            if not page.get("has_more") or not data:
                 return records
             cursor = data[-1]["id"]
 
@@ -205,6 +204,25 @@ class StripeTarget:
         closer = getattr(http, "close_async", None)
         if closer is not None:
             await closer()
+
+    async def _get_json(self, path: str, params: dict[str, Any]) -> Any:
+        """A GET read as plain JSON. The listing of a full reconcile reads a few fields of
+        100,000 customers: SDK objects, or even the SDK's raw response (parsed into
+        OrderedDicts), would cost most of its CPU. Errors still go through the SDK's own
+        mapping to StripeError classes."""
+        requestor = self.client._requestor  # stripe-python 16: the raw request path
+        body, code, headers = await requestor.request_raw_async(
+            "get",
+            path,
+            params=params,
+            options={},
+            base_address="api",
+            api_mode="V1",
+            usage=["metersync_list"],
+        )
+        if code != 200:
+            requestor._interpret_response(body, code, headers, "V1")  # raises the StripeError
+        return json.loads(body)  # type: ignore[arg-type]  # a str: this is not a stream
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         await self.limiter.acquire()
