@@ -170,6 +170,8 @@ class LinkRow(SQLModel, table=True):
             sqlite_where=text("kind = 'customer'"),
         ),
         Index("ix_link_due", "target", "next_attempt_at"),
+        # Every tick asks for unfinished intents by state: one index range, not a table scan.
+        Index("ix_link_state", "target", "kind", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
