@@ -1,8 +1,8 @@
 """Client-side rate limiting: respected, not discovered (DESIGN sync rule 8).
 
 A token bucket per endpoint class (writes, search, meter events), shared by every request of a
-run. A 429 from the target halves the class's rate for everyone (multiplicative decrease), and
-the rate climbs back a tenth of the configured rate per second without another 429 (additive
+run. A 429 from the target halves the class's rate for everyone (multiplicative decrease); it
+climbs back by a quarter of the configured rate per second without another 429 (additive
 increase). No limiter package we could find adapts its rate this way, hence this small class.
 """
 
@@ -31,7 +31,9 @@ class AdaptiveLimiter:
 
     def __post_init__(self) -> None:
         self.current = self.rate
-        self._tokens = self.burst
+        # Start empty and pace from the first request: a client that opens with a full burst
+        # meets the server's bucket at the same moment, and any jitter in arrival is a 429.
+        self._tokens = 0.0
         self._stamp = self.clock()
         self._last_throttle = float("-inf")
         self._lock = asyncio.Lock()
@@ -64,5 +66,5 @@ class AdaptiveLimiter:
         elapsed = now - self._stamp
         self._stamp = now
         if self.current < self.rate and now - self._last_throttle > 1.0:
-            self.current = min(self.rate, self.current + self.rate * 0.1 * elapsed)
+            self.current = min(self.rate, self.current + self.rate * 0.25 * elapsed)
         self._tokens = min(self.burst, self._tokens + elapsed * self.current)
