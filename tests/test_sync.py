@@ -255,7 +255,8 @@ def test_retryable_failures_are_recorded_then_resumed(
     assert row.next_attempt_at is not None and row.last_error
     emulator.configure(faults=[])
     assert run(catalog, emulator).counts == {"skip": 3}  # waiting out the retry backoff
-    with freeze_time(datetime.now(UTC) + timedelta(minutes=5)):
+    # tick=True: the run's own event loop needs time to pass (the limiter sleeps).
+    with freeze_time(datetime.now(UTC) + timedelta(minutes=5), tick=True):
         resumed = run(catalog, emulator)
     assert resumed.counts == {"created": 3}
     assert len(emulator.customers()) == 3, "resumed with the same keys: replays, no duplicates"

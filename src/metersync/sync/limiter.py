@@ -30,10 +30,11 @@ class AdaptiveLimiter:
     stats: LimiterStats = field(default_factory=LimiterStats)
 
     def __post_init__(self) -> None:
+        self.min_rate = max(self.min_rate, self.rate / 20)
         self.current = self.rate
-        # Start empty and pace from the first request: a client that opens with a full burst
-        # meets the server's bucket at the same moment, and any jitter in arrival is a 429.
-        self._tokens = 0.0
+        # One token to start, then paced: a client that opens with a full burst meets the
+        # server's bucket at the same moment, and any jitter in arrival is a 429.
+        self._tokens = min(1.0, self.burst)
         self._stamp = self.clock()
         self._last_throttle = float("-inf")
         self._lock = asyncio.Lock()
@@ -54,12 +55,17 @@ class AdaptiveLimiter:
                 await asyncio.sleep(wait)
 
     def throttled(self) -> None:
-        """The target answered 429: slow the whole class down."""
+        """The target answered 429: slow the whole class down, once per second at most.
+
+        Many requests in flight meet the same overload and come back 429 together: that is one
+        signal, not thirty, so one halving (as TCP halves once per round trip)."""
         self.stats.throttled += 1
         self._refill()
-        self.current = max(self.min_rate, self.current / 2)
+        now = self.clock()
+        if now - self._last_throttle >= 1.0:
+            self.current = max(self.min_rate, self.current / 2)
+            self._last_throttle = now
         self._tokens = min(self._tokens, 0.0)
-        self._last_throttle = self.clock()
 
     def _refill(self) -> None:
         now = self.clock()
