@@ -155,16 +155,12 @@ class Applier:
         try:
             external_id = await self._call(lambda: self.target.create(payload, key))
         except ItemFailed as failure:
-            unknown = failure.error.kind is ErrorKind.RETRYABLE
-            await self._journal(
-                self.journal.failed,
+            await self._failed(
                 action.key,
-                failure.error.message,
-                # Retryable: the create may have happened; keep the intent to finish it.
-                state=LinkState.CREATING if unknown else LinkState.PENDING,
-                forget_intent=not unknown,
+                failure,
+                in_flight=LinkState.CREATING,
+                refused=LinkState.PENDING,
                 failed_hash=desired.hash,
-                retry_soon=unknown,
             )
             raise
         await self._journal(
@@ -283,7 +279,15 @@ class Applier:
                     LinkState.MISSING,
                     note="deleted in the target out of band",
                 )
-                raise
+            else:
+                await self._failed(
+                    key,
+                    failure,
+                    in_flight=LinkState.UPDATING,
+                    refused=LinkState.SYNCED,
+                    failed_hash=desired.hash,
+                )
+            raise
             unknown = failure.error.kind is ErrorKind.RETRYABLE
             await self._journal(
                 self.journal.failed,
@@ -323,17 +327,14 @@ class Applier:
         try:
             await self._call(lambda: self.target.delete(external_id, idem))
         except ItemFailed as failure:
-            if failure.error.kind is not ErrorKind.GONE:
+            if failure.error.kind is not ErrorKind.GONE:  # already gone is what we wanted
                 if ours:
-                    unknown = failure.error.kind is ErrorKind.RETRYABLE
-                    await self._journal(
-                        self.journal.failed,
+                    await self._failed(
                         action.key,
-                        failure.error.message,
-                        state=LinkState.DELETING if unknown else LinkState.SYNCED,
-                        forget_intent=not unknown,
+                        failure,
+                        in_flight=LinkState.DELETING,
+                        refused=LinkState.SYNCED,
                         failed_hash=None,
-                        retry_soon=unknown,
                     )
                 raise
         if ours:
@@ -368,6 +369,29 @@ class Applier:
     async def _blocked(self, action: Action) -> None:
         await self._journal(self.journal.blocked, action.key, action.reason)
         self.result.count("blocked")
+
+    async def _failed(
+        self,
+        key: str,
+        failure: ItemFailed,
+        *,
+        in_flight: LinkState,
+        refused: LinkState,
+        failed_hash: str | None,
+    ) -> None:
+        """Record a failed write. Retryable: it may have happened, so the intent stays (state
+        `in_flight`) for the next run to finish with the same key. Refused outright: nothing
+        happened, so the intent goes and the link returns to `refused`."""
+        unknown = failure.error.kind is ErrorKind.RETRYABLE
+        await self._journal(
+            self.journal.failed,
+            key,
+            failure.error.message,
+            state=in_flight if unknown else refused,
+            forget_intent=not unknown,
+            failed_hash=failed_hash,
+            retry_soon=unknown,
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
 

@@ -128,50 +128,49 @@ def _plan_live(
         return [action, *_duplicates(key, candidates, chosen.id, claimed)]
     if link is not None and link.external_id and link.state in _HOLDING:
         # Ours, linked, and gone from the target: deleted out of band.
-        if policy.on_missing == "recreate":
-            return [
-                Action(
-                    ActionKind.RECREATE,
-                    key,
-                    link.external_id,
-                    desired,
-                    generation=generation + 1,
-                    reason="deleted in the target out of band; recreating",
-                )
-            ]
-        return [
-            Action(
-                ActionKind.BLOCKED,
-                key,
-                link.external_id,
-                desired,
-                reason="deleted in the target out of band (on_missing = report)",
-            )
-        ]
+        return [_missing(desired, link, policy)]
     if link is not None and link.state == LinkState.CREATING:
-        return [
-            Action(
-                ActionKind.CREATE,
-                key,
-                None,
-                desired,
-                generation=generation,
-                resume=True,
-                reason="an earlier create's outcome is unknown; finishing it",
-            )
-        ]
+        return [_resume_create(desired, generation)]
     if link is not None and link.state in _LET_GO:
-        return [
-            Action(
-                ActionKind.RECREATE,
-                key,
-                link.external_id,
-                desired,
-                generation=generation + 1,
-                reason="the record was deleted earlier",
-            )
-        ]
+        return [_recreate(desired, link, "the record was deleted earlier")]
     return [Action(ActionKind.CREATE, key, None, desired, generation=generation)]
+
+
+def _missing(desired: Desired, link: LinkView, policy: DeletePolicy) -> Action:
+    """Our record was deleted in the target out of band: recreate it, or only report it."""
+    if policy.on_missing == "recreate":
+        return _recreate(desired, link, "deleted in the target out of band; recreating")
+    return Action(
+        ActionKind.BLOCKED,
+        desired.key,
+        link.external_id,
+        desired,
+        reason="deleted in the target out of band (on_missing = report)",
+    )
+
+
+def _recreate(desired: Desired, link: LinkView, reason: str) -> Action:
+    # A new generation: a new idempotency key, so the old record's keys cannot replay.
+    return Action(
+        ActionKind.RECREATE,
+        desired.key,
+        link.external_id,
+        desired,
+        generation=link.generation + 1,
+        reason=reason,
+    )
+
+
+def _resume_create(desired: Desired, generation: int) -> Action:
+    return Action(
+        ActionKind.CREATE,
+        desired.key,
+        None,
+        desired,
+        generation=generation,
+        resume=True,
+        reason="an earlier create's outcome is unknown; finishing it",
+    )
 
 
 def _incremental(
@@ -185,32 +184,11 @@ def _incremental(
     ):
         return Action(ActionKind.CREATE, key, None, desired, generation=generation)
     if link.state == LinkState.CREATING:
-        return Action(
-            ActionKind.CREATE,
-            key,
-            None,
-            desired,
-            generation=generation,
-            resume=True,
-            reason="an earlier create's outcome is unknown; finishing it",
-        )
-    if link.state == LinkState.MISSING and policy.on_missing != "recreate":
-        return Action(
-            ActionKind.BLOCKED,
-            key,
-            link.external_id,
-            desired,
-            reason="deleted in the target out of band (on_missing = report)",
-        )
-    if link.state in _LET_GO or link.state == LinkState.MISSING:
-        return Action(
-            ActionKind.RECREATE,
-            key,
-            link.external_id,
-            desired,
-            generation=generation + 1,
-            reason=f"link is {link.state}",
-        )
+        return _resume_create(desired, generation)
+    if link.state == LinkState.MISSING:
+        return _missing(desired, link, policy)
+    if link.state in _LET_GO:
+        return _recreate(desired, link, f"link is {link.state}")
     pushed = External(
         link.external_id or "",
         key,
