@@ -354,3 +354,16 @@ def test_subjects_route_to_their_customers_stripe_id(
     catalog.delete_customer("c1")
     run(catalog, emulator)
     assert links(catalog.store, LinkKind.SUBJECT)["c1-b"].state == LinkState.PENDING
+
+
+def test_the_guard_measures_a_tick_against_every_managed_customer(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    seed(catalog, 40)
+    run(catalog, emulator)
+    for i in range(3):  # 3 of 40 is 7.5%: under the 10% guard, whatever the tick itself loads
+        catalog.delete_customer(f"c{i}")
+    result = run(catalog, emulator)
+    assert not result.plan.guard_tripped
+    assert result.counts == {"deleted": 3}
+    assert result.plan.managed == 40

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, update
+from sqlalchemy import func, insert, or_, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -106,6 +106,21 @@ class Journal:
             )
             for row in rows
         }
+
+    def managed_count(self) -> int:
+        """Customers this target holds for us: what the mass-delete guard measures against."""
+        with self.store.read_session() as session:
+            count = session.exec(
+                select(func.count())
+                .select_from(LinkRow)
+                .where(
+                    LinkRow.target == self.target,
+                    LinkRow.kind == LinkKind.CUSTOMER,
+                    col(LinkRow.external_id).is_not(None),
+                    col(LinkRow.state).in_([s.value for s in _ROUTABLE]),
+                )
+            ).one()
+        return int(count)
 
     def link(self, key: str) -> LinkView | None:
         return self.links([key]).get(key)

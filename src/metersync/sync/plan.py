@@ -55,8 +55,14 @@ def plan_customers(
     policy: DeletePolicy,
     now: datetime,
     rules: TargetRules = TargetRules(),
+    managed: int | None = None,
 ) -> Plan:
-    """`local` maps every local key to plan for to its Desired record, or None for a tombstone."""
+    """`local` maps every local key to plan for to its Desired record, or None for a tombstone.
+
+    `managed` is how many records the mass-delete guard measures deletes against. A full
+    reconcile counts the snapshot's managed records itself; an incremental tick sees only the
+    links of what changed, so its caller must pass the count of every managed link.
+    """
     actions: list[Action] = []
     claimed: set[str] = set()  # external ids accounted for by a local key
     for key in sorted(local):
@@ -68,15 +74,14 @@ def plan_customers(
             actions += _plan_live(desired, link, snapshot, policy, now, rules, claimed)
     if snapshot is not None:
         actions += _plan_unclaimed(snapshot, local, links, policy, claimed)
-    managed = (
-        snapshot.managed
-        if snapshot is not None
-        else sum(
+    if snapshot is not None:
+        managed = snapshot.managed
+    elif managed is None:
+        managed = sum(
             1
             for link in links.values()
             if link.external_id and link.state in (LinkState.SYNCED, LinkState.UPDATING)
         )
-    )
     return _guard(Plan(target, snapshot is not None, Plan.ordered(actions), managed), policy)
 
 

@@ -92,6 +92,7 @@ async def sync_customers(
         policy=options.policy,
         now=started,
         rules=target.rules,
+        managed=None if options.full else journal.managed_count(),
     )
     result = RunResult(plan, counts=_planned_counts(plan))
     _log.info(
