@@ -476,7 +476,7 @@ def test_webhooks_are_signed_and_retried(emulator: StripeEmulator) -> None:
         webhook_retry_delay_s=0.05,
     )
     client = emulator.client()
-    customer = client.v1.customers.create({"name": "Hooked"})
+    customer = client.v1.customers.create({"name": "Hooked"}, {"idempotency_key": "hook-1"})
     client.v1.customers.update(customer.id, {"name": "Hooked 2"})
     client.v1.customers.delete(customer.id)
     deadline = time.monotonic() + 10
@@ -490,6 +490,10 @@ def test_webhooks_are_signed_and_retried(emulator: StripeEmulator) -> None:
     assert [e.type for e in events] == ["customer.created", "customer.updated", "customer.deleted"]
     assert events[1].data.previous_attributes.to_dict() == {"name": "Hooked"}
     assert all(e.data.object.id == customer.id for e in events)
+    # Each event names the request that caused it (not the one before).
+    assert customer.last_response is not None
+    assert events[0].request.id == customer.last_response.request_id
+    assert events[0].request.idempotency_key == "hook-1"
     attempts = [d["attempt"] for d in emulator.webhook_deliveries()]
     assert attempts == [1, 2, 1, 1]  # the first event was retried after a 500
     with pytest.raises(stripe.SignatureVerificationError):

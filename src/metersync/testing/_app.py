@@ -26,6 +26,7 @@ from metersync.testing._server import Drop, Outcome, Request, Reset, Response
 from metersync.testing._state import EmulatorState, StoredResponse
 
 _TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+IDEMPOTENCY_TTL_S = 24 * 3600  # Stripe keeps idempotency keys at least 24 hours
 _IDEMPOTENT_METHODS = ("POST", "DELETE")
 
 
@@ -40,7 +41,7 @@ class EmulatorApp:
         config: EmulatorConfig,
         *,
         loop_clock: Callable[[], float],
-        on_events: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_events: Callable[[Call], None] | None = None,
     ) -> None:
         self.routes = routes
         self.state = EmulatorState()
@@ -49,6 +50,7 @@ class EmulatorApp:
         self.counters = Counters()
         self.log: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
         self.in_flight: set[tuple[str, str]] = set()
+        self._sweep_at = 10_000
         self.config = config
         self._apply_config(config)
 
@@ -192,7 +194,7 @@ class EmulatorApp:
             if scope is not None:
                 self.in_flight.discard(scope)
         if call.emitted and self.on_events is not None:
-            self.on_events(call.emitted)
+            self.on_events(call)
 
         return self._deliver(Response(status, raw, self._headers(request_id, key)), fault)
 
@@ -285,8 +287,14 @@ class EmulatorApp:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def _replay(self, scope: tuple[str, str], fingerprint: str, request_id: str) -> Response | None:
-        self.state.expire_idempotency()
         stored = self.state.idempotency.get(scope)
+        if stored is not None and stored.stored_at < time.time() - IDEMPOTENCY_TTL_S:
+            del self.state.idempotency[scope]  # expired: the key is free again
+            stored = None
+        if len(self.state.idempotency) > self._sweep_at:
+            # Forget expired keys now and then, not on every request (that scan is O(keys)).
+            self.state.expire_idempotency(IDEMPOTENCY_TTL_S)
+            self._sweep_at = 2 * max(len(self.state.idempotency), 10_000)
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:

@@ -74,7 +74,7 @@ class EmulatorState:
         self.counter += 1
         return self.counter
 
-    def expire_idempotency(self, ttl_s: float = 24 * 3600) -> None:
+    def expire_idempotency(self, ttl_s: float) -> None:
         cutoff = time.time() - ttl_s
         for key in [k for k, v in self.idempotency.items() if v.stored_at < cutoff]:
             del self.idempotency[key]

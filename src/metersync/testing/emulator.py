@@ -28,7 +28,7 @@ import stripe
 from metersync.testing import _customers, _meters, _v2
 from metersync.testing._app import EmulatorApp
 from metersync.testing._config import EmulatorConfig
-from metersync.testing._routes import Route
+from metersync.testing._routes import Call, Route
 from metersync.testing._server import start_server
 from metersync.testing._webhooks import WebhookSender, build_events
 
@@ -152,13 +152,10 @@ class StripeEmulator:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
 
-    def _on_events(self, emitted: list[dict[str, Any]]) -> None:
+    def _on_events(self, call: Call) -> None:
         app, sender = self._app, self._webhooks
         assert app is not None and sender is not None
-        entry = app.log[-1] if app.log else {}
-        events = build_events(
-            app.state, emitted, entry.get("request_id"), entry.get("idempotency_key")
-        )
+        events = build_events(app.state, call.emitted, call.request_id, call.idempotency_key)
         config = app.config
         if config.webhook_url and config.webhook_secret:
             for event in events:
