@@ -25,6 +25,7 @@ from metersync.logs import get_logger
 from metersync.store import LinkState
 from metersync.sync.journal import Journal
 from metersync.sync.model import Action, ActionKind, Change, Desired, Plan, digest
+from metersync.sync.plan import changes_from_pushed
 from metersync.targets.base import ErrorKind, Target, TargetError
 
 T = TypeVar("T")
@@ -215,7 +216,7 @@ class Applier:
         link = await self._journal(self.journal.link, action.key)
         pushed = (link.synced_state if link else None) or {}
         if digest(pushed) != desired.hash:
-            changes = _changes_from(pushed, desired)
+            changes = changes_from_pushed(desired, pushed, tuple(pushed.get("metadata", {})))
             await self._write_update(
                 action.key, external_id, changes, desired, generation=link.generation if link else 1
             )
@@ -417,27 +418,6 @@ class Applier:
 def _need(value: T | None) -> T:
     assert value is not None
     return value
-
-
-def _changes_from(pushed: Mapping[str, Any], desired: Desired) -> tuple[Change, ...]:
-    before_fields = pushed.get("fields", {})
-    before_meta = pushed.get("metadata", {})
-    changes = [
-        Change(k, before_fields.get(k), v)
-        for k, v in desired.fields.items()
-        if before_fields.get(k) != v
-    ]
-    changes += [
-        Change(f"metadata.{k}", before_meta.get(k), v)
-        for k, v in desired.metadata.items()
-        if before_meta.get(k) != v
-    ]
-    changes += [
-        Change(f"metadata.{k}", before_meta[k], None)
-        for k in before_meta
-        if k not in desired.metadata
-    ]
-    return tuple(changes)
 
 
 _REPORT_ONLY = frozenset(

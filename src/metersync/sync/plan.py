@@ -194,13 +194,7 @@ def _incremental(
         return _missing(desired, link, policy)
     if link.state in _LET_GO:
         return _recreate(desired, link, f"link is {link.state}")
-    pushed = External(
-        link.external_id or "",
-        key,
-        (link.synced_state or {}).get("fields", {}),
-        (link.synced_state or {}).get("metadata", {}),
-    )
-    changes = _changes(desired, pushed, link.owned_metadata_keys)
+    changes = changes_from_pushed(desired, link.synced_state, link.owned_metadata_keys)
     if link.state in (LinkState.ARCHIVED, LinkState.UPDATING) or changes:
         return Action(
             ActionKind.UPDATE,
@@ -249,6 +243,15 @@ def _update(
         drift=drift,
         reason="repairing drift" if drift else "",
     )
+
+
+def changes_from_pushed(
+    desired: Desired, pushed: Mapping[str, Any] | None, owned_metadata: tuple[str, ...]
+) -> tuple[Change, ...]:
+    """The changes from what we last pushed (a Desired.state()) to what is desired now."""
+    state = pushed or {}
+    record = External("", desired.key, state.get("fields", {}), state.get("metadata", {}))
+    return _changes(desired, record, owned_metadata)
 
 
 def _changes(
