@@ -234,6 +234,11 @@ class Catalog:
         with self.store.read_session() as session:
             return _customers(session, include_deleted=include_deleted)
 
+    def high_water(self) -> int:
+        """The latest change number: what an up-to-date reader's cursor would be."""
+        with self.store.read_session() as session:
+            return _high_water(session)
+
     def customers_by_keys(self, keys: Iterable[str]) -> list[Customer]:
         """Customers (tombstones included) for the given keys, read in one snapshot."""
         wanted = sorted(set(keys))
@@ -252,16 +257,21 @@ class Catalog:
         change not yet visible will carry a larger number, so "since high_water" misses nothing.
         """
         with self.store.read_session() as session:
-            high_water = session.exec(
-                select(CatalogSequenceRow.value).where(CatalogSequenceRow.name == CATALOG_SEQUENCE)
-            ).one()
+            high_water = _high_water(session)
             subjects = (
                 _subjects(session, since=change_seq, include_deleted=True)
                 if include_subjects
                 else []
             )
             customers = _customers(session, since=change_seq, include_deleted=True)
-        return ChangeSet(subjects=subjects, customers=customers, high_water=int(high_water))
+        return ChangeSet(subjects=subjects, customers=customers, high_water=high_water)
+
+
+def _high_water(session: Session) -> int:
+    value = session.exec(
+        select(CatalogSequenceRow.value).where(CatalogSequenceRow.name == CATALOG_SEQUENCE)
+    ).one()
+    return int(value)
 
 
 def _deleted(kind: str, record: Subject | Customer) -> NotFound:

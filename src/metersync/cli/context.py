@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class AppContext:
     log_format: LogFormat | None = None
     _settings: Settings | None = None
     _catalog: Catalog | None = None
-    closers: list[Any] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:

@@ -35,24 +35,6 @@ def backoff(attempts: int, *, base_s: float = 30.0, cap_s: float = 3600.0) -> ti
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))  # noqa: S311 - jitter only
 
 
-def view(row: LinkRow) -> LinkView:
-    return LinkView(
-        key=row.local_key,
-        external_id=row.external_id,
-        state=row.state,
-        generation=row.generation,
-        synced_hash=row.synced_hash,
-        synced_state=row.synced_state,
-        owned_metadata_keys=tuple(row.owned_metadata_keys or ()),
-        idempotency_key=row.idempotency_key,
-        intent_state=row.intent_state,
-        intent_at=row.intent_at,
-        attempts=row.attempts,
-        last_error=row.last_error,
-        next_attempt_at=row.next_attempt_at,
-    )
-
-
 class Journal:
     def __init__(self, store: Store, target: str) -> None:
         self.store = store
@@ -140,8 +122,14 @@ class Journal:
 
     def by_external_id(self, external_id: str) -> LinkView | None:
         with self.store.read_session() as session:
-            row = session.exec(self._customers().where(LinkRow.external_id == external_id)).first()
-            return view(row) if row else None
+            key = session.exec(
+                select(LinkRow.local_key).where(
+                    LinkRow.target == self.target,
+                    LinkRow.kind == LinkKind.CUSTOMER,
+                    LinkRow.external_id == external_id,
+                )
+            ).first()
+        return self.link(key) if key is not None else None
 
     def cursor(self) -> int:
         with self.store.read_session() as session:

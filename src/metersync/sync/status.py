@@ -42,7 +42,8 @@ def link_status(catalog: Catalog, target: str, *, failing_limit: int = 50) -> di
             )
         ]
     sync_state = journal.state()
-    high_water = catalog.changes_since(journal.cursor()).high_water
+    cursor = sync_state.change_cursor if sync_state else 0
+    high_water = catalog.high_water()
 
     def stamp(value: Any) -> str | None:
         return value.isoformat(timespec="seconds") if value else None
@@ -58,8 +59,8 @@ def link_status(catalog: Catalog, target: str, *, failing_limit: int = 50) -> di
             "lastSummary": sync_state.last_summary if sync_state else None,
         },
         "lag": {
-            "cursor": journal.cursor(),
+            "cursor": cursor,
             "catalog": high_water,
-            "changes": max(0, high_water - journal.cursor()),
+            "changes": max(0, high_water - cursor),
         },
     }
