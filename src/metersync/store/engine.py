@@ -16,7 +16,6 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, col
 
 from metersync.errors import DatabaseUnavailable
-from metersync.settings import redact_database_url
 from metersync.store import migrate
 from metersync.store.models import CatalogSequenceRow
 
@@ -65,7 +64,7 @@ class Store:
 
     @property
     def safe_url(self) -> str:
-        return redact_database_url(self.engine.url.render_as_string(hide_password=False))
+        return self.engine.url.render_as_string(hide_password=True)
 
     def ensure_schema(self, *, auto_migrate: bool) -> None:
         with self._connect() as conn, conn.begin():
