@@ -20,5 +20,13 @@ WORKDIR /data
 ENV METERSYNC_DATABASE_URL=sqlite:////data/metersync.db
 VOLUME ["/data"]
 
+# The service's HTTP face (health, readiness, metrics, webhooks, the OpenMeter-compatible API)
+# listens on loopback unless told otherwise: to reach it from outside the container, set
+# METERSYNC_HTTP_BIND=0.0.0.0:8888 and METERSYNC_HTTP_TOKENS='["a-long-random-token"]' (without
+# a token, metersync refuses to listen beyond loopback).
+EXPOSE 8888
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8888/healthz', timeout=2)"
+
 ENTRYPOINT ["metersync"]
 CMD ["run"]

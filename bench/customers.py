@@ -339,7 +339,7 @@ def check_bulk_matches_api(bulk: Any, sample: int = 20) -> bool:
 
 def expected_link(customer: Any, target: Any) -> dict[str, Any]:
     """What Journal.synced writes after the create of `customer` (minus ids and times)."""
-    from metersync.sync.model import digest
+    from metersync.sync.model import digest, fingerprint
 
     state = target.render(customer).state()
     return {
@@ -347,6 +347,10 @@ def expected_link(customer: Any, target: Any) -> dict[str, Any]:
         "synced_state": state,
         "synced_hash": digest(state),
         "owned_metadata_keys": sorted(state["metadata"]),
+        "synced_seq": customer.change_seq,
+        "synced_fingerprint": fingerprint(
+            target.render_version, state["fields"], state["metadata"]
+        ),
         "generation": 1,
         "idempotency_key": None,
         "intent_state": None,

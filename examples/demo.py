@@ -1,4 +1,5 @@
-"""The demo behind `make demo`: the whole customer sync against the bundled Stripe emulator.
+"""The demo behind `make demo`: customer sync and usage to Stripe meters, against the bundled
+Stripe emulator.
 
 It starts the emulator in this process, then drives the real `metersync` command against it,
 as you would against Stripe (see README: "Against a real Stripe test key").
@@ -6,10 +7,12 @@ as you would against Stripe (see README: "Against a real Stripe test key").
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from metersync.testing import DEFAULT_TEST_KEY, StripeEmulator
@@ -35,6 +38,39 @@ def show_stripe(emulator: StripeEmulator) -> None:
         print(f"  {customer['id']}  {key:<12} {customer['name']!s:<24} {customer['email'] or ''}")
 
 
+def write_events(path: Path) -> None:
+    """A dozen prompt events over the last three hours (Stripe takes the last 35 days), one
+    of them a duplicate and one invalid, as an application would send them."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = []
+    for i, (subject, tokens, model) in enumerate(
+        [
+            ("acme-department1", 120, "small"),
+            ("acme-department1", 80, "large"),
+            ("acme-department2", 45, "small"),
+            ("globex-research", 300, "large"),
+            ("globex-operations", 12, "small"),
+            ("kong-air", 64, "small"),
+            ("acme-department2", 33, "large"),
+            ("globex-research", 150, "small"),
+        ]
+    ):
+        events.append(
+            {
+                "specversion": "1.0",
+                "id": f"evt-{i}",
+                "source": "demo-app",
+                "type": "prompt",
+                "subject": subject,
+                "time": (now - timedelta(minutes=20 * i)).isoformat().replace("+00:00", "Z"),
+                "data": {"tokens": tokens, "model": model},
+            }
+        )
+    events.append(dict(events[0]))  # sent twice: counted once
+    events.append({**events[1], "id": "evt-bad", "data": {"tokens": "many"}})  # rejected
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir(parents=True)
@@ -58,6 +94,16 @@ def main() -> None:
         metersync("reconcile", env=env)
         show_stripe(emulator)
         metersync("reconcile", "--full", env=env)
+
+        print("\n-- usage to Stripe meters (examples/metersync.toml) --")
+        env["METERSYNC_CONFIG"] = str(ROOT / "examples" / "metersync.toml")
+        events = DEMO / "events.ndjson"
+        write_events(events)
+        metersync("meters", "ensure", env=env)
+        metersync("events", "ingest", str(events), env=env)
+        metersync("reconcile", "--only", "usage", env=env)
+        metersync("usage", "show", "--customer", "acme", "--meter", "tokens", env=env)
+        metersync("usage", "verify", env=env)
         metersync("status", env=env)
         calls = emulator.stats()["totals"]
         print(f"\nRequests the emulator answered, by status: {calls}")

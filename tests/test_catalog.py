@@ -477,3 +477,17 @@ def test_creating_a_customer_takes_over_its_subjects_placeholder(catalog: Catalo
     # Now it is a real customer: a second create is a conflict.
     with pytest.raises(Conflict, match="already exists"):
         catalog.create_customer({"key": "dev1", "name": "Again"})
+
+
+def test_create_subjects_creates_only_the_unknown_in_one_change(catalog: Catalog) -> None:
+    catalog.upsert_subject({"key": "known", "displayName": "Known"})
+    catalog.upsert_subject({"key": "gone"})
+    catalog.delete_subject("gone")
+    before = catalog.high_water()
+    created = catalog.create_subjects(["new-b", "known", "gone", "new-a", "new-a"])
+    assert created == ["new-a", "new-b"]
+    assert catalog.high_water() == before + 1  # one transaction, one change number
+    assert catalog.get_subject("known").display_name == "Known"
+    assert catalog.get_subject("gone", include_deleted=True).is_deleted
+    # Each new subject got its customer by the catalog rule, as an upsert would.
+    assert catalog.get_customer("new-a").subject_keys == ("new-a",)

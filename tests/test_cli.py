@@ -249,6 +249,19 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert "supersecret" not in result.stdout and "pw123" not in result.stdout
 
 
+def test_config_show_lists_meters(tmp_path: Path) -> None:
+    config = tmp_path / "metersync.toml"
+    example = Path(__file__).parent.parent / "config" / "metersync.example.toml"
+    config.write_text(
+        example.read_text()
+        + '\n[[meters]]\nslug = "calls"\nevent_type = "request"\naggregation = "COUNT"\n'
+    )
+    result = runner.invoke(app, ["--config", str(config), "config", "show"])
+    assert result.exit_code == 0, result.output
+    assert "meters[0]" in result.stdout and '"calls"' in result.stdout
+    assert "usage.window" in result.stdout
+
+
 # -- real subprocesses -----------------------------------------------------------------------------
 
 

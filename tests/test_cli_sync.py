@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -97,6 +98,27 @@ def test_exit_3_while_another_run_holds_the_lock(env: dict[str, str], store: Sto
         code, _, err = cli(env, "reconcile")
     assert code == 3 and "another metersync run holds" in err
     assert cli(env, "reconcile")[0] == 0
+
+
+def test_reconcile_wait_waits_for_the_lock(env: dict[str, str], store: Store) -> None:
+    seed(env, 1)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with run_lock(store):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    code, _, err = cli(env, "reconcile", "--wait", "0.3")
+    assert code == 3 and "(waited 0.3 s)" in err
+    threading.Timer(0.5, release.set).start()
+    code, _, err = cli(env, "reconcile", "--wait", "10")
+    thread.join()
+    assert code == 0, err
 
 
 def test_exit_4_when_the_guard_trips(env: dict[str, str], emulator: StripeEmulator) -> None:

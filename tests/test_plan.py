@@ -24,8 +24,9 @@ from metersync.sync.model import (
     LinkView,
     Plan,
     Snapshot,
+    fingerprint,
 )
-from metersync.sync.plan import TargetRules, plan_customers
+from metersync.sync.plan import TargetRules, confirm_in_sync, plan_customers
 from metersync.targets.stripe import MANAGED_KEY, StripeTarget
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -977,3 +978,88 @@ def test_archive_skips_records_already_archived_in_the_target() -> None:
         now=NOW,
     )
     assert [(a.kind, a.external_id) for a in plan.actions] == [(ActionKind.ARCHIVE, "cus_3")]
+
+
+# -- the full reconcile's fast path: fingerprints -------------------------------------------------
+
+V = "test-render/1"
+
+
+def pushed_fingerprint(want: Desired, version: str = V) -> str:
+    return fingerprint(version, want.fields, want.metadata)
+
+
+def test_fingerprint_ignores_key_order_and_empty_values() -> None:
+    want = desired("acme", address=ADDRESS)
+    reordered = {k: want.fields[k] for k in reversed(list(want.fields))}
+    reordered["address"] = dict(reversed(list(ADDRESS.items())))
+    reordered["description"] = ""  # "" and None are the same to a target field
+    assert fingerprint(V, reordered, dict(reversed(list(want.metadata.items())))) == (
+        pushed_fingerprint(want)
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"fields": {"name": "Renamed"}},
+        {"fields": {"address": {**ADDRESS, "city": "Hamburg"}}},
+        {"metadata": {"crm_id": "written by someone else"}},
+        {"metadata": {MANAGED_KEY: "other"}},
+        {"version": "test-render/2"},
+    ],
+)
+def test_fingerprint_changes_with_anything_the_planner_compares(change: dict[str, Any]) -> None:
+    want = desired("acme", address=ADDRESS)
+    fields = {**want.fields, **change.get("fields", {})}
+    metadata = {**want.metadata, **change.get("metadata", {})}
+    assert fingerprint(change.get("version", V), fields, metadata) != pushed_fingerprint(want)
+
+
+def test_confirm_in_sync_takes_only_records_that_still_fingerprint_as_pushed() -> None:
+    wants = {key: desired(key) for key in ("same", "drifted", "gone", "twice", "moved")}
+    snapshot = Snapshot.of(
+        [
+            matching("cus_same", wants["same"]),
+            external("cus_drifted", "drifted", name="Edited in the dashboard"),
+            matching("cus_twice_1", wants["twice"], created=1),
+            matching("cus_twice_2", wants["twice"], created=2),  # a duplicate: plan it fully
+            matching("cus_moved", desired("elsewhere")),  # another key than its link's
+        ]
+    )
+    candidates = [
+        ("same", "cus_same", pushed_fingerprint(wants["same"])),
+        ("drifted", "cus_drifted", pushed_fingerprint(wants["drifted"])),
+        ("gone", "cus_gone", pushed_fingerprint(wants["gone"])),
+        ("twice", "cus_twice_1", pushed_fingerprint(wants["twice"])),
+        ("moved", "cus_moved", pushed_fingerprint(wants["moved"])),
+    ]
+    assert confirm_in_sync(candidates, snapshot, V) == {"same"}
+    assert confirm_in_sync(candidates, snapshot, "test-render/2") == frozenset()
+
+
+def test_keys_in_sync_are_counted_not_planned_and_never_orphans() -> None:
+    kept, changed = desired("kept"), desired("changed", name="New name")
+    records = [matching("cus_kept", kept), external("cus_changed", "changed")]
+    plan = plan_customers(
+        target="stripe",
+        local={"changed": changed},
+        links={"changed": link("changed", "cus_changed")},
+        snapshot=Snapshot.of(records),
+        policy=DeletePolicy(on_orphan="delete"),
+        now=NOW,
+        in_sync=frozenset({"kept"}),
+    )
+    assert [(a.kind, a.key) for a in plan.actions] == [(ActionKind.UPDATE, "changed")]
+    assert plan.in_sync == 1
+    assert plan.counts() == {"skip": 1, "update": 1}
+    assert plan.to_json()["inSync"] == 1
+    assert plan.managed == 2  # the guard still measures against every managed record
+
+
+def test_a_full_plan_marks_skips_found_in_sync() -> None:
+    want = desired("acme")
+    action = only(run([want], [link("acme", "cus_1", pushed=want)], [matching("cus_1", want)]))
+    assert action.kind is ActionKind.SKIP and action.in_sync
+    incremental = only(run([want], [link("acme", "cus_1", pushed=want)]))
+    assert incremental.kind is ActionKind.SKIP and not incremental.in_sync

@@ -154,3 +154,14 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "config" / "metersync.example.toml"
     settings = load_settings(example, environ={})
     assert settings.database.url == "sqlite:///./metersync.db"
+
+
+def test_the_http_face_stays_on_loopback_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().http.address == ("127.0.0.1", 8888)
+    monkeypatch.setenv("METERSYNC_HTTP_BIND", "0.0.0.0:8888")
+    with pytest.raises(ConfigError, match=r"beyond loopback and no http\.tokens are set"):
+        load_settings()
+    monkeypatch.setenv("METERSYNC_HTTP_TOKENS", '["t0ken"]')
+    exposed = load_settings()
+    assert exposed.http.token_values() == ["t0ken"]
+    assert "t0ken" not in repr(exposed) and exposed.redacted()["http"]["tokens"] == ["**********"]

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+from datetime import UTC, datetime
 
 import pytest
 import stripe
 
+from metersync.catalog.views import BillingAddress, Customer
 from metersync.sync.limiter import AdaptiveLimiter
 from metersync.targets.base import ErrorKind
-from metersync.targets.stripe import LIVE_RATE, TEST_RATE, StripeTarget, default_rate
+from metersync.targets.stripe import (
+    LIVE_RATE,
+    MANAGED_KEY,
+    TEST_RATE,
+    StripeTarget,
+    _decode_page,
+    _external,
+    _listed,
+    default_rate,
+)
 
 
 class FakeClock:
@@ -109,3 +121,77 @@ def test_errors_are_classified(error: stripe.StripeError, kind: ErrorKind, throt
 def test_non_stripe_errors_are_bugs_and_surface() -> None:
     with pytest.raises(KeyError):
         StripeTarget("sk_test_x").classify(KeyError("oops"))
+
+
+# -- rendering and reading -----------------------------------------------------------------------
+
+CUSTOMER_JSON = {
+    "id": "cus_Pinned0001",
+    "object": "customer",
+    "address": {
+        "city": "Berlin",
+        "country": "DE",
+        "line1": "1 Main St",
+        "line2": None,
+        "postal_code": "10115",
+        "state": None,
+    },
+    "balance": 0,
+    "created": 1714564800,
+    "description": None,
+    "email": "billing@acme.test",
+    "invoice_settings": {"custom_fields": None, "default_payment_method": None},
+    "metadata": {"plan": "pro", MANAGED_KEY: "acme"},
+    "name": "Acme",
+    "phone": "+49 30 1234",
+    "preferred_locales": [],
+}
+
+
+def test_a_list_page_reads_as_the_full_object_does() -> None:
+    other = {**CUSTOMER_JSON, "id": "cus_Pinned0002", "address": None, "metadata": {}}
+    body = json.dumps({"object": "list", "data": [CUSTOMER_JSON, other], "has_more": True})
+    page = _decode_page(body)
+    assert page.has_more
+    assert [_listed(c) for c in page.data] == [_external(CUSTOMER_JSON), _external(other)]
+
+
+def test_render_output_is_pinned_to_its_render_version() -> None:
+    """The full reconcile trusts fingerprints made under StripeTarget.render_version. If this
+    fails because render() changed on purpose, bump render_version along with the expected
+    output here: links fingerprinted under the old rendering are then planned afresh."""
+    customer = Customer(
+        id="01J0000000000000000000000",
+        key="acme",
+        name="Acme",
+        description=None,
+        primary_email="billing@acme.test",
+        currency="EUR",
+        billing_address=BillingAddress(country="DE", city="Berlin", phone_number="+49 30 1234"),
+        metadata={"plan": "pro", "empty": ""},
+        subject_keys=("acme-api",),
+        auto_created=False,
+        change_seq=7,
+        created_at=datetime(2024, 5, 1, tzinfo=UTC),
+        updated_at=datetime(2024, 5, 1, tzinfo=UTC),
+        deleted_at=None,
+    )
+    target = StripeTarget("sk_test_x")
+    assert target.render_version == "stripe-customer/1"
+    assert target.render(customer).state() == {
+        "fields": {
+            "name": "Acme",
+            "email": "billing@acme.test",
+            "description": None,
+            "phone": "+49 30 1234",
+            "address": {
+                "line1": None,
+                "line2": None,
+                "city": "Berlin",
+                "state": None,
+                "postal_code": None,
+                "country": "DE",
+            },
+        },
+        "metadata": {"plan": "pro", MANAGED_KEY: "acme"},
+    }

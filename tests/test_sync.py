@@ -36,12 +36,19 @@ def run(
     *,
     full: bool = False,
     timeout: float = 10.0,
+    http_client: str = "aiohttp",
     **policy: Any,
 ) -> RunResult:
     options = SyncOptions(full=full, policy=DeletePolicy(**policy), concurrency=8, retry=FAST_RETRY)
 
     async def go() -> RunResult:
-        target = StripeTarget("sk_test_sync", api_base=emulator.url, rate=1000, timeout=timeout)
+        target = StripeTarget(
+            "sk_test_sync",
+            api_base=emulator.url,
+            rate=1000,
+            timeout=timeout,
+            http_client=http_client,
+        )
         try:
             return await sync_customers(catalog, target, options)
         finally:
@@ -367,3 +374,63 @@ def test_the_guard_measures_a_tick_against_every_managed_customer(
     assert not result.plan.guard_tripped
     assert result.counts == {"deleted": 3}
     assert result.plan.managed == 40
+
+
+# -- the full reconcile's fast path --------------------------------------------------------------
+
+
+def test_full_reconcile_confirms_unchanged_customers_by_fingerprint(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    seed(catalog, 6)
+    run(catalog, emulator)
+    settled = run(catalog, emulator, full=True)
+    assert (settled.plan.in_sync, settled.plan.actions, settled.counts) == (6, (), {"skip": 6})
+
+    client = emulator.client()
+    by_key = {c["metadata"][MANAGED_KEY]: c["id"] for c in emulator.customers()}
+    client.v1.customers.update(by_key["c0"], {"name": "Edited in the dashboard"})
+    client.v1.customers.update(by_key["c2"], {"metadata": {"crm_id": "hs-42"}})
+    catalog.update_customer("c1", {"name": "Changed, no tick since"})
+    client.v1.customers.delete(by_key["c3"])
+    full = run(catalog, emulator, full=True)
+    planned = {a.key: a for a in full.plan.actions}
+    assert full.plan.in_sync == 2  # c4, c5
+    assert planned["c0"].kind == ActionKind.UPDATE and planned["c0"].drift
+    assert planned["c1"].kind == ActionKind.UPDATE and not planned["c1"].drift
+    assert planned["c2"].kind == ActionKind.SKIP and planned["c2"].in_sync  # others' metadata
+    assert planned["c3"].kind == ActionKind.RECREATE
+    assert converged(catalog, emulator) == []
+    # Repaired and recreated records are fingerprinted as pushed; c2 carries metadata that is
+    # not ours, so it always takes the planner's path (and is always found in sync).
+    assert run(catalog, emulator, full=True).plan.in_sync == 5
+
+
+def test_links_without_fingerprints_are_confirmed_once_then_fast(
+    catalog: Catalog, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links written before the fast path existed (or under another render version) are
+    planned one by one, found in sync, and recorded, so the next full run is fast again."""
+    seed(catalog, 4)
+    run(catalog, emulator)
+    with catalog.store.session() as session:
+        for row in session.exec(select(LinkRow).where(LinkRow.kind == LinkKind.CUSTOMER)):
+            row.synced_fingerprint, row.synced_seq = None, None
+            session.add(row)
+    first = run(catalog, emulator, full=True)
+    assert (first.plan.in_sync, first.counts) == (0, {"skip": 4})
+    assert run(catalog, emulator, full=True).plan.in_sync == 4
+
+    monkeypatch.setattr(StripeTarget, "render_version", "stripe-customer/next")
+    assert run(catalog, emulator, full=True).plan.in_sync == 0
+    assert run(catalog, emulator, full=True).plan.in_sync == 4
+    assert len(emulator.customers()) == 4
+
+
+def test_the_httpx_client_works_the_same(catalog: Catalog, emulator: StripeEmulator) -> None:
+    seed(catalog, 3)
+    assert run(catalog, emulator, http_client="httpx").counts == {"created": 3}
+    catalog.update_customer("c1", {"name": "Renamed"})
+    full = run(catalog, emulator, full=True, http_client="httpx")
+    assert full.counts == {"updated": 1, "skip": 2}
+    assert converged(catalog, emulator) == []

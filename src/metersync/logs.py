@@ -120,8 +120,15 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.value.upper())
     # SQLAlchemy repeats every statement and Alembic its context set-up at INFO, on every
-    # command; keep them for --log-level debug.
-    for chatty in ("sqlalchemy.engine", "alembic.runtime.migration", "stripe", "httpx"):
+    # command, and APScheduler every job start and end; keep them for --log-level debug.
+    chatty_loggers = (
+        "sqlalchemy.engine",
+        "alembic.runtime.migration",
+        "stripe",
+        "httpx",
+        "apscheduler",
+    )
+    for chatty in chatty_loggers:
         logging.getLogger(chatty).setLevel(
             logging.DEBUG if level is LogLevel.DEBUG else logging.WARNING
         )

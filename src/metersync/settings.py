@@ -9,6 +9,7 @@ Secrets are `SecretStr`, so neither `repr()` nor a log line can show them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
@@ -16,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -27,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from metersync.errors import ConfigError
+from metersync.usage.meters import MeterSettings, check_unique
 
 ENV_PREFIX = "METERSYNC_"
 CONFIG_ENV = "METERSYNC_CONFIG"
@@ -62,6 +72,18 @@ class StripeSettings(_Section):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     api_base: str | None = None
+    # The SDK's HTTP client: aiohttp (default, less CPU per request) or httpx.
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # The webhook endpoint's signing secret (whsec_…), and the previous one while rolling it.
+    webhook_secret: SecretStr | None = None
+    webhook_secret_previous: SecretStr | None = None
+
+    def webhook_secrets(self) -> list[str]:
+        return [
+            s.get_secret_value()
+            for s in (self.webhook_secret, self.webhook_secret_previous)
+            if s is not None and s.get_secret_value()
+        ]
 
     @field_validator("api_key")
     @classmethod
@@ -119,6 +141,130 @@ class CatalogSettings(_Section):
     auto_customer: bool = True
 
 
+class HttpSettings(_Section):
+    # Where `metersync run` serves /healthz, /readyz, /metrics, the webhook and the
+    # OpenMeter-compatible API: "host:port" (env METERSYNC_HTTP_BIND). "" turns it off.
+    bind: str = "127.0.0.1:8888"
+    # Bearer tokens the API accepts (env METERSYNC_HTTP_TOKENS, a JSON list). With none, the
+    # service binds only to loopback.
+    tokens: list[SecretStr] = Field(default_factory=list)
+
+    def token_values(self) -> list[str]:
+        return [t.get_secret_value() for t in self.tokens if t.get_secret_value()]
+
+    @model_validator(mode="after")
+    def _loopback_without_tokens(self) -> HttpSettings:
+        address = self.address
+        if address is not None and not self.token_values():
+            host = address[0]
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                raise ValueError(
+                    f"bind {self.bind!r} is beyond loopback and no http.tokens are set: the API "
+                    "would be open to anyone who can reach it; set http.tokens "
+                    "(METERSYNC_HTTP_TOKENS) or bind to 127.0.0.1"
+                )
+        return self
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} must be host:port, such as 127.0.0.1:8888")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.bind:
+            return None
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class RetentionSettings(_Section):
+    """What the service's daily retention job deletes (0: keep forever)."""
+
+    webhook_days: int = Field(default=30, ge=0)  # processed Stripe webhook events
+    event_days: int = Field(default=0, ge=0)  # raw usage events (their meter values stay)
+    cron: str = "41 4 * * *"  # when, UTC
+
+    @field_validator("cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        return _check_crontab(value)
+
+
+def _check_crontab(value: str) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a crontab expression: {exc}") from None
+    return value
+
+
+class ServiceSettings(_Section):
+    """`metersync run`: how often each job runs, and how the service stops and hands over."""
+
+    customer_tick_s: float = Field(default=30.0, gt=0)  # incremental customer sync
+    usage_tick_s: float = Field(default=60.0, gt=0)  # usage push
+    # Full reconcile (lists Stripe): a crontab expression, UTC.
+    full_reconcile_cron: str = "17 3 * * *"
+    # A job that could not start on time (the previous one ran long) still starts within this.
+    misfire_grace_s: float = Field(default=60.0, gt=0)
+    # On SIGTERM: calls in flight finish; work not yet started is left for the next run. The
+    # process exits after at most this long.
+    shutdown_deadline_s: float = Field(default=30.0, gt=0)
+    # How often a standby tries to take the lock over from a leader that died.
+    standby_poll_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("full_reconcile_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        return _check_crontab(value)
+
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageSettings(_Section):
+    # Tumbling aggregation window, UTC: "1h" (default), "15m", "1d"... It must divide a day, so
+    # windows line up with Stripe's hourly and daily event summaries.
+    window: str = "1h"
+    # Usage older than Stripe's 35-day window: "report" (held, shown by status) or "push_now"
+    # (sent with the current time, so it lands in the current billing period).
+    late_usage: Literal["report", "push_now"] = "report"
+    # Stripe's meter event API: "v1" (one request per event) or "v2" (the high-throughput stream,
+    # up to 100 events per request).
+    stripe_api: Literal["v1", "v2"] = "v1"
+    # Meter event requests/s, separate from customer calls; unset: 100 for test keys, 1,000 live.
+    meter_event_rate: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=16, ge=1, le=256)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        seconds = duration_seconds(value)
+        if seconds <= 0 or 86400 % seconds:
+            raise ValueError(f"{value!r} must divide a day (for example 1m, 15m, 1h, 1d)")
+        return value
+
+    @property
+    def window_s(self) -> int:
+        return duration_seconds(self.window)
+
+
+def duration_seconds(value: str) -> int:
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a duration such as 30s, 15m, 1h or 1d")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -157,6 +303,18 @@ class Settings(BaseSettings):
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # [[meters]] tables, in the config file only.
+    meters: list[MeterSettings] = Field(default_factory=list)
+
+    @field_validator("meters")
+    @classmethod
+    def _unique_meters(cls, value: list[MeterSettings]) -> list[MeterSettings]:
+        check_unique(value)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -175,6 +333,9 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["database"]["url"] = redact_database_url(self.database.url)
         data["stripe"]["api_key"] = "**********" if self.stripe.api_key else None
+        for name in ("webhook_secret", "webhook_secret_previous"):
+            data["stripe"][name] = "**********" if getattr(self.stripe, name) else None
+        data["http"]["tokens"] = ["**********" for _ in self.http.tokens]
         return data
 
 
@@ -249,6 +410,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"config file {str(path)!r}: unknown section {unknown[0]!r} (known: {known})"
         )
     for section, value in data.items():
+        if section == "meters":
+            if not isinstance(value, list):
+                raise ConfigError(f"config file {str(path)!r}: meters must be [[meters]] tables")
+            continue
         if not isinstance(value, dict):
             raise ConfigError(f"config file {str(path)!r}: {section!r} must be a [{section}] table")
     return data

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 from ulid import ULID
 
@@ -47,6 +48,7 @@ from metersync.store import (
     LinkState,
     Store,
     SubjectRow,
+    UsageRow,
 )
 from metersync.store.engine import CATALOG_SEQUENCE
 
@@ -119,6 +121,20 @@ class Catalog:
             tx = _Write(session, self.store.next_change_seq(session))
             outcome = tx.upsert_subject(upsert, auto_customer=give_customer)
             return WriteResult(outcome, tx.subject_view(upsert.key), tuple(tx.notes))
+
+    def create_subjects(self, keys: Iterable[str]) -> list[str]:
+        """Create the subjects among `keys` the catalog has never had (tombstones are left
+        deleted), each by the same rules as upsert_subject, in one transaction: what event
+        ingest needs for the unknown subjects of a batch. Returns the keys created."""
+        wanted = [parse_key(k) for k in sorted(set(keys))]
+        created: list[str] = []
+        with self.store.session() as session:
+            tx = _Write(session, self.store.next_change_seq(session))
+            for key in wanted:
+                if tx.subject_row(key) is None:
+                    tx.upsert_subject(SubjectUpsert(key=key), auto_customer=self.auto_customer)
+                    created.append(key)
+        return created
 
     def delete_subject(self, key: str) -> WriteResult[Subject]:
         key = parse_key(key)
@@ -238,6 +254,11 @@ class Catalog:
         """The latest change number: what an up-to-date reader's cursor would be."""
         with self.store.read_session() as session:
             return _high_water(session)
+
+    def customer_keys(self) -> list[str]:
+        """Every customer key, tombstones included: one narrow read, nothing else loaded."""
+        with self.store.read_session() as session:
+            return list(session.exec(select(CustomerRow.key)))
 
     def customers_by_keys(self, keys: Iterable[str]) -> list[Customer]:
         """Customers (tombstones included) for the given keys, read in one snapshot."""
@@ -448,7 +469,19 @@ class _Write:
         self.touch(row)
 
     def delete_customer(self, row: CustomerRow) -> None:
-        for subject_key in self.subjects_of(row.key):
+        subject_keys = self.subjects_of(row.key)
+        # Usage its subjects produced while they were this customer's, and not pushed yet,
+        # stays this customer's: the push flushes it before the target's customer goes.
+        if subject_keys:
+            self.session.execute(
+                update(UsageRow)
+                .where(
+                    col(UsageRow.customer_key).is_(None),
+                    col(UsageRow.subject).in_(subject_keys),
+                )
+                .values(customer_key=row.key)
+            )
+        for subject_key in subject_keys:
             self.detach(subject_key)
             subject = self.subject_row(subject_key)
             if subject is not None:

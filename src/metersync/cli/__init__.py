@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from metersync import __version__
-from metersync.cli import config, customers, db, subjects
+from metersync.cli import config, customers, db, events, meters, subjects, usage, webhooks
 from metersync.cli.context import AppContext, MetersyncGroup
 from metersync.cli.emulator import emulator_command
 from metersync.cli.importing import import_command
+from metersync.cli.run import run_command
 from metersync.cli.sync import reconcile_command, status_command
 from metersync.logs import configure_logging
 from metersync.settings import CONFIG_ENV, LogFormat, LogLevel
@@ -26,8 +27,13 @@ app = typer.Typer(
 app.add_typer(subjects.app, name="subjects")
 app.add_typer(customers.app, name="customers")
 app.command("import")(import_command)
+app.add_typer(events.app, name="events")
+app.add_typer(meters.app, name="meters")
+app.add_typer(usage.app, name="usage")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("reconcile")(reconcile_command)
 app.command("status")(status_command)
+app.command("run")(run_command)
 app.add_typer(db.app, name="db")
 app.add_typer(config.app, name="config")
 app.command("emulator")(emulator_command)

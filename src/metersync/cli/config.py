@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from metersync.cli.context import app_context
@@ -17,9 +19,15 @@ def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> N
     if as_json:
         print_json(data)
         return
-    rows = [
-        [f"{section}.{key}", "" if value is None else str(value)]
-        for section, values in data.items()
-        for key, value in values.items()
-    ]
+    rows = []
+    for section, values in data.items():
+        if isinstance(values, list):  # [[meters]]: one row per meter
+            rows += [[f"{section}[{i}]", json.dumps(item)] for i, item in enumerate(values)]
+            if not values:
+                rows.append([section, "none"])
+            continue
+        rows += [
+            [f"{section}.{key}", "" if value is None else str(value)]
+            for key, value in values.items()
+        ]
     print_table("effective settings", ["setting", "value"], rows)

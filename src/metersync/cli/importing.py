@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import typer
 
 from metersync.catalog import import_records, read_records
 from metersync.catalog.importer import RecordKind
 from metersync.catalog.views import Outcome
 from metersync.cli.context import app_context
+from metersync.cli.options import input_name, read_input
 from metersync.cli.output import print_json, print_notes, print_table
 from metersync.errors import ExitCode, InvalidInput
 
@@ -65,18 +63,7 @@ def import_command(
 
 
 def _read(file: str) -> str:
-    if file == "-":
-        return _decode(sys.stdin.buffer.read(), "standard input")
-    path = Path(file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput([], record=f"FILE: {file!r} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInput([], record=f"FILE: {file!r} is a directory") from None
-    except OSError as exc:
-        raise InvalidInput([], record=f"FILE: {file!r} cannot be read: {exc.strerror}") from None
-    return _decode(data, repr(file))
+    return _decode(read_input(file), input_name(file))
 
 
 def _decode(data: bytes, source: str) -> str:

@@ -1,8 +1,13 @@
-"""Option parsing shared by the record commands."""
+"""Option parsing and input reading shared by the commands."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+
+from metersync.errors import InvalidInput
 
 
 def parse_meta(values: list[str] | None, *, option: str = "--meta") -> dict[str, str] | None:
@@ -30,3 +35,22 @@ META_OPTION = typer.Option(
     metavar="KEY=VALUE",
     help="Metadata entry; repeat for more. Replaces all metadata.",
 )
+
+
+def read_input(file: str) -> bytes:
+    """The bytes of FILE, or of standard input for "-"; a missing or unreadable file is a
+    one-line error naming it."""
+    if file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(file).read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput([], record=f"FILE: {file!r} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInput([], record=f"FILE: {file!r} is a directory") from None
+    except OSError as exc:
+        raise InvalidInput([], record=f"FILE: {file!r} cannot be read: {exc.strerror}") from None
+
+
+def input_name(file: str) -> str:
+    return "standard input" if file == "-" else repr(file)

@@ -16,8 +16,10 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -202,6 +204,13 @@ class LinkRow(SQLModel, table=True):
     synced_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    # The fast path of a full reconcile. synced_seq: the catalog change number of the local
+    # record we last pushed (NULL when unknown). synced_fingerprint: a short hash of the
+    # record's normalised owned state as pushed, under the target's render version. A link
+    # whose customer still has that change number and whose listed record still has that
+    # fingerprint is in sync without loading or rendering the customer.
+    synced_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    synced_fingerprint: str | None = Field(default=None, max_length=64)
 
 
 class SyncStateRow(SQLModel, table=True):
@@ -215,6 +224,147 @@ class SyncStateRow(SQLModel, table=True):
     last_full_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     last_success_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     last_summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class LeaseRow(SQLModel, table=True):
+    """A lock that expires: who holds `name`, until when. The holder renews it while it works;
+    a holder that dies stops renewing, and the lease is free once it expires (or at once, when
+    the holder was a process on this host that no longer exists)."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=255)
+    host: str = Field(max_length=255)
+    pid: int
+    acquired_at: datetime = Field(sa_column=_timestamp())
+    expires_at: datetime = Field(sa_column=_timestamp())
+
+
+class WebhookEventRow(SQLModel, table=True):
+    """A Stripe webhook event, stored once by its id when its signature checked out, and
+    processed in the background (processed_at, outcome)."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (Index("ix_webhook_event_processed", "processed_at"),)
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=128)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(sa_column=_timestamp())
+    processed_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    outcome: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+# An integer primary key that is SQLite's rowid there (fast appends) and a bigint on PostgreSQL.
+_ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+SOURCE_MAX = 512
+EVENT_ID_MAX = 512
+EVENT_TYPE_MAX = 256
+
+
+class LedgerState(StrEnum):
+    PENDING = "pending"  # written before the call; re-sent with the same identifier until known
+    DELIVERED = "delivered"  # the target took it (or already had it: a duplicate identifier)
+    LATE = "late"  # older than the target accepts, held by late_usage = "report"
+    FAILED = "failed"  # refused for good (last_error says why); the delta stays unpushed
+
+
+class EventRow(SQLModel, table=True):
+    """A CloudEvent as ingested, once per (source, id)."""
+
+    __tablename__ = "usage_event"
+    __table_args__ = (UniqueConstraint("source", "event_id", name="uq_usage_event_source_id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))
+    source: str = Field(sa_column=Column(String(SOURCE_MAX), nullable=False))
+    event_id: str = Field(sa_column=Column(String(EVENT_ID_MAX), nullable=False))
+    type: str = Field(sa_column=Column(String(EVENT_TYPE_MAX), nullable=False))
+    subject: str = Field(sa_column=Column(String(KEY_MAX), nullable=False))
+    # Event time as integer microseconds since the epoch (UTC): windows are integer division
+    # on both databases, and LATEST orders by it exactly.
+    time_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    data: str | None = Field(default=None, sa_column=Column(Text))  # the `data` as JSON text
+    ingested_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
+class UsageRow(SQLModel, table=True):
+    """One event's value for one meter, extracted at ingest, so that aggregation is plain SQL on
+    both databases. `customer_key` is bound when the usage is first pushed (the subject's
+    customer then) and never changes after: pushed usage stays with the customer it went to."""
+
+    __tablename__ = "usage_value"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", "meter", name="uq_usage_value_event_meter"),
+        Index("ix_usage_value_meter_customer_time", "meter", "customer_key", "time_us"),
+        Index("ix_usage_value_unbound", "customer_key", "subject"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))
+    source: str = Field(sa_column=Column(String(SOURCE_MAX), nullable=False))
+    event_id: str = Field(sa_column=Column(String(EVENT_ID_MAX), nullable=False))
+    meter: str = Field(sa_column=Column(String(64), nullable=False))
+    subject: str = Field(sa_column=Column(String(KEY_MAX), nullable=False))
+    time_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Numeric meters: the number (COUNT: 1). Binary floating point: whole numbers are exact
+    # up to 2**53; fractional sums are rounded once, after the meter's scale, when pushed.
+    value: float | None = Field(default=None, sa_column=Column(Float(precision=53)))
+    # UNIQUE_COUNT: the value as text (numbers and strings alike).
+    value_text: str | None = Field(default=None, sa_column=Column(Text))
+    # group_by values as JSON text, for `usage show`.
+    groups: str | None = Field(default=None, sa_column=Column(Text))
+    customer_key: str | None = Field(default=None, sa_column=Column(String(KEY_MAX)))
+
+
+class LedgerRow(SQLModel, table=True):
+    """One usage report to a target's meter: the exactly-once record. Identifier =
+    hash(customer, meter, window start, revision); a row is PENDING before its call and
+    DELIVERED after, and a PENDING row is only ever re-sent with its own identifier."""
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        UniqueConstraint(
+            "target",
+            "customer_key",
+            "meter",
+            "window_start",
+            "revision",
+            name="uq_usage_ledger_report",
+        ),
+        UniqueConstraint("target", "identifier", name="uq_usage_ledger_identifier"),
+        Index("ix_usage_ledger_state", "target", "state"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))
+    target: str = Field(max_length=32)
+    customer_key: str = Field(sa_column=Column(String(KEY_MAX), nullable=False))
+    meter: str = Field(sa_column=Column(String(64), nullable=False))
+    # Window start, seconds since the epoch (UTC); for period-to-date meters (MAX, LATEST,
+    # UNIQUE_COUNT) the start of the calendar month.
+    window_start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    window_s: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The meter's stripe.scale when this was reported: totals under another scale would not
+    # add up, so a changed scale (or window) is refused rather than billed again.
+    scale: float = Field(
+        default=1.0, sa_column=Column(Float(precision=53), nullable=False, server_default="1")
+    )
+    revision: int = Field(default=1)
+    # What was sent: a delta (sum meters) or the period-to-date value (last meters), scaled.
+    value: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The scaled total this report brings the window to: the base of the next delta.
+    total: int = Field(sa_column=Column(BigInteger, nullable=False))
+    identifier: str = Field(max_length=100)
+    external_customer_id: str = Field(max_length=255)
+    event_name: str = Field(max_length=100)
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))  # the event's, seconds
+    state: str = Field(max_length=16)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    next_attempt_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    delivered_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
 
 
 metadata = SQLModel.metadata

@@ -78,12 +78,22 @@ class Applier:
         concurrency: int = 16,
         retry: RetryPolicy = RetryPolicy(),
         progress: Callable[[int, int], None] | None = None,
+        before_delete: Callable[[str], Awaitable[bool]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.target = target
+        # Asked before each action starts: when the service is stopping, actions not yet begun
+        # are left for the next run (no intent written, nothing half done); those in flight
+        # finish.
+        self.should_stop = should_stop
         self.journal = journal
         self.concurrency = concurrency
         self.retry = retry
         self.progress = progress
+        # Called with the local key before its record is deleted in the target: the usage
+        # push flushes what the customer still owes, while the target can still take it, and
+        # answers whether everything was delivered.
+        self.before_delete = before_delete
         self.result = ApplyResult()
 
     async def run(self, plan: Plan) -> ApplyResult:
@@ -97,6 +107,9 @@ class Applier:
         async def one(action: Action) -> None:
             nonlocal done
             async with semaphore:
+                if self.should_stop is not None and self.should_stop():
+                    self.result.count("postponed")
+                    return
                 await self._apply(action)
             done += 1
             if self.progress is not None:
@@ -170,6 +183,7 @@ class Applier:
             external_id=external_id,
             pushed=payload,
             generation=generation,
+            seq=desired.seq,
         )
         self.result.changed_customers.add(action.key)
         self.result.count("recreated" if action.kind is ActionKind.RECREATE else "created")
@@ -235,6 +249,7 @@ class Applier:
                 external_id=external_id,
                 pushed=desired.state(),
                 generation=generation,
+                seq=desired.seq,
             )
         else:
             await self._write_update(
@@ -289,18 +304,9 @@ class Applier:
                     failed_hash=desired.hash,
                 )
             raise
-            unknown = failure.error.kind is ErrorKind.RETRYABLE
-            await self._journal(
-                self.journal.failed,
-                key,
-                failure.error.message,
-                state=LinkState.UPDATING if unknown else LinkState.SYNCED,
-                forget_intent=not unknown,
-                failed_hash=desired.hash,
-                retry_soon=unknown,
-            )
-            raise
-        await self._journal(self.journal.synced, key, external_id=external_id, pushed=payload)
+        await self._journal(
+            self.journal.synced, key, external_id=external_id, pushed=payload, seq=desired.seq
+        )
 
     async def _delete(self, action: Action) -> None:
         external_id = action.external_id
@@ -313,6 +319,19 @@ class Applier:
         external_id = _need(external_id)
         linked = await self._journal(self.journal.link, action.key)
         ours = linked is not None and linked.external_id == external_id
+        if ours and self.before_delete is not None and not await self.before_delete(action.key):
+            # Deleting now would strand usage the customer still owes: retry the delete later.
+            note = "usage for this customer is not yet delivered; the delete waits for it"
+            await self._journal(
+                self.journal.failed,
+                action.key,
+                note,
+                state=None,
+                forget_intent=False,
+                failed_hash=None,
+                retry_soon=True,
+            )
+            raise ItemFailed(TargetError(ErrorKind.RETRYABLE, note))
         idem = idempotency_key(
             self.target.name, "delete", action.key, linked.generation if linked else 1, external_id
         )

@@ -12,14 +12,15 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, update
+from sqlalchemy import and_, case, func, insert, literal, or_, update
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from metersync.clock import utcnow
 from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, SubjectRow
-from metersync.store.models import SyncStateRow
-from metersync.sync.model import LinkView, digest
+from metersync.store.models import CustomerRow, SyncStateRow
+from metersync.sync.model import Desired, LinkView, digest, fingerprint
 
 _BATCH = 500  # keys per IN (…) query: far below any database's bound-parameter limit
 # Customer links whose external record usage can be routed to.
@@ -36,9 +37,12 @@ def backoff(attempts: int, *, base_s: float = 30.0, cap_s: float = 3600.0) -> ti
 
 
 class Journal:
-    def __init__(self, store: Store, target: str) -> None:
+    def __init__(self, store: Store, target: str, *, render_version: str = "") -> None:
         self.store = store
         self.target = target
+        # The target's render version, folded into every fingerprint written: a new version
+        # of the rendering makes old fingerprints mismatch, so nothing is trusted across it.
+        self.render_version = render_version
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -61,6 +65,8 @@ class Journal:
             LinkRow.attempts,
             LinkRow.last_error,
             LinkRow.next_attempt_at,
+            LinkRow.synced_seq,
+            LinkRow.synced_fingerprint,
         ]
         if with_state:
             columns.append(LinkRow.synced_state)
@@ -84,10 +90,35 @@ class Journal:
                 attempts=row[9],
                 last_error=row[10],
                 next_attempt_at=row[11],
-                synced_state=row[12] if with_state else None,
+                synced_seq=row[12],
+                synced_fingerprint=row[13],
+                synced_state=row[14] if with_state else None,
             )
             for row in rows
         }
+
+    def in_sync_candidates(self) -> list[tuple[str, str, str]]:
+        """(local key, external id, fingerprint) of every synced link whose customer is live and
+        unchanged since it was pushed: in sync unless the target's record changed, which the
+        full reconcile checks against its listing (plan.confirm_in_sync). One join in the
+        database: the fast path reads no customer and no JSON."""
+        query = (
+            select(LinkRow.local_key, LinkRow.external_id, LinkRow.synced_fingerprint)
+            .join(CustomerRow, col(CustomerRow.key) == col(LinkRow.local_key))
+            .where(
+                LinkRow.target == self.target,
+                LinkRow.kind == LinkKind.CUSTOMER,
+                LinkRow.state == LinkState.SYNCED,
+                col(LinkRow.external_id).is_not(None),
+                col(LinkRow.synced_fingerprint).is_not(None),
+                col(LinkRow.last_error).is_(None),
+                col(LinkRow.next_attempt_at).is_(None),
+                col(LinkRow.synced_seq) == col(CustomerRow.change_seq),
+                col(CustomerRow.deleted_at).is_(None),
+            )
+        )
+        with self.store.read_session() as session:
+            return list(session.exec(query))  # type: ignore[arg-type]
 
     def managed_count(self) -> int:
         """Customers this target holds for us: what the mass-delete guard measures against."""
@@ -179,16 +210,16 @@ class Journal:
         pushed: Mapping[str, Any],
         generation: int | None = None,
         state: LinkState = LinkState.SYNCED,
+        seq: int | None = None,
     ) -> None:
-        """Written after the call succeeded: the record now holds `pushed`."""
+        """Written after the call succeeded: the record now holds `pushed`, which is the local
+        record at change number `seq` (None when not known to be: the fast path skips it)."""
         now = utcnow()
         with self.store.session() as session:
             row = self._row(session, key)
             row.external_id = external_id
             row.state = state
-            row.synced_state = dict(pushed)
-            row.synced_hash = digest(pushed)
-            row.owned_metadata_keys = sorted(pushed.get("metadata", {}))
+            self._pushed(row, pushed, seq)
             if generation is not None:
                 row.generation = generation
             row.idempotency_key = None
@@ -200,6 +231,63 @@ class Journal:
             row.synced_at = now
             row.updated_at = now
             session.add(row)
+
+    def confirm(self, desired: list[Desired]) -> int:
+        """A full reconcile found these records in sync in the target: record them as pushed
+        (state, fingerprint, change number), so the next full reconcile confirms them by
+        fingerprint alone. Only links still SYNCED are touched, and only where something
+        differs. Bulk reads and writes: after an upgrade this runs over every link once."""
+        by_key = {d.key: d for d in desired}
+        query = select(  # type: ignore[call-overload]  # sqlmodel types up to 4 columns
+            LinkRow.id,
+            LinkRow.local_key,
+            LinkRow.synced_seq,
+            LinkRow.synced_hash,
+            LinkRow.synced_fingerprint,
+        ).where(
+            LinkRow.target == self.target,
+            LinkRow.kind == LinkKind.CUSTOMER,
+            LinkRow.state == LinkState.SYNCED,
+        )
+        now = utcnow()
+        with self.store.session() as session:
+            rows = self._in_batches(session, query, col(LinkRow.local_key), sorted(by_key))
+            updates = []
+            for row_id, key, seq, hash_, fingerprint_ in rows:
+                wanted = by_key[key]
+                state = wanted.state()
+                new = self._fingerprint(state)
+                if (seq, hash_, fingerprint_) == (wanted.seq, wanted.hash, new):
+                    continue
+                updates.append(
+                    {
+                        "id": row_id,
+                        "synced_state": state,
+                        "synced_hash": wanted.hash,
+                        "owned_metadata_keys": sorted(state["metadata"]),
+                        "synced_fingerprint": new,
+                        "synced_seq": wanted.seq,
+                        "attempts": 0,
+                        "last_error": None,
+                        "next_attempt_at": None,
+                        "updated_at": now,
+                    }
+                )
+            if updates:
+                session.execute(update(LinkRow), updates)
+        return len(updates)
+
+    def _pushed(self, row: LinkRow, pushed: Mapping[str, Any], seq: int | None) -> None:
+        row.synced_state = dict(pushed)
+        row.synced_hash = digest(pushed)
+        row.owned_metadata_keys = sorted(pushed.get("metadata", {}))
+        row.synced_fingerprint = self._fingerprint(pushed)
+        row.synced_seq = seq
+
+    def _fingerprint(self, pushed: Mapping[str, Any]) -> str:
+        return fingerprint(
+            self.render_version, pushed.get("fields", {}), pushed.get("metadata", {})
+        )
 
     def failed(
         self,
@@ -286,66 +374,65 @@ class Journal:
         customer's link), or at nothing yet. Returns how many rows changed.
 
         `subject_keys` None means every subject (a full reconcile); a tick passes only the few
-        it touched, and then reads only those rows. Plain column reads and bulk writes: this
-        runs over 100,000 subjects in a full reconcile.
+        it touched. The database compares what each row says with what it should say and hands
+        back only the rows that differ: a full reconcile over 100,000 settled subjects reads
+        nothing into Python.
         """
         wanted = None if subject_keys is None else sorted(set(subject_keys))
         if wanted == []:
             return 0
-        with self.store.session() as session:
-            subjects = self._in_batches(
-                session,
-                select(
-                    SubjectRow.key, SubjectRow.deleted_at, AttributionRow.customer_key
-                ).outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key)),
-                col(SubjectRow.key),
-                wanted,
+        owner = aliased(LinkRow)  # the subject's customer's link
+        row = aliased(LinkRow)  # the subject's own link row
+        routed_to = owner.external_id
+        state = case(
+            (col(SubjectRow.deleted_at).is_not(None), literal(LinkState.DELETED.value)),
+            (col(routed_to).is_not(None), literal(LinkState.SYNCED.value)),
+            else_=literal(LinkState.PENDING.value),
+        )
+        query = (
+            select(SubjectRow.key, routed_to, state, row.id)
+            .select_from(SubjectRow)
+            .outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key))
+            .outerjoin(
+                owner,
+                and_(
+                    col(owner.target) == self.target,
+                    col(owner.kind) == LinkKind.CUSTOMER,
+                    col(owner.local_key) == col(AttributionRow.customer_key),
+                    col(owner.external_id).is_not(None),
+                    col(owner.state).in_([s.value for s in _ROUTABLE]),
+                ),
             )
-            owners = None if wanted is None else sorted({c for _, _, c in subjects if c})
-            customer_ids = {
-                key: external_id
-                for key, external_id, state in self._in_batches(
-                    session,
-                    select(LinkRow.local_key, LinkRow.external_id, LinkRow.state).where(
-                        LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
-                    ),
-                    col(LinkRow.local_key),
-                    owners,
+            .outerjoin(
+                row,
+                and_(
+                    col(row.target) == self.target,
+                    col(row.kind) == LinkKind.SUBJECT,
+                    col(row.local_key) == col(SubjectRow.key),
+                ),
+            )
+            .where(
+                or_(
+                    col(row.id).is_(None),
+                    col(row.external_id).is_distinct_from(routed_to),
+                    col(row.state) != state,
                 )
-                if external_id and state in _ROUTABLE
-            }
-            current = {
-                key: (row_id, external_id, state)
-                for row_id, key, external_id, state in self._in_batches(
-                    session,
-                    select(LinkRow.id, LinkRow.local_key, LinkRow.external_id, LinkRow.state).where(
-                        LinkRow.target == self.target, LinkRow.kind == LinkKind.SUBJECT
-                    ),
-                    col(LinkRow.local_key),
-                    wanted,
-                )
-            }
+            )
+        )
+        with self.store.session() as session:
+            differing = self._in_batches(session, query, col(SubjectRow.key), wanted)
             now = utcnow()
             inserts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
-            for key, deleted_at, customer_key in subjects:
-                external_id = customer_ids.get(customer_key) if customer_key else None
-                state = (
-                    LinkState.DELETED
-                    if deleted_at is not None
-                    else LinkState.SYNCED
-                    if external_id
-                    else LinkState.PENDING
-                )
-                existing = current.get(key)
-                if existing is None:
+            for key, external_id, new_state, row_id in differing:
+                if row_id is None:
                     inserts.append(
                         {
                             "target": self.target,
                             "kind": LinkKind.SUBJECT,
                             "local_key": key,
                             "external_id": external_id,
-                            "state": state,
+                            "state": new_state,
                             "owned_metadata_keys": [],
                             "generation": 1,
                             "attempts": 0,
@@ -354,12 +441,12 @@ class Journal:
                             "synced_at": now if external_id else None,
                         }
                     )
-                elif existing[1:] != (external_id, state):
+                else:
                     updates.append(
                         {
-                            "id": existing[0],
+                            "id": row_id,
                             "external_id": external_id,
-                            "state": state,
+                            "state": new_state,
                             "updated_at": now,
                         }
                     )

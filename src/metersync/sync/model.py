@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,51 @@ def digest(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def normalise(value: Any) -> Any:
+    """Absent, null and "" mean the same to a target field; so do empty sub-fields."""
+    if value == "" or value is None:
+        return None
+    if isinstance(value, Mapping):
+        inner = {k: normalise(v) for k, v in value.items() if normalise(v) is not None}
+        return inner or None
+    return value
+
+
+def fingerprint(render_version: str, fields: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
+    """A short hash of a record's owned state as the planner compares it: fields normalised,
+    metadata exact. Equal fingerprints under the same render version mean the planner would
+    find nothing to change. Anything more on the record (metadata written by others, an archive
+    marker) fingerprints differently and sends it through the planner's full path, which is
+    always right, only slower: a false mismatch costs time, never correctness.
+
+    The canonical form is marshal's format 2 of sorted lists, not JSON: a full reconcile
+    fingerprints every listed record, and this is several times cheaper. Format 2 writes no
+    back-references and no interning flags, so equal values give equal bytes whatever objects
+    hold them. It only has to be stable between runs of one installation; a Python upgrade
+    that changed it would cost one slow run."""
+    canonical = marshal.dumps(
+        (
+            render_version,
+            sorted([(k, _canonical(v)) for k, v in fields.items()]),
+            sorted(metadata.items()),
+        ),
+        2,
+    )
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """normalise(), with dicts as sorted tuples so that key order cannot matter. (Exact type
+    checks, not isinstance against Mapping: this runs for every field of every listed record.
+    Another mapping type would only fingerprint differently, which is safe.)"""
+    if value is None or value == "":
+        return None
+    if type(value) is dict:
+        inner = tuple(sorted((k, c) for k, v in value.items() if (c := _canonical(v)) is not None))
+        return inner or None
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Desired:
     """What the target's record for local `key` should hold: owned fields and owned metadata."""
@@ -31,6 +77,7 @@ class Desired:
     fields: Mapping[str, Any]
     metadata: Mapping[str, str]
     blocked: tuple[str, ...] = ()  # why the target cannot take it (its limits, missing data)
+    seq: int | None = None  # the catalog change number of the local record it was rendered from
 
     def state(self) -> dict[str, Any]:
         return {"fields": dict(self.fields), "metadata": dict(self.metadata)}
@@ -62,17 +109,15 @@ class Snapshot:
 
     @classmethod
     def of(cls, records: list[External]) -> Snapshot:
-        by_key: dict[str, list[External]] = {}
+        by_key: dict[str, tuple[External, ...]] = {}
         for record in records:
             if record.key is not None:
-                by_key.setdefault(record.key, []).append(record)
-        return cls(
-            by_id={r.id: r for r in records},
-            by_key={
-                k: tuple(sorted(v, key=lambda r: (r.created, r.id))) for k, v in by_key.items()
-            },
-            total=len(records),
-        )
+                same = by_key.get(record.key)
+                by_key[record.key] = (record,) if same is None else (*same, record)
+        for key, same in by_key.items():
+            if len(same) > 1:  # duplicates are rare: sort only those
+                by_key[key] = tuple(sorted(same, key=lambda r: (r.created, r.id)))
+        return cls(by_id={r.id: r for r in records}, by_key=by_key, total=len(records))
 
     @property
     def managed(self) -> int:
@@ -96,6 +141,8 @@ class LinkView:
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: datetime | None = None
+    synced_seq: int | None = None
+    synced_fingerprint: str | None = None
 
 
 class ActionKind(StrEnum):
@@ -148,6 +195,7 @@ class Action:
     generation: int = 1
     resume: bool = False  # an earlier intent's outcome is unknown: finish it first
     drift: bool = False  # the target differs from what we last pushed (changed out of band)
+    in_sync: bool = False  # a SKIP because the target's record equals the desired one
 
     @property
     def calls_target(self) -> bool:
@@ -186,6 +234,9 @@ class Plan:
     managed: int  # managed records the delete guard measures against
     guard_tripped: bool = False
     guard_reason: str = ""
+    # Records a full reconcile found in sync by their fingerprints without planning them one
+    # by one: counted as skips, not listed as actions.
+    in_sync: int = 0
 
     @staticmethod
     def ordered(actions: list[Action]) -> tuple[Action, ...]:
@@ -193,6 +244,8 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
+        if self.in_sync:
+            counts[ActionKind.SKIP.value] = self.in_sync
         for action in self.actions:
             counts[action.kind.value] = counts.get(action.kind.value, 0) + 1
         return counts
@@ -210,6 +263,7 @@ class Plan:
                 "reason": self.guard_reason,
                 "managed": self.managed,
             },
+            "inSync": self.in_sync,
             "actions": [a.to_json() for a in self.actions],
         }
 

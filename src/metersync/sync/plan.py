@@ -9,8 +9,8 @@ enough to push local changes and costs no listing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,8 @@ from metersync.sync.model import (
     LinkView,
     Plan,
     Snapshot,
+    fingerprint,
+    normalise,
 )
 
 # Links whose external record we treat as ours and present (or presumed present).
@@ -56,15 +58,21 @@ def plan_customers(
     now: datetime,
     rules: TargetRules = TargetRules(),
     managed: int | None = None,
+    in_sync: frozenset[str] = frozenset(),
 ) -> Plan:
     """`local` maps every local key to plan for to its Desired record, or None for a tombstone.
 
     `managed` is how many records the mass-delete guard measures deletes against. A full
     reconcile counts the snapshot's managed records itself; an incremental tick sees only the
     links of what changed, so its caller must pass the count of every managed link.
+
+    `in_sync` (full reconcile only): local keys `confirm_in_sync` found in sync, left out of
+    `local` and `links`; their records are accounted for, and only counted.
     """
     actions: list[Action] = []
-    claimed: set[str] = set()  # external ids accounted for by a local key
+    # External ids accounted for by a local key. Those of `in_sync` keys are left out: each is
+    # the only record with its key and its link's own, so no other key can claim it.
+    claimed: set[str] = set()
     for key in sorted(local):
         link = links.get(key)
         desired = local[key]
@@ -73,7 +81,7 @@ def plan_customers(
         else:
             actions += _plan_live(desired, link, snapshot, policy, now, rules, claimed)
     if snapshot is not None:
-        actions += _plan_unclaimed(snapshot, local, links, policy, claimed)
+        actions += _plan_unclaimed(snapshot, local, links, policy, claimed, in_sync)
     if snapshot is not None:
         managed = snapshot.managed
     elif managed is None:
@@ -82,7 +90,28 @@ def plan_customers(
             for link in links.values()
             if link.external_id and link.state in (LinkState.SYNCED, LinkState.UPDATING)
         )
-    return _guard(Plan(target, snapshot is not None, Plan.ordered(actions), managed), policy)
+    plan = Plan(target, snapshot is not None, Plan.ordered(actions), managed, in_sync=len(in_sync))
+    return _guard(plan, policy)
+
+
+def confirm_in_sync(
+    candidates: Iterable[tuple[str, str, str]], snapshot: Snapshot, render_version: str
+) -> frozenset[str]:
+    """The full reconcile's fast path: of the (local key, external id, fingerprint) candidates
+    (links whose customer has not changed since it was pushed, see Journal.in_sync_candidates),
+    the keys whose listed record still fingerprints as pushed and is the only managed record
+    with that key. The planner would skip each of them; anything else goes through it."""
+    confirmed = []
+    for key, external_id, pushed in candidates:
+        record = snapshot.by_id.get(external_id)
+        if (
+            record is not None
+            and record.key == key
+            and len(snapshot.by_key.get(key, ())) == 1
+            and fingerprint(render_version, record.fields, record.metadata) == pushed
+        ):
+            confirmed.append(key)
+    return frozenset(confirmed)
 
 
 # -- live records -------------------------------------------------------------------------------
@@ -232,7 +261,9 @@ def _update(
             )
     unarchive = link is not None and link.state == LinkState.ARCHIVED
     if kind == ActionKind.UPDATE and not changes and not unarchive:
-        return Action(ActionKind.SKIP, desired.key, record.id, desired, reason="in sync")
+        return Action(
+            ActionKind.SKIP, desired.key, record.id, desired, reason="in sync", in_sync=True
+        )
     drift = bool(changes) and link is not None and link.synced_hash == desired.hash
     return Action(
         kind,
@@ -260,7 +291,7 @@ def _changes(
     out = []
     for name, value in desired.fields.items():
         before = record.fields.get(name)
-        if _norm(before) != _norm(value):
+        if normalise(before) != normalise(value):
             out.append(Change(name, before, value))
     for name, value in desired.metadata.items():
         if record.metadata.get(name) != value:
@@ -269,16 +300,6 @@ def _changes(
         if name in record.metadata:  # ours once, no longer wanted: unset exactly it
             out.append(Change(f"metadata.{name}", record.metadata[name], None))
     return tuple(out)
-
-
-def _norm(value: Any) -> Any:
-    """Absent, null and "" mean the same to a target field; so do empty sub-fields."""
-    if value == "" or value is None:
-        return None
-    if isinstance(value, Mapping):
-        inner = {k: _norm(v) for k, v in value.items() if _norm(v) is not None}
-        return inner or None
-    return value
 
 
 def _backing_off(desired: Desired, link: LinkView | None, now: datetime) -> Action | None:
@@ -387,11 +408,12 @@ def _plan_unclaimed(
     links: Mapping[str, LinkView],
     policy: DeletePolicy,
     claimed: set[str],
+    in_sync: frozenset[str],
 ) -> list[Action]:
     out = []
     for key, records in snapshot.by_key.items():
-        if key in local:
-            continue  # planned above
+        if key in local or key in in_sync:
+            continue  # planned above, or confirmed in sync
         link = links.get(key)
         for record in records:
             if record.id in claimed:
@@ -441,4 +463,4 @@ def _guard(plan: Plan, policy: DeletePolicy) -> Plan:
         else a
         for a in plan.actions
     ]
-    return Plan(plan.target, plan.full, Plan.ordered(guarded), plan.managed, True, reason)
+    return replace(plan, actions=Plan.ordered(guarded), guard_tripped=True, guard_reason=reason)

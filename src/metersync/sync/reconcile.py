@@ -5,8 +5,8 @@ advance the cursor. The CLI's `reconcile` and (later) the service's jobs both ca
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from metersync.catalog import Catalog
@@ -16,8 +16,8 @@ from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
 from metersync.sync.apply import Applier, ApplyResult, FatalTargetError, RetryPolicy
 from metersync.sync.journal import Journal
-from metersync.sync.model import ActionKind, DeletePolicy, Desired, Plan, Snapshot
-from metersync.sync.plan import plan_customers
+from metersync.sync.model import ActionKind, DeletePolicy, Desired, LinkView, Plan, Snapshot
+from metersync.sync.plan import confirm_in_sync, plan_customers
 from metersync.targets.base import Target
 
 _log = get_logger("metersync.sync")
@@ -68,31 +68,43 @@ async def sync_customers(
     options: SyncOptions,
     *,
     progress: Callable[[int, int], None] | None = None,
+    before_delete: Callable[[str], Awaitable[bool]] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    journal = Journal(catalog.store, target.name)
+    journal = Journal(catalog.store, target.name, render_version=target.render_version)
     started = utcnow()
+    in_sync: frozenset[str] = frozenset()
     if options.full:
-        changes = catalog.changes_since(0, include_subjects=False)  # subjects: all re-routed
-        customers = changes.customers
-        snapshot: Snapshot | None = Snapshot.of(await target.list_customers())
-        subject_keys: list[str] | None = None
+        # Read first: every change after it is picked up by the next run, whatever this one
+        # reads later.
+        high_water = catalog.high_water()
+        listed = Snapshot.of(await target.list_customers())
+        # The fast path: links whose customer is unchanged since it was pushed, and whose
+        # record the listing shows as pushed, need no customer loaded and no plan of their own.
+        in_sync = confirm_in_sync(journal.in_sync_candidates(), listed, target.render_version)
+        customers = catalog.customers_by_keys(
+            k for k in catalog.customer_keys() if k not in in_sync
+        )
+        subject_keys: list[str] | None = None  # a full run re-routes every subject
+        snapshot: Snapshot | None = listed
     else:
         changes = catalog.changes_since(journal.cursor())
+        high_water = changes.high_water
         due = set(journal.due(started)) - {c.key for c in changes.customers}
         customers = changes.customers + catalog.customers_by_keys(due)
         snapshot = None
         subject_keys = [s.key for s in changes.subjects]
     local = {c.key: _render(target, c) for c in customers}
-    links = journal.links(None, with_state=False) if options.full else journal.links(local)
     plan = plan_customers(
         target=target.name,
         local=local,
-        links=links,
+        links=_links_to_plan(journal, local, snapshot, in_sync),
         snapshot=snapshot,
         policy=options.policy,
         now=started,
         rules=target.rules,
         managed=None if options.full else journal.managed_count(),
+        in_sync=in_sync,
     )
     result = RunResult(plan, counts=_planned_counts(plan))
     _log.info(
@@ -104,16 +116,25 @@ async def sync_customers(
     )
     if options.dry_run:
         return result
+    if options.full:
+        # In sync, but not by fingerprint (first full run after an upgrade, or a record that
+        # matched without our last push): record it, so the next full run takes the fast path.
+        confirmed = [a.desired for a in plan.actions if a.in_sync and a.desired is not None]
+        if confirmed:
+            journal.confirm(confirmed)
 
     applier = Applier(
-        target, journal, concurrency=options.concurrency, retry=options.retry, progress=progress
+        target,
+        journal,
+        concurrency=options.concurrency,
+        retry=options.retry,
+        progress=progress,
+        before_delete=before_delete,
+        should_stop=should_stop,
     )
-    try:
-        applied = await applier.run(plan)
-    except FatalTargetError as exc:
-        raise TargetUnusable(f"{target.name} refused the run: {exc}") from None
-    result.applied = applied
-    result.counts = dict(applied.outcomes)
+    applied = await _apply(applier, plan, result)
+    if plan.in_sync:
+        result.counts["skip"] = result.counts.get("skip", 0) + plan.in_sync
     # Subjects follow their customers: re-route those whose attribution changed and those whose
     # customer got a new external id in this run.
     if subject_keys is not None and applied.changed_customers:
@@ -122,14 +143,45 @@ async def sync_customers(
     # Withheld deletes left no trace on their link rows: keep the cursor before them, so the
     # next run (with --allow-mass-delete, or after the catalog is fixed) sees them again. The
     # rest of the window replays as no-ops.
-    cursor = None if plan.guard_tripped else changes.high_water
+    # So do actions postponed by a stop (the service shutting down): nothing was begun for
+    # them, and the next run must see them again.
+    postponed = applied.outcomes.get("postponed", 0)
+    cursor = None if plan.guard_tripped or postponed else high_water
     journal.advance(cursor=cursor, full=options.full, summary=result.counts)
     _log.info("applied", target=target.name, counts=result.counts)
     return result
 
 
+async def _apply(applier: Applier, plan: Plan, result: RunResult) -> ApplyResult:
+    """Apply the plan; its outcomes become the run's counts."""
+    try:
+        applied = await applier.run(plan)
+    except FatalTargetError as exc:
+        raise TargetUnusable(f"{applier.target.name} refused the run: {exc}") from None
+    result.applied = applied
+    result.counts = dict(applied.outcomes)
+    return applied
+
+
 def _render(target: Target, customer: Customer) -> Desired | None:
-    return None if customer.is_deleted else target.render(customer)
+    if customer.is_deleted:
+        return None
+    return replace(target.render(customer), seq=customer.change_seq)
+
+
+def _links_to_plan(
+    journal: Journal,
+    local: dict[str, Desired | None],
+    snapshot: Snapshot | None,
+    in_sync: frozenset[str],
+) -> dict[str, LinkView]:
+    """The links the planner looks at: those of the local records it plans, and in a full
+    reconcile also those of managed records with no local record to plan (orphans, released)."""
+    keys = set(local)
+    if snapshot is not None:
+        keys.update(k for k in snapshot.by_key if k not in in_sync)
+    # An incremental plan diffs against what was last pushed; a full one against the listing.
+    return journal.links(keys, with_state=snapshot is None)
 
 
 def _planned_counts(plan: Plan) -> dict[str, int]:
@@ -143,7 +195,7 @@ def _planned_counts(plan: Plan) -> dict[str, int]:
         ActionKind.ARCHIVE: "archived",
         ActionKind.RELEASE: "released",
     }
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"skip": plan.in_sync} if plan.in_sync else {}
     for action in plan.actions:
         name = names.get(action.kind, action.kind.value)
         counts[name] = counts.get(name, 0) + 1
@@ -156,3 +208,52 @@ def _subjects_of(catalog: Catalog, keys: set[str], known: list[Customer]) -> lis
     for customer in catalog.customers_by_keys(missing):
         by_key[customer.key] = customer
     return [s for k in keys if k in by_key for s in by_key[k].subject_keys]
+
+
+async def sync_customer_keys(
+    catalog: Catalog,
+    target: Target,
+    options: SyncOptions,
+    keys: list[str],
+    *,
+    before_delete: Callable[[str], Awaitable[bool]] | None = None,
+) -> RunResult:
+    """A full reconcile of a few customers, without listing the target: each one's linked
+    record is read by id, then planned and applied like any full reconcile (drift repaired, a
+    record deleted out of band recreated by policy). What a webhook about those customers
+    triggers. Search is not asked (it lags writes); duplicates and orphans are the nightly full
+    reconcile's. The cursor does not move: the next tick still reads every change."""
+    journal = Journal(catalog.store, target.name, render_version=target.render_version)
+    customers = catalog.customers_by_keys(keys)
+    local = {c.key: _render(target, c) for c in customers}
+    links = journal.links(local, with_state=False)
+    records: dict[str, Any] = {}
+    for key in local:
+        link = links.get(key)
+        if link is not None and link.external_id:
+            found = await target.retrieve(link.external_id)
+            if found is not None:
+                records[found.id] = found
+    plan = plan_customers(
+        target=target.name,
+        local=local,
+        links=links,
+        snapshot=Snapshot.of(list(records.values())),
+        policy=options.policy,
+        now=utcnow(),
+        rules=target.rules,
+    )
+    result = RunResult(plan, counts=_planned_counts(plan))
+    if options.dry_run:
+        return result
+    applier = Applier(
+        target,
+        journal,
+        concurrency=options.concurrency,
+        retry=options.retry,
+        before_delete=before_delete,
+    )
+    applied = await _apply(applier, plan, result)
+    if applied.changed_customers:
+        journal.route_subjects(_subjects_of(catalog, applied.changed_customers, customers))
+    return result

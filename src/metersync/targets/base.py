@@ -34,6 +34,9 @@ class TargetError:
 class Target(Protocol):
     name: str
     rules: TargetRules
+    # Names the rendering below. Change it whenever render() would give another Desired for
+    # the same customer: links fingerprinted under an old version are then re-planned.
+    render_version: str
 
     def render(self, customer: Customer) -> Desired:
         """The record this target should hold for a local customer (pure)."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from metersync.errors import ConfigError
 from metersync.settings import Settings
+from metersync.store import Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.model import DeletePolicy
 from metersync.sync.reconcile import SyncOptions
 from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meters import meter_event_sender
+from metersync.usage.meters import Meter
+from metersync.usage.push import UsagePusher
 
 
 def stripe_target(settings: Settings) -> StripeTarget:
@@ -23,6 +27,7 @@ def stripe_target(settings: Settings) -> StripeTarget:
         rate=settings.sync.rate_limit,
         search_rate=settings.sync.search_rate_limit,
         timeout=settings.sync.request_timeout_s,
+        http_client=settings.stripe.http_client,
     )
 
 
@@ -44,4 +49,17 @@ def sync_options(
         ),
         concurrency=sync.concurrency,
         retry=RetryPolicy(attempts=sync.retry_attempts),
+    )
+
+
+def usage_pusher(settings: Settings, target: StripeTarget, store: Store) -> UsagePusher:
+    """The usage push to Stripe's meters, with its own meter-event rate limit."""
+    usage = settings.usage
+    return UsagePusher(
+        store=store,
+        target=target.name,
+        sink=meter_event_sender(settings, target),
+        meters=[Meter.of(m) for m in settings.meters],
+        window_s=usage.window_s,
+        late_usage=usage.late_usage,
     )

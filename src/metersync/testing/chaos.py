@@ -142,19 +142,21 @@ def kill_mid_apply(
     rng: random.Random,
     *,
     window_s: float = 0.35,
+    args: Sequence[str] = ("reconcile",),
+    endpoint: str | None = None,
 ) -> float:
-    """Start `metersync reconcile`; once it has sent its first request to the emulator (so the
-    kill cannot land in Python's start-up), SIGKILL it after a random delay within `window_s`.
-    Returns the delay used."""
-    before = len(emulator.requests())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "metersync", "reconcile"],
+    """Start `metersync reconcile` (or `args`); once it has sent its first request to the
+    emulator (to `endpoint`, when given), so that the kill cannot land in Python's start-up,
+    SIGKILL it after a random delay within `window_s`. Returns the delay used."""
+    before = len(emulator.requests(endpoint))
+    process = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the caller's test
+        [sys.executable, "-m", "metersync", *args],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
-    while len(emulator.requests()) == before and process.poll() is None:
+    while len(emulator.requests(endpoint)) == before and process.poll() is None:
         if time.monotonic() > deadline:
             process.kill()
             raise TimeoutError("the reconcile never reached the emulator")

@@ -1,0 +1,227 @@
+"""`metersync usage …`: what the events say per window, and (verify) what Stripe says."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import typer
+
+from metersync.cli.context import app_context
+from metersync.cli.output import print_json, print_table
+from metersync.errors import ConfigError, NotFound
+from metersync.settings import duration_seconds
+from metersync.store import Store
+from metersync.store.lock import run_lock
+from metersync.targets.factory import stripe_target, usage_pusher
+from metersync.targets.stripe import StripeTarget
+from metersync.usage.aggregate import query_meter
+from metersync.usage.meters import Meter
+from metersync.usage.push import UsagePusher
+from metersync.usage.verify import Difference, VerifyResult, verify_usage
+
+app = typer.Typer(help="Usage: aggregates per customer, meter and window.", no_args_is_help=True)
+
+
+def parse_time(value: str, option: str) -> datetime:
+    """RFC 3339 with a zone, or a date (midnight UTC)."""
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01)",
+            param_hint=option,
+        ) from None
+    if moment.tzinfo is None:
+        if len(text) > 10:
+            raise typer.BadParameter(
+                f"{value!r} has no time zone: add Z or an offset", param_hint=option
+            )
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def configured_meter(meters: list[Meter], slug: str) -> Meter:
+    for meter in meters:
+        if meter.slug == slug:
+            return meter
+    known = ", ".join(m.slug for m in meters) or "none are configured"
+    raise NotFound(f"meter {slug!r} is not configured (meters: {known})")
+
+
+@app.command("show")
+def show_command(
+    ctx: typer.Context,
+    meter_slug: str = typer.Option(..., "--meter", help="The meter's slug."),
+    customer_key: str | None = typer.Option(
+        None, "--customer", help="A customer's key (default: all usage)."
+    ),
+    start: str | None = typer.Option(None, "--from", help="Start, inclusive (default: 24 h ago)."),
+    end: str | None = typer.Option(None, "--to", help="End, exclusive (default: now)."),
+    window: str | None = typer.Option(
+        None, "--window", help="Window size such as 15m, 1h, 1d (default: usage.window)."
+    ),
+    group: bool = typer.Option(False, "--group", help="Split windows by the meter's group_by."),
+    as_json: bool = typer.Option(False, "--json", help="OpenMeter's meter query result shape."),
+) -> None:
+    """Usage per window, as OpenMeter's meter query shows it."""
+    app = app_context(ctx)
+    settings = app.settings
+    meter = configured_meter([Meter.of(m) for m in settings.meters], meter_slug)
+    until = parse_time(end, "--to") if end else datetime.now(UTC)
+    since = parse_time(start, "--from") if start else until - timedelta(days=1)
+    if since >= until:
+        raise typer.BadParameter(
+            f"{since.isoformat()} is not before --to {until.isoformat()}", param_hint="--from"
+        )
+    try:
+        window_s = duration_seconds(window) if window else settings.usage.window_s
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--window") from None
+    customer = None
+    if customer_key is not None:
+        record = app.catalog.get_customer(customer_key, include_deleted=True)
+        customer = (record.key, list(record.subject_keys))
+    rows = query_meter(
+        app.catalog.store,
+        meter,
+        customer=customer,
+        start=int(since.timestamp()),
+        end=int(until.timestamp()),
+        window_s=window_s,
+        group=group,
+    )
+    if as_json:
+        print_json(
+            {
+                "from": since.isoformat().replace("+00:00", "Z"),
+                "to": until.isoformat().replace("+00:00", "Z"),
+                "windowSize": window or settings.usage.window,
+                "data": [r.to_openmeter(customer_key) for r in rows],
+            }
+        )
+        return
+    groups = sorted({name for r in rows for name in r.group_by})
+    print_table(
+        f"{meter.slug} ({meter.aggregation})" + (f" for {customer_key}" if customer_key else ""),
+        ["window start", "window end", *groups, "value"],
+        [
+            [
+                r.to_openmeter()["windowStart"],
+                r.to_openmeter()["windowEnd"],
+                *(r.group_by.get(g) for g in groups),
+                f"{r.value:g}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command("verify")
+def verify_command(
+    ctx: typer.Context,
+    start: str | None = typer.Option(None, "--from", help="Start (default: 7 days ago)."),
+    end: str | None = typer.Option(None, "--to", help="End, exclusive (default: now)."),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Settle old pending reports, re-plan what Stripe lost, push what is not pushed.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Stripe's event summaries vs the ledger vs local aggregates, every difference named.
+    Exit 0 when they agree, 1 when differences remain."""
+    app = app_context(ctx)
+    settings = app.settings
+    until = parse_time(end, "--to") if end else datetime.now(UTC)
+    since = parse_time(start, "--from") if start else until - timedelta(days=7)
+    if since >= until:
+        raise typer.BadParameter(
+            f"{since.isoformat()} is not before --to {until.isoformat()}", param_hint="--from"
+        )
+    meters = [Meter.of(m) for m in settings.meters]
+    if not any(m.settings.stripe for m in meters):
+        raise ConfigError("usage verify: no [[meters]] with a stripe section are configured")
+    store = app.catalog.store
+    with run_lock(store):
+        target = stripe_target(settings)
+        pusher = usage_pusher(settings, target, store)
+        result = asyncio.run(_verify(store, target, pusher, since, until, repair))
+    if as_json:
+        print_json(result.to_json())
+    else:
+        for diff in result.differences:
+            typer.echo(
+                f"{diff.customer_key} / {diff.meter} {_short_time(diff.period_start)}: local "
+                f"{diff.local}, ledger {diff.delivered} delivered + {diff.pending} pending, "
+                f"Stripe {diff.stripe}: {diff.problem}"
+            )
+        if repair:
+            typer.echo(
+                f"repair: settled {result.settled} old pending report(s), re-planned "
+                f"{result.replanned} lost one(s); pushed {result.pushed_counts}"
+            )
+        typer.echo(
+            f"checked {result.checked} customer-meter periods; "
+            f"{len(result.differences)} difference(s)"
+        )
+    raise typer.Exit(1 if result.differences else 0)
+
+
+@dataclass
+class _Verified:
+    checked: int
+    differences: list[Difference]
+    settled: int
+    replanned: int
+    pushed_counts: dict[str, int]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "checked": self.checked,
+            "differences": [d.to_json() for d in self.differences],
+            "settled": self.settled,
+            "replanned": self.replanned,
+            "pushed": self.pushed_counts,
+        }
+
+
+async def _verify(
+    store: Store,
+    target: StripeTarget,
+    pusher: UsagePusher,
+    since: datetime,
+    until: datetime,
+    repair: bool,
+) -> _Verified:
+    start, end = int(since.timestamp()), int(until.timestamp())
+
+    async def check(*, fix: bool) -> VerifyResult:
+        return await verify_usage(
+            store,
+            target,
+            pusher.meters,
+            window_s=pusher.window_s,
+            start=start,
+            end=end,
+            late_usage=pusher.late_usage,
+            repair=fix,
+            sink=pusher.sink,
+        )
+
+    try:
+        first = await check(fix=repair)
+        if not repair:
+            return _Verified(first.checked, first.differences, 0, 0, {})
+        # After a repair, what still differs is what it could not fix.
+        after = await check(fix=False)
+        pushed = first.pushed.counts() if first.pushed else {}
+        return _Verified(after.checked, after.differences, first.settled, first.replanned, pushed)
+    finally:
+        await target.close()
+
+
+def _short_time(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,1 @@
+"""The service: `metersync run` (scheduled jobs under one leader per database)."""

@@ -1,0 +1,277 @@
+"""`metersync run`: the long-running service.
+
+One active syncer per database: the service takes the same lock `reconcile` takes (a
+PostgreSQL advisory lock, or a SQLite lease row) and keeps it while it runs; a second service
+waits as a standby and takes over when the leader dies (at once when the leader's session or
+process is gone, otherwise within one lease period). While a service holds the lock,
+`reconcile` exits 3.
+
+The leader runs APScheduler 3.x jobs, one at a time (one worker thread: they all talk to Stripe
+and share its rate limit), each with max one instance and coalescing, so a long job delays the
+next instead of stacking them: the incremental customer sync, the usage push, and the full
+reconcile on a crontab schedule; a sweep of stored webhook events; daily retention.
+
+SIGTERM or SIGINT: no new job starts; the running one starts no new action or round (those in
+flight finish, so nothing is half-written), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from metersync.catalog import Catalog
+from metersync.logs import get_logger
+from metersync.service.api import api_routes
+from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
+from metersync.service.retention import prune
+from metersync.service.webhooks import process_pending
+from metersync.settings import Settings
+from metersync.store.lock import RunLock
+from metersync.sync.reconcile import sync_customers
+from metersync.targets.factory import stripe_target, sync_options, usage_pusher
+from metersync.usage.meters import Meter
+
+_log = get_logger("metersync.service")
+
+
+@dataclass
+class JobOutcome:
+    """The last run of a job, for the log (and later /readyz and /metrics)."""
+
+    ok: bool
+    counts: dict[str, int]
+
+
+class Service:
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.stopping = threading.Event()
+        self.busy = threading.Event()  # a job is running
+        self.last: dict[str, JobOutcome] = {}
+        self.role = "standby"
+        self.scheduler: BackgroundScheduler | None = None
+        self.last_tick_success: float | None = None
+        self.metrics = ServiceMetrics()
+
+    # -- the doors ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Wait to lead, lead until told to stop (or the lock is lost), then exit 0."""
+        self._handle_signals()
+        http = self._http()
+        try:
+            return self._lead()
+        finally:
+            if http is not None:
+                http.stop()
+
+    def _lead(self) -> int:
+        lock = RunLock(self.catalog.store)
+        service = self.settings.service
+        announced = False
+        while not lock.try_acquire():
+            if not announced:
+                _log.info("standby: another metersync holds the lock", holder=lock.holder())
+                announced = True
+            if self.stopping.wait(service.standby_poll_s):
+                lock.close()
+                return 0
+        _log.info("leading: this service now syncs")
+        self.role = "leader"
+        self.metrics.leader.set(1)
+        with lock.hold() as lost:
+            scheduler = self._scheduler()
+            scheduler.start()
+            while not (self.stopping.is_set() or lost.is_set()):
+                self.stopping.wait(0.5)
+            if lost.is_set():
+                _log.error("the lock was lost; stopping so that only one syncer runs")
+                self.stopping.set()
+            self.role = "stopping"
+            # The running job starts no new action; calls in flight finish. Past the deadline
+            # the process leaves anyway: what it had in flight is an intent the next run finishes.
+            scheduler.shutdown(wait=False)
+            deadline = time.monotonic() + self.settings.service.shutdown_deadline_s
+            while self.busy.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.busy.is_set():
+                _log.error(
+                    "a job did not finish within the shutdown deadline; leaving it to the next run",
+                    deadline_s=self.settings.service.shutdown_deadline_s,
+                )
+                sys.stderr.flush()
+                os._exit(0)
+        self.metrics.leader.set(0)
+        _log.info("stopped")
+        return 0
+
+    def _http(self) -> HttpServer | None:
+        address = self.settings.http.address
+        if address is None:
+            return None
+        service = self.settings.service
+        readiness = Readiness(
+            role=lambda: self.role,
+            last_tick_success=lambda: self.last_tick_success,
+            # Three missed ticks (plus a job's own run time) before a leader counts as stuck.
+            stale_after_s=3 * service.customer_tick_s + service.misfire_grace_s,
+        )
+        hooks = Webhooks(secrets=self.settings.stripe.webhook_secrets, on_event=self.wake_webhooks)
+        api = api_routes(
+            self.catalog,
+            [Meter.of(m) for m in self.settings.meters],
+            self.settings.http.token_values,
+        )
+        app = build_app(self.catalog.store, self.metrics, readiness, "stripe", hooks, api)
+        server = HttpServer(app, *address)
+        server.start()
+        _log.info("http listening", bind=self.settings.http.bind)
+        return server
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _scheduler(self) -> BackgroundScheduler:
+        service = self.settings.service
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(service.misfire_grace_s),
+            },
+            timezone=UTC,
+        )
+        jobs: list[tuple[str, Any, Callable[[], None]]] = [
+            ("customers", IntervalTrigger(seconds=service.customer_tick_s), self.customer_tick),
+            ("usage", IntervalTrigger(seconds=service.usage_tick_s), self.usage_tick),
+            (
+                "full_reconcile",
+                CronTrigger.from_crontab(service.full_reconcile_cron, timezone=UTC),
+                self.full_reconcile,
+            ),
+        ]
+        for name, trigger, job in jobs:
+            scheduler.add_job(job, trigger, id=name, name=name)
+        scheduler.add_job(
+            self.retention_job,
+            CronTrigger.from_crontab(self.settings.retention.cron, timezone=UTC),
+            id="retention",
+        )
+        # Webhooks: woken by each new event (wake_webhooks), and swept every minute for any
+        # stored while no leader ran (a standby stores them too).
+        scheduler.add_job(self.webhook_job, IntervalTrigger(seconds=60), id="webhooks")
+        # The first tick at once, not one interval after start.
+        scheduler.add_job(self.customer_tick, id="customers-first", name="customers")
+        self.scheduler = scheduler
+        return scheduler
+
+    def wake_webhooks(self) -> None:
+        """A new webhook event is stored: process it now (after the running job, if any)."""
+        scheduler = self.scheduler
+        if scheduler is not None and self.role == "leader" and not self.stopping.is_set():
+            scheduler.add_job(self.webhook_job, id="webhooks-now", replace_existing=True)
+
+    def retention_job(self) -> None:
+        try:
+            counts = prune(self.catalog.store, self.settings.retention)
+        except Exception as exc:  # noqa: BLE001 - logged; tomorrow's run tries again
+            self.metrics.job_done("retention", False, {}, "stripe")
+            _log.error("job failed", job="retention", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.metrics.job_done("retention", True, {}, "stripe")
+        if counts:
+            _log.info("pruned", **counts)
+
+    def webhook_job(self) -> None:
+        async def process(target: Any, pusher: Any) -> dict[str, int]:
+            options = sync_options(self.settings, full=True, dry_run=False, allow_mass_delete=False)
+            return await process_pending(self.catalog, target, options)
+
+        self._run_job("webhooks", process)
+
+    def customer_tick(self) -> None:
+        self._run_job("customers", lambda t, pusher: self._customers(t, pusher, full=False))
+
+    def full_reconcile(self) -> None:
+        self._run_job("full_reconcile", lambda t, pusher: self._customers(t, pusher, full=True))
+
+    def usage_tick(self) -> None:
+        async def push(target: Any, pusher: Any) -> dict[str, int]:
+            if not pusher.configured:
+                return {}
+            result = await pusher.run(should_stop=self.stopping.is_set)
+            counts: dict[str, int] = result.counts()
+            return counts
+
+        self._run_job("usage", push)
+
+    async def _customers(self, target: Any, pusher: Any, *, full: bool) -> dict[str, int]:
+        options = sync_options(self.settings, full=full, dry_run=False, allow_mass_delete=False)
+        result = await sync_customers(
+            self.catalog,
+            target,
+            options,
+            before_delete=pusher.flush if pusher.configured else None,
+            should_stop=self.stopping.is_set,
+        )
+        return result.counts
+
+    def _run_job(self, name: str, work: Callable[[Any, Any], Awaitable[dict[str, int]]]) -> None:
+        if self.stopping.is_set():
+            return
+
+        async def go() -> dict[str, int]:
+            target = stripe_target(self.settings)
+            pusher = usage_pusher(self.settings, target, self.catalog.store)
+            try:
+                return await work(target, pusher)
+            finally:
+                await target.close()
+                self.metrics.limiter_waits(target.limiter, "stripe_customers")
+                self.metrics.limiter_waits(
+                    getattr(pusher.sink, "limiter", None), "stripe_meter_events"
+                )
+
+        self.busy.set()
+        try:
+            counts = asyncio.run(go())
+        except Exception as exc:  # noqa: BLE001 - a job's failure is logged; the next one runs
+            self.last[name] = JobOutcome(False, {})
+            self.metrics.job_done(name, False, {}, "stripe")
+            _log.error("job failed", job=name, error=f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self.busy.clear()
+        self.last[name] = JobOutcome(True, counts)
+        self.metrics.job_done(name, True, counts, "stripe")
+        if name == "customers":
+            self.last_tick_success = time.time()
+        if counts:
+            _log.info("job done", job=name, counts=counts)
+
+    def _handle_signals(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            _log.info("stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

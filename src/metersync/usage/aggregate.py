@@ -1,0 +1,372 @@
+"""Aggregation in SQL, the same statements on SQLite and PostgreSQL: meter values per customer
+and tumbling window (integer division of microsecond timestamps), or per calendar month for
+the period-to-date meters.
+
+Customer, not subject: a usage row counts for the customer it is bound to. Binding happens
+when usage is first pushed (`bind_usage`): the subject's customer at that moment, fixed from
+then on, so usage already pushed stays with the customer it went to and usage that arrives
+after a re-attribution follows the new customer.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, func, literal, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, UsageRow
+from metersync.usage.meters import Aggregation, Meter
+
+US = 1_000_000
+# Core columns: this module is SQL through and through.
+USAGE: Table = UsageRow.__table__  # type: ignore[attr-defined]
+_u = USAGE.c
+_a = AttributionRow.__table__.c  # type: ignore[attr-defined]
+_l = LinkRow.__table__.c  # type: ignore[attr-defined]
+# Customer links usage can be pushed through (as journal._ROUTABLE).
+ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
+
+
+def bind_usage(store: Store, target: str) -> int:
+    """Bind unbound usage rows to their subject's customer where that customer has a live
+    link in `target`. Rows of subjects without such a customer stay unbound and wait."""
+    routable = (
+        select(_a.subject_key)
+        .join(_l.local_key.table, _l.local_key == _a.customer_key)
+        .where(
+            _l.target == target,
+            _l.kind == LinkKind.CUSTOMER,
+            _l.external_id.is_not(None),
+            _l.state.in_([s.value for s in ROUTABLE]),
+        )
+    )
+    owner = select(_a.customer_key).where(_a.subject_key == _u.subject).scalar_subquery()
+    with store.session() as session:
+        result = session.execute(
+            update(UsageRow)
+            .where(_u.customer_key.is_(None), _u.subject.in_(routable))
+            .values(customer_key=owner)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def unbound_subjects(store: Store) -> dict[str, int]:
+    """Usage rows waiting for their subject's customer to be linked, by subject."""
+    with store.read_session() as session:
+        rows = session.execute(
+            select(_u.subject, func.count()).where(_u.customer_key.is_(None)).group_by(_u.subject)
+        )
+        return {subject: int(count) for subject, count in rows}
+
+
+# -- windows -------------------------------------------------------------------------------------
+
+
+def window_start_expr(window_s: int) -> ColumnElement[Any]:
+    """Window start in seconds: integer division on both databases (bigint / bigint)."""
+    size = literal(window_s * US)
+    return (_u.time_us // size) * literal(window_s)
+
+
+def month_start(moment: int) -> int:
+    """The calendar month (UTC) that holds `moment` (seconds): its first second."""
+    day = datetime.fromtimestamp(moment, UTC)
+    return calendar.timegm((day.year, day.month, 1, 0, 0, 0))
+
+
+def month_end(start: int) -> int:
+    day = datetime.fromtimestamp(start, UTC)
+    days = calendar.monthrange(day.year, day.month)[1]
+    return start + days * 86400
+
+
+def _value(aggregation: Aggregation) -> Any:
+    match aggregation:
+        case Aggregation.SUM:
+            return func.sum(_u.value)
+        case Aggregation.COUNT:
+            return func.count()
+        case Aggregation.MAX:
+            return func.max(_u.value)
+        case Aggregation.MIN:
+            return func.min(_u.value)
+        case Aggregation.AVG:
+            return func.avg(_u.value)
+        case Aggregation.UNIQUE_COUNT:
+            return func.count(_u.value_text.distinct())
+    raise ValueError(f"{aggregation} has no plain SQL aggregate")
+
+
+@dataclass(frozen=True)
+class WindowValue:
+    customer_key: str
+    window_start: int  # seconds
+    value: float
+    latest_us: int  # time of the latest event in it
+
+
+def customer_windows(
+    store: Store,
+    meter: Meter,
+    window_s: int,
+    *,
+    customers: Sequence[str] | None = None,
+    start: int | None = None,
+    end: int | None = None,
+) -> list[WindowValue]:
+    """The meter's value per bound customer and window (seconds, UTC), windows of `window_s`
+    (a calendar month when window_s is 0). `start`/`end` bound event times (seconds)."""
+    with store.read_session() as session:
+        return list(_windows(session, meter, window_s, customers, start, end))
+
+
+def _windows(
+    session: Session,
+    meter: Meter,
+    window_s: int,
+    customers: Sequence[str] | None,
+    start: int | None,
+    end: int | None,
+) -> Iterable[WindowValue]:
+    conditions: list[Any] = [
+        _u.meter == meter.slug,
+        _u.customer_key.is_not(None),
+    ]
+    if customers is not None:
+        conditions.append(_u.customer_key.in_(list(customers)))
+    if start is not None:
+        conditions.append(_u.time_us >= start * US)
+    if end is not None:
+        conditions.append(_u.time_us < end * US)
+    if window_s == 0:
+        yield from _monthly(session, meter, conditions)
+        return
+    window = window_start_expr(window_s).label("window_start")
+    if meter.aggregation is Aggregation.LATEST:
+        yield from _latest(session, [window], conditions)
+        return
+    query = (
+        select(
+            _u.customer_key,
+            window,
+            _value(meter.aggregation),
+            func.max(_u.time_us),
+        )
+        .where(and_(*conditions))
+        .group_by(_u.customer_key, window)
+        .order_by(_u.customer_key, window)
+    )
+    for customer, window_start, value, latest in session.execute(query):
+        yield WindowValue(customer, int(window_start), float(value or 0), int(latest))
+
+
+def _monthly(session: Session, meter: Meter, conditions: list[Any]) -> Iterable[WindowValue]:
+    """Per calendar month: read the per-day figures in SQL, then fold days into months here
+    (month boundaries are not integer arithmetic). Exact for every aggregation but AVG and
+    UNIQUE_COUNT, which are computed over the month's rows directly."""
+    day = window_start_expr(86400).label("day")
+    if meter.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.AVG):
+        rows = session.execute(
+            select(_u.customer_key, day, _u.value, _u.value_text, _u.time_us)
+            .where(and_(*conditions))
+            .order_by(_u.customer_key, _u.time_us)
+        )
+        months: dict[tuple[str, int], list[Any]] = {}
+        for customer, day_start, value, text, time_us in rows:
+            months.setdefault((customer, month_start(int(day_start))), []).append(
+                (value, text, int(time_us))
+            )
+        for (customer, start), items in sorted(months.items()):
+            latest = max(t for _, _, t in items)
+            if meter.aggregation is Aggregation.UNIQUE_COUNT:
+                value = float(len({text for _, text, _ in items}))
+            else:
+                value = sum(v for v, _, _ in items) / len(items)
+            yield WindowValue(customer, start, value, latest)
+        return
+    daily = (
+        list(_latest(session, [day], conditions))
+        if meter.aggregation is Aggregation.LATEST
+        else [
+            WindowValue(customer, int(day_start), float(value or 0), int(latest))
+            for customer, day_start, value, latest in session.execute(
+                select(
+                    _u.customer_key,
+                    day,
+                    _value(meter.aggregation),
+                    func.max(_u.time_us),
+                )
+                .where(and_(*conditions))
+                .group_by(_u.customer_key, day)
+            )
+        ]
+    )
+    folded: dict[tuple[str, int], WindowValue] = {}
+    for item in sorted(daily, key=lambda w: (w.customer_key, w.window_start)):
+        key = (item.customer_key, month_start(item.window_start))
+        before = folded.get(key)
+        folded[key] = WindowValue(
+            item.customer_key,
+            key[1],
+            _fold(meter.aggregation, before, item),
+            max(item.latest_us, before.latest_us if before else 0),
+        )
+    yield from (folded[k] for k in sorted(folded))
+
+
+def _fold(aggregation: Aggregation, before: WindowValue | None, item: WindowValue) -> float:
+    if before is None:
+        return item.value
+    match aggregation:
+        case Aggregation.SUM | Aggregation.COUNT:
+            return before.value + item.value
+        case Aggregation.MAX:
+            return max(before.value, item.value)
+        case Aggregation.MIN:
+            return min(before.value, item.value)
+        case Aggregation.LATEST:
+            return item.value if item.latest_us >= before.latest_us else before.value
+    raise ValueError(f"{aggregation} cannot be folded")
+
+
+def _latest(session: Session, group: list[Any], conditions: list[Any]) -> Iterable[WindowValue]:
+    """LATEST: the value of the newest event per customer and window (ties: the later row)."""
+    ranked = (
+        select(
+            _u.customer_key,
+            *group,
+            _u.value,
+            _u.time_us,
+            func.row_number()
+            .over(
+                partition_by=[_u.customer_key, *group],
+                order_by=[_u.time_us.desc(), _u.id.desc()],
+            )
+            .label("rank"),
+        )
+        .where(and_(*conditions))
+        .subquery()
+    )
+    columns = list(ranked.c)
+    query = select(*columns[:4]).where(ranked.c.rank == 1).order_by(columns[0], columns[1])
+    for customer, window_start, value, time_us in session.execute(query):
+        yield WindowValue(customer, int(window_start), float(value or 0), int(time_us))
+
+
+# -- `usage show` --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """One row of a meter query, in OpenMeter's shape."""
+
+    window_start: int
+    window_end: int
+    value: float
+    group_by: dict[str, Any]
+
+    def to_openmeter(self, customer_key: str | None = None) -> dict[str, Any]:
+        # subject and groupBy are required in OpenMeter's MeterQueryRow: null when the value
+        # covers every subject, {} when the window is not split.
+        out: dict[str, Any] = {
+            "windowStart": _rfc3339(self.window_start),
+            "windowEnd": _rfc3339(self.window_end),
+            "value": self.value,
+            "subject": None,
+            "groupBy": {k: None if v is None else str(v) for k, v in self.group_by.items()},
+        }
+        if customer_key is not None:
+            out["customerId"] = customer_key
+        return out
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def query_meter(
+    store: Store,
+    meter: Meter,
+    *,
+    customer: tuple[str, Sequence[str]] | None,
+    start: int,
+    end: int,
+    window_s: int,
+    group: bool = False,
+) -> list[UsageWindow]:
+    """A meter's value per window, as OpenMeter's meter query shows it: for one customer
+    (key, its current subjects) its bound usage plus its subjects' usage not bound yet, or
+    everything when `customer` is None. `group` splits each window by the group_by values."""
+    conditions: list[Any] = [
+        _u.meter == meter.slug,
+        _u.time_us >= start * US,
+        _u.time_us < end * US,
+    ]
+    if customer is not None:
+        customer_key, subjects = customer
+        conditions.append(
+            (_u.customer_key == customer_key)
+            | (_u.customer_key.is_(None) & _u.subject.in_(list(subjects)))
+        )
+    window = window_start_expr(window_s).label("window_start")
+    out: list[UsageWindow] = []
+    with store.read_session() as session:
+        if meter.aggregation is Aggregation.LATEST or group:
+            rows = session.execute(
+                select(window, _u.value, _u.value_text, _u.time_us, _u.groups)
+                .where(and_(*conditions))
+                .order_by(window, _u.time_us, _u.id)
+            )
+            buckets: dict[tuple[int, str], list[Any]] = {}
+            for window_start, value, text, _time_us, groups in rows:
+                bucket = (int(window_start), (groups or "{}") if group else "{}")
+                buckets.setdefault(bucket, []).append((value, text))
+            for (window_start, groups), items in sorted(buckets.items()):
+                out.append(
+                    UsageWindow(
+                        window_start,
+                        window_start + window_s,
+                        _reduce(meter.aggregation, items),
+                        json.loads(groups) if group else {},
+                    )
+                )
+            return out
+        query = (
+            select(window, _value(meter.aggregation))
+            .where(and_(*conditions))
+            .group_by(window)
+            .order_by(window)
+        )
+        for window_start, value in session.execute(query):
+            out.append(
+                UsageWindow(int(window_start), int(window_start) + window_s, float(value or 0), {})
+            )
+    return out
+
+
+def _reduce(aggregation: Aggregation, items: list[tuple[float | None, str | None]]) -> float:
+    numbers = [v for v, _ in items if v is not None]
+    match aggregation:
+        case Aggregation.SUM:
+            return float(sum(numbers))
+        case Aggregation.COUNT:
+            return float(len(items))
+        case Aggregation.MAX:
+            return float(max(numbers)) if numbers else 0.0
+        case Aggregation.MIN:
+            return float(min(numbers)) if numbers else 0.0
+        case Aggregation.AVG:
+            return float(sum(numbers) / len(numbers)) if numbers else 0.0
+        case Aggregation.LATEST:
+            return float(numbers[-1]) if numbers else 0.0
+        case Aggregation.UNIQUE_COUNT:
+            return float(len({t for _, t in items}))
+    raise ValueError(aggregation)

@@ -1,0 +1,312 @@
+"""A usage push: bind new usage to customers, finish reports left pending, plan new reports
+from the aggregates and the ledger, write them, send them, record each outcome.
+
+Exactly once: a report is written PENDING before its call and marked DELIVERED after; a crash
+in between leaves it PENDING, and the next push re-sends it with the same identifier, which
+Stripe answers as a duplicate (counted as delivered). A new delta is always measured against
+every report written, delivered or not, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from metersync.clock import utcnow
+from metersync.errors import ConfigError
+from metersync.logs import get_logger
+from metersync.store import Store
+from metersync.targets.base import ErrorKind
+from metersync.targets.stripe_meters import Delivery, MeterEvent
+from metersync.usage.aggregate import bind_usage, customer_windows, unbound_subjects
+from metersync.usage.ledger import Ledger, PendingReport
+from metersync.usage.meters import Aggregation, Meter
+from metersync.usage.reports import Report, Skipped, plan_reports, push_window_s
+
+_log = get_logger("metersync.usage")
+# Stripe keeps identifiers at least 24 hours: a PENDING report older than this could be
+# counted twice if re-sent blindly, so it is held for `usage verify` instead.
+IDENTIFIER_TRUST = timedelta(hours=23)
+
+
+class MeterEventSink(Protocol):
+    async def send(self, events: Sequence[MeterEvent]) -> list[Delivery]: ...
+
+
+@dataclass
+class PushResult:
+    bound: int = 0
+    planned: int = 0
+    sent: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    late: int = 0
+    held: int = 0  # pending past the identifier window: left for `usage verify`
+    skipped: list[Skipped] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    waiting_subjects: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out = {
+            "planned": self.planned,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "failed": self.failed,
+            "late": self.late,
+            "held": self.held,
+        }
+        return {k: v for k, v in out.items() if v}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.counts(),
+            "bound": self.bound,
+            "waitingSubjects": self.waiting_subjects,
+            "skipped": [
+                {
+                    "customer": s.customer_key,
+                    "meter": s.meter,
+                    "windowStart": s.window_start,
+                    "reason": s.reason,
+                }
+                for s in self.skipped
+            ],
+            "failures": self.failures,
+        }
+
+
+async def push_usage(
+    store: Store,
+    target: str,
+    sink: MeterEventSink,
+    meters: Sequence[Meter],
+    *,
+    window_s: int,
+    late_usage: str,
+    now: datetime | None = None,
+    customers: Sequence[str] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PushResult:
+    """One push for `target`. `customers` limits it to those customers (the flush before a
+    customer's delete)."""
+    moment = now or utcnow()
+    ledger = Ledger(store, target)
+    result = PushResult()
+    if not dry_run:
+        result.bound = bind_usage(store, target)
+    result.waiting_subjects = len(unbound_subjects(store))
+    if not dry_run:
+        await finish_pending(ledger, sink, result, moment, customers)
+    external_ids = ledger.external_ids()
+    reports: list[Report] = []
+    for meter in meters:
+        if meter.settings.stripe is None:
+            continue
+        per = push_window_s(meter, window_s)
+        _check_unchanged(ledger, meter, per)
+        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
+        windows = customer_windows(store, meter, per, customers=customers)
+        planned, skipped = plan_reports(
+            meter,
+            windows,
+            ledger.bases(meter.slug, moment, last=last),
+            external_ids,
+            window_s=per,
+            now=moment,
+            late_usage=late_usage,
+        )
+        reports += planned
+        result.skipped += skipped
+    result.planned = len(reports)
+    result.late = sum(1 for r in reports if r.late)
+    if dry_run or not reports:
+        return result
+    ids = ledger.record(reports)
+    to_send = [
+        PendingReport(
+            id=i,
+            customer_key=r.customer_key,
+            meter=r.meter,
+            window_start=r.window_start,
+            identifier=r.identifier,
+            external_customer_id=r.external_customer_id,
+            event_name=r.event_name,
+            value=r.value,
+            timestamp=r.timestamp,
+            attempts=0,
+            created_at=moment,
+        )
+        for i, r in zip(ids, reports, strict=True)
+        if not r.late
+    ]
+    if result.late:
+        _log.warning(
+            "usage older than Stripe's 35-day window held (late_usage = report)",
+            reports=result.late,
+        )
+    await _send(ledger, sink, to_send, result, progress, should_stop)
+    _log.info("usage pushed", target=target, **result.counts())
+    return result
+
+
+def _check_unchanged(ledger: Ledger, meter: Meter, window_s: int) -> None:
+    """A meter's reports add up only under one window size and one scale: after a change,
+    totals would be measured against bases made under the other, and history billed again."""
+    assert meter.settings.stripe is not None
+    scale = meter.settings.stripe.scale
+    for used_window, used_scale in sorted(ledger.reported_under(meter.slug)):
+        if used_window != window_s:
+            raise ConfigError(
+                f"usage.window: meter {meter.slug!r} was reported in windows of {used_window} s "
+                f"and is now configured for {window_s} s; its totals would not match what was "
+                "sent, and history would be billed again. Restore the window size, or bill "
+                "under a new Stripe event name from a cut-over."
+            )
+        if used_scale != scale:
+            raise ConfigError(
+                f"meters.{meter.slug}.stripe.scale: reports were made at scale {used_scale:g} "
+                f"and it is now {scale:g}; totals under the new scale would be billed again. "
+                "Restore the scale, or bill under a new Stripe event name from a cut-over."
+            )
+
+
+async def finish_pending(
+    ledger: Ledger,
+    sink: MeterEventSink,
+    result: PushResult,
+    now: datetime,
+    customers: Sequence[str] | None,
+) -> None:
+    pending = ledger.pending(now, customers=customers)
+    fresh = [p for p in pending if now - p.created_at < IDENTIFIER_TRUST]
+    result.held = len(pending) - len(fresh)
+    if result.held:
+        _log.warning(
+            "pending usage reports older than Stripe's identifier window are held; run "
+            "`metersync usage verify` to settle them",
+            reports=result.held,
+        )
+    await _send(ledger, sink, fresh, result, None, None)
+
+
+async def _send(
+    ledger: Ledger,
+    sink: MeterEventSink,
+    reports: list[PendingReport],
+    result: PushResult,
+    progress: Callable[[int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Send in rounds holding at most one report per (customer, meter): Stripe takes one
+    concurrent meter event per customer and meter, and reports of one window must land in
+    revision order for `last` meters."""
+    for batch in _rounds(reports):
+        if should_stop is not None and should_stop():
+            # Stopping: what is written and unsent stays PENDING, and the next push sends it
+            # with the same identifiers.
+            return
+        events = [
+            MeterEvent(
+                event_name=r.event_name,
+                customer_id=r.external_customer_id,
+                value=r.value,
+                timestamp=r.timestamp,
+                identifier=r.identifier,
+            )
+            for r in batch
+        ]
+        deliveries = await sink.send(events)
+        result.sent += len(events)
+        delivered = []
+        for report, delivery in zip(batch, deliveries, strict=True):
+            if delivery.delivered:
+                delivered.append(report.id)
+                result.delivered += 1
+                result.duplicates += int(delivery.duplicate)
+                continue
+            error = delivery.error
+            message = error.message if error else "not delivered"
+            known = error is not None and error.kind in (ErrorKind.PERMANENT, ErrorKind.GONE)
+            ledger.failed(report.id, message, outcome_known=known)
+            result.failed += 1
+            result.failures.append(
+                {"customer": report.customer_key, "meter": report.meter, "error": message}
+            )
+            if error is not None and error.kind is ErrorKind.FATAL:
+                ledger.delivered(delivered)
+                raise UsageTargetUnusable(message)
+        ledger.delivered(delivered)
+        if progress is not None:
+            progress(len(batch))
+
+
+class UsageTargetUnusable(Exception):
+    """The target refuses every call (credentials, permissions)."""
+
+
+def _rounds(reports: list[PendingReport]) -> list[list[PendingReport]]:
+    queues: dict[tuple[str, str], list[PendingReport]] = {}
+    for report in reports:
+        queues.setdefault((report.external_customer_id, report.event_name), []).append(report)
+    rounds: list[list[PendingReport]] = []
+    depth = max((len(q) for q in queues.values()), default=0)
+    for index in range(depth):
+        rounds.append([q[index] for q in queues.values() if index < len(q)])
+    return rounds
+
+
+@dataclass(frozen=True)
+class UsagePusher:
+    """A usage push bound to its store, target and meters: what `reconcile` and the service
+    run, and what customer sync calls before deleting a customer (`flush`)."""
+
+    store: Store
+    target: str
+    sink: MeterEventSink
+    meters: Sequence[Meter]
+    window_s: int
+    late_usage: str
+
+    @property
+    def configured(self) -> bool:
+        return any(m.settings.stripe is not None for m in self.meters)
+
+    async def run(
+        self,
+        *,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        customers: Sequence[str] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> PushResult:
+        return await push_usage(
+            self.store,
+            self.target,
+            self.sink,
+            self.meters,
+            window_s=self.window_s,
+            late_usage=self.late_usage,
+            now=now,
+            dry_run=dry_run,
+            customers=customers,
+            should_stop=should_stop,
+        )
+
+    async def flush(self, customer_key: str) -> bool:
+        """Push what `customer_key` still owes; True when nothing of it is left undelivered
+        (usage held as late is reported by `status`, and does not hold the delete up)."""
+        if not self.configured:
+            return True
+        result = await self.run(customers=[customer_key])
+        left = Ledger(self.store, self.target).pending(
+            utcnow() + timedelta(days=3650), customers=[customer_key]
+        )
+        # Anything skipped (a window waiting out a refusal, usage stamped in the future, a
+        # total that fell) is usage the customer still owes: the delete waits for it.
+        return not left and not result.failed and not result.held and not result.skipped

@@ -1,0 +1,401 @@
+"""`metersync usage verify`: Stripe's event summaries against the ledger against the local
+aggregates, per customer, meter and hour (calendar month for the period-to-date meters), with
+every difference named.
+
+`--repair` does three things, none of which can bill twice:
+- reports pending past Stripe's identifier window are settled by the summaries (landed →
+  delivered; not landed → re-planned under a new identifier; ambiguous → left alone);
+- reports delivered to the customer's current Stripe customer, older than the settle delay,
+  that the summaries lack are marked failed, so the next push plans their value again (Stripe
+  processes meter events asynchronously: a report younger than the delay that is missing is
+  reported, not re-sent);
+- then a push sends what was never pushed.
+What Stripe holds beyond the ledger is reported, never undone (only a cancellation within 24 h
+can take an event back, and that is a person's decision).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from metersync.clock import utcnow
+from metersync.store import LedgerState, Store
+from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
+from metersync.usage.aggregate import bind_usage, customer_windows, month_end, month_start
+from metersync.usage.ledger import LEDGER, Ledger
+from metersync.usage.meters import Aggregation, Meter
+from metersync.usage.push import IDENTIFIER_TRUST, MeterEventSink, PushResult, push_usage
+from metersync.usage.reports import push_window_s, scaled
+
+HOUR = 3600
+# How long after delivery a report missing from Stripe's summaries is taken as lost.
+DEFAULT_SETTLE = timedelta(hours=1)
+_g = LEDGER.c
+_LOST = "delivered, but missing from Stripe's event summaries after the settle delay; re-planned"
+_NOT_LANDED = "not in Stripe's event summaries after its identifier window; re-planned"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One customer, meter and period as the three sources see it (scaled whole numbers).
+    `delivered_here` counts only reports sent to the customer's current Stripe customer, the
+    one whose summaries `stripe` comes from."""
+
+    customer_key: str
+    meter: str
+    period_start: int
+    period_end: int
+    local: int
+    delivered: int
+    pending: int
+    stripe: int
+    delivered_here: int
+    last: bool = False  # a `last` meter: figures are values, not sums
+
+    @property
+    def ledger(self) -> int:
+        if self.last:
+            return self.pending or self.delivered
+        return self.delivered + self.pending
+
+    @property
+    def differs(self) -> bool:
+        return self.local != self.ledger or self.delivered_here != self.stripe
+
+    @property
+    def problem(self) -> str:
+        if self.stripe < self.delivered_here:
+            gap = self.delivered_here - self.stripe
+            return f"Stripe lacks {gap} that the ledger says was delivered"
+        if self.stripe > self.delivered_here:
+            gap = self.stripe - self.delivered_here
+            return f"Stripe holds {gap} more than the ledger delivered"
+        if self.pending:
+            return f"{self.pending} written but not yet confirmed (pending)"
+        if self.local < self.ledger:
+            return (
+                f"Stripe and the ledger hold {self.ledger - self.local} more than the local "
+                "events (over-billed; a cancellation within 24 h is a person's decision)"
+            )
+        return f"{self.local - self.ledger} not pushed yet"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer_key,
+            "meter": self.meter,
+            "from": _rfc3339(self.period_start),
+            "to": _rfc3339(self.period_end),
+            "local": self.local,
+            "ledgerDelivered": self.delivered,
+            "ledgerPending": self.pending,
+            "stripe": self.stripe,
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class VerifyResult:
+    checked: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    settled: int = 0  # pending past the identifier window, settled by the summaries
+    replanned: int = 0  # delivered but lost by Stripe: marked failed, planned again
+    pushed: PushResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "differences": [d.to_json() for d in self.differences],
+            "settled": self.settled,
+            "replanned": self.replanned,
+            "pushed": self.pushed.counts() if self.pushed else None,
+        }
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def verify_usage(
+    store: Store,
+    target: StripeTarget,
+    meters: Sequence[Meter],
+    *,
+    window_s: int,
+    start: int,
+    end: int,
+    late_usage: str = "report",
+    repair: bool = False,
+    sink: MeterEventSink | None = None,
+    settle: timedelta = DEFAULT_SETTLE,
+) -> VerifyResult:
+    """Compare over [start, end) (whole hours; whole months for period-to-date meters)."""
+    result = VerifyResult()
+    start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
+    # Usage not bound yet counts as local too: bind it as the next push would (bookkeeping
+    # only: it fixes which customer new usage belongs to, and sends nothing).
+    bind_usage(store, target.name)
+    by_name = meters_by_event_name(await list_meters(target))
+    external_ids = Ledger(store, target.name).external_ids()
+    compared: list[Difference] = []  # every period, equal or not
+    for meter in meters:
+        if meter.settings.stripe is None:
+            continue
+        found = by_name.get(meter.settings.stripe.event_name)
+        monthly = push_window_s(meter, window_s) == 0
+        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
+        lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
+        local = _local(store, meter, window_s, lo, hi, monthly)
+        ledger = _ledger(store, target.name, meter, lo, hi, monthly, last, external_ids)
+        for customer in sorted({c for c, _ in local} | {c for c, _ in ledger}):
+            stripe: dict[int, int] = {}
+            external_id = external_ids.get(customer)
+            if found is not None and external_id is not None:
+                stripe = await _stripe(target, found.id, external_id, lo, hi, monthly)
+            periods = sorted(
+                {p for c, p in local if c == customer}
+                | {p for c, p in ledger if c == customer}
+                | set(stripe)
+            )
+            for period in periods:
+                delivered, pending, here = ledger.get((customer, period), (0, 0, 0))
+                diff = Difference(
+                    customer,
+                    meter.slug,
+                    period,
+                    month_end(period) if monthly else period + HOUR,
+                    local.get((customer, period), 0),
+                    delivered,
+                    pending,
+                    stripe.get(period, 0),
+                    here,
+                    last,
+                )
+                compared.append(diff)
+                if diff.differs:
+                    result.differences.append(diff)
+    result.checked = len(compared)
+    if repair and sink is not None:
+        result.settled = _settle_held(store, target.name, compared, external_ids)
+        result.replanned = _replan_lost(
+            store, target.name, result.differences, external_ids, settle
+        )
+        result.pushed = await push_usage(
+            store, target.name, sink, meters, window_s=window_s, late_usage=late_usage
+        )
+    return result
+
+
+def _local(
+    store: Store, meter: Meter, window_s: int, lo: int, hi: int, monthly: bool
+) -> dict[tuple[str, int], int]:
+    assert meter.settings.stripe is not None
+    scale = meter.settings.stripe.scale
+    out: dict[tuple[str, int], int] = defaultdict(int)
+    for w in customer_windows(store, meter, 0 if monthly else window_s, start=lo, end=hi):
+        period = w.window_start if monthly else w.window_start // HOUR * HOUR
+        out[(w.customer_key, period)] += scaled(w.value, scale)
+    return dict(out)
+
+
+def _ledger(
+    store: Store,
+    target: str,
+    meter: Meter,
+    lo: int,
+    hi: int,
+    monthly: bool,
+    last: bool,
+    external_ids: dict[str, str],
+) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """(delivered, pending, delivered to the current Stripe customer) per (customer, period).
+    Sum meters add report values; last meters take the newest value by stamp."""
+    query = (
+        select(_g.customer_key, _g.window_start, _g.value, _g.state, _g.external_customer_id)
+        .where(
+            _g.target == target,
+            _g.meter == meter.slug,
+            _g.window_start >= lo,
+            _g.window_start < hi,
+            _g.state.in_([LedgerState.DELIVERED, LedgerState.PENDING]),
+        )
+        .order_by(_g.timestamp, _g.revision)
+    )
+    out: dict[tuple[str, int], list[int]] = {}
+    with store.read_session() as session:
+        for customer, window_start, value, state, external_id in session.execute(query):
+            period = int(window_start) if monthly else int(window_start) // HOUR * HOUR
+            figures = out.setdefault((customer, period), [0, 0, 0])
+            here = external_id == external_ids.get(customer)
+            if state == LedgerState.DELIVERED:
+                if last:
+                    figures[0], figures[1] = int(value), 0
+                    figures[2] = int(value) if here else figures[2]
+                else:
+                    figures[0] += int(value)
+                    figures[2] += int(value) if here else 0
+            elif last:
+                figures[1] = int(value)
+            else:
+                figures[1] += int(value)
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+async def _stripe(
+    target: StripeTarget, meter_id: str, customer_id: str, lo: int, hi: int, monthly: bool
+) -> dict[int, int]:
+    if monthly:
+        out: dict[int, int] = {}
+        month = lo
+        while month < hi:
+            nxt = month_end(month)
+            found = await event_summaries(target, meter_id, customer_id, month, nxt, None)
+            total = sum(int(s.aggregated_value) for s in found)
+            if found and total:
+                out[month] = total
+            month = nxt
+        return out
+    found = await event_summaries(target, meter_id, customer_id, lo, hi, "hour")
+    return {s.start_time: int(s.aggregated_value) for s in found if s.aggregated_value}
+
+
+def _period_rows(session: Any, target: str, diff: Difference, external_id: str) -> list[Any]:
+    """The period's delivered and pending reports to the current Stripe customer, oldest
+    stamp first."""
+    return list(
+        session.execute(
+            select(_g.id, _g.value, _g.state, _g.created_at, _g.delivered_at, _g.timestamp)
+            .where(
+                _g.target == target,
+                _g.customer_key == diff.customer_key,
+                _g.meter == diff.meter,
+                _g.window_start >= diff.period_start,
+                _g.window_start < diff.period_end,
+                _g.external_customer_id == external_id,
+                _g.state.in_([LedgerState.DELIVERED, LedgerState.PENDING]),
+            )
+            .order_by(_g.timestamp, _g.revision)
+        ).all()
+    )
+
+
+def _settle_held(
+    store: Store, target: str, periods: list[Difference], external_ids: dict[str, str]
+) -> int:
+    """Pending reports too old to re-send safely (Stripe may have forgotten their identifiers)
+    are settled by Stripe's summary of their period. Sum meters: the one set of them whose
+    values, added to the delivered ones, make Stripe's total landed (DELIVERED); the others did
+    not (FAILED: the next push plans their value again, under a new identifier). Last meters:
+    Stripe shows the newest pending value → it landed; Stripe shows the newest delivered value
+    → the newer pending ones did not. Anything ambiguous is left for a person."""
+    cutoff = utcnow() - IDENTIFIER_TRUST
+    settled = 0
+    with store.session() as session:
+        for diff in periods:
+            external_id = external_ids.get(diff.customer_key)
+            if external_id is None:
+                continue
+            rows = _period_rows(session, target, diff, external_id)
+            pending = [r for r in rows if r.state == LedgerState.PENDING]
+            if not pending or any(r.created_at >= cutoff for r in pending):
+                continue  # nothing held, or some still re-sendable: the next push first
+            landed = (
+                _landed_last(rows, diff.stripe) if diff.last else _landed_sum(rows, diff.stripe)
+            )
+            if landed is None:
+                continue
+            for row in pending:
+                ok = row.id in landed
+                session.execute(
+                    update(LEDGER)
+                    .where(_g.id == row.id)
+                    .values(
+                        state=LedgerState.DELIVERED if ok else LedgerState.FAILED,
+                        last_error=None if ok else _NOT_LANDED,
+                        next_attempt_at=None,
+                    )
+                )
+                settled += 1
+    return settled
+
+
+def _replan_lost(
+    store: Store,
+    target: str,
+    differences: list[Difference],
+    external_ids: dict[str, str],
+    settle: timedelta,
+) -> int:
+    """Delivered reports Stripe's summaries lack, once they are older than `settle`: marked
+    FAILED, so the next push plans their value again under a new identifier. Sum meters: only
+    when exactly one set of delivered reports accounts for the gap; last meters: the newest
+    delivered value, when Stripe shows another."""
+    cutoff = utcnow() - settle
+    replanned = 0
+    with store.session() as session:
+        for diff in differences:
+            external_id = external_ids.get(diff.customer_key)
+            if external_id is None or diff.stripe == diff.delivered_here:
+                continue
+            rows = [
+                r
+                for r in _period_rows(session, target, diff, external_id)
+                if r.state == LedgerState.DELIVERED
+            ]
+            if not rows or any(r.delivered_at is None or r.delivered_at >= cutoff for r in rows):
+                continue  # Stripe may still be processing them
+            lost: set[int] | None
+            if diff.last:
+                lost = {rows[-1].id} if rows[-1].value != diff.stripe else None
+            elif diff.stripe < diff.delivered_here:
+                lost = _subset(rows, diff.delivered_here - diff.stripe)
+            else:
+                lost = None  # Stripe holds more: reported, never undone
+            for row_id in lost or ():
+                session.execute(
+                    update(LEDGER)
+                    .where(_g.id == row_id)
+                    .values(state=LedgerState.FAILED, last_error=_LOST, next_attempt_at=None)
+                )
+                replanned += 1
+    return replanned
+
+
+def _subset(rows: Sequence[Any], amount: int) -> set[int] | None:
+    """The one set of rows whose values add up to `amount`; None if none or several do."""
+    if len(rows) > 12:
+        return None  # too many to tell apart
+    matches = [
+        {r.id for i, r in enumerate(rows) if mask >> i & 1}
+        for mask in range(1, 1 << len(rows))
+        if sum(r.value for i, r in enumerate(rows) if mask >> i & 1) == amount
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _landed_sum(rows: Sequence[Any], stripe: int) -> set[int] | None:
+    delivered = sum(r.value for r in rows if r.state == LedgerState.DELIVERED)
+    pending = [r for r in rows if r.state == LedgerState.PENDING]
+    if stripe == delivered:
+        return set()
+    return _subset(pending, stripe - delivered)
+
+
+def _landed_last(rows: Sequence[Any], stripe: int) -> set[int] | None:
+    newest = rows[-1]  # by stamp: the value a `last` meter shows if it landed
+    if newest.state == LedgerState.PENDING and newest.value == stripe:
+        return {r.id for r in rows if r.state == LedgerState.PENDING}  # older ones superseded
+    delivered = [r for r in rows if r.state == LedgerState.DELIVERED]
+    if delivered and delivered[-1].value == stripe and newest.value != stripe:
+        return {
+            r.id
+            for r in rows
+            if r.state == LedgerState.PENDING and r.timestamp < delivered[-1].timestamp
+        }
+    return None

@@ -1,0 +1,506 @@
+"""Usage to Stripe meters end to end: catalog and usage on SQLite and PostgreSQL, the emulator
+over real HTTP, the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import insert, select, update
+
+from metersync.catalog import Catalog
+from metersync.errors import ConfigError
+from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
+from metersync.sync.apply import RetryPolicy
+from metersync.sync.reconcile import SyncOptions, sync_customers
+from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
+from metersync.testing import StripeEmulator
+from metersync.testing.chaos_usage import meters as chaos_meters
+from metersync.usage.meters import Meter
+from metersync.usage.push import PushResult, UsagePusher
+from metersync.usage.status import usage_status
+from metersync.usage.verify import verify_usage
+
+HOUR = 3600
+NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
+T = int(NOW.timestamp()) // HOUR * HOUR - 2 * HOUR  # a window two hours back
+# The four meters of the crash test: tokens (SUM), calls (COUNT), peak (MAX), users
+# (UNIQUE_COUNT), each on a Stripe meter of the same event name.
+METERS = [m.settings for m in chaos_meters()]
+_ids = count(1)
+
+
+@pytest.fixture
+def emulator() -> Iterator[StripeEmulator]:
+    with StripeEmulator() as running:
+        yield running
+
+
+def target(emulator: StripeEmulator) -> StripeTarget:
+    return StripeTarget("sk_test_usage", api_base=emulator.url, rate=1000)
+
+
+def setup(catalog: Catalog, emulator: StripeEmulator, customers: dict[str, list[str]]) -> None:
+    for key, subjects in customers.items():
+        catalog.create_customer(
+            {"key": key, "name": key, "usageAttribution": {"subjectKeys": subjects}}
+        )
+
+    async def go() -> None:
+        t = target(emulator)
+        try:
+            options = SyncOptions(retry=RetryPolicy(attempts=5, base_delay_s=0.01))
+            await sync_customers(catalog, t, options)
+            await ensure_meters(t, METERS)
+        finally:
+            await t.close()
+
+    asyncio.run(go())
+
+
+def add(catalog: Catalog, subject: str, seconds: int, tokens: int, user: str = "u1") -> None:
+    """What ingest writes for one `prompt` event (one row per meter)."""
+    event_id = f"e{next(_ids)}"
+    rows: list[dict[str, Any]] = [
+        {"meter": "tokens", "value": float(tokens)},
+        {"meter": "calls", "value": 1.0},
+        {"meter": "peak", "value": float(tokens)},
+        {"meter": "users", "value_text": user},
+    ]
+    with catalog.store.session() as session:
+        session.execute(
+            insert(UsageRow.__table__),  # type: ignore[attr-defined]
+            [
+                {
+                    "source": "test",
+                    "event_id": event_id,
+                    "subject": subject,
+                    "time_us": seconds * 1_000_000,
+                    "value": None,
+                    "value_text": None,
+                    **row,
+                }
+                for row in rows
+            ],
+        )
+
+
+def push(catalog: Catalog, emulator: StripeEmulator, **kw: Any) -> PushResult:
+    async def go() -> PushResult:
+        t = target(emulator)
+        try:
+            pusher = UsagePusher(
+                store=catalog.store,
+                target="stripe",
+                sink=MeterEventSender(t, api=kw.pop("api", "v1"), rate=1000, retry_delay_s=0.01),
+                meters=[Meter.of(m) for m in kw.pop("meters", METERS)],
+                window_s=kw.pop("window_s", HOUR),
+                late_usage=kw.pop("late_usage", "report"),
+            )
+            return await pusher.run(**kw)
+        finally:
+            await t.close()
+
+    return asyncio.run(go())
+
+
+def stripe_totals(emulator: StripeEmulator) -> dict[tuple[str, str], int]:
+    """Sum (or last, for `peak`) of the accepted meter events per (customer, event name)."""
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    last: dict[tuple[str, str], tuple[int, int]] = {}
+    for event in emulator.meter_events():
+        key = (event["payload"]["stripe_customer_id"], event["event_name"])
+        value = int(event["payload"]["value"])
+        if event["event_name"] == "peak":
+            if key not in last or event["timestamp"] >= last[key][0]:
+                last[key] = (event["timestamp"], value)
+        else:
+            totals[key] += value
+    totals.update({k: v for k, (_, v) in last.items()})
+    return dict(totals)
+
+
+def stripe_id(emulator: StripeEmulator, key: str) -> str:
+    return next(c["id"] for c in emulator.customers() if c["metadata"].get("metersync_key") == key)
+
+
+def test_sum_count_max_and_unique_count_end_to_end(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1", "a2"], "beta": ["b1"]})
+    add(catalog, "a1", T + 10, 5, "u1")
+    add(catalog, "a2", T + 20, 7, "u2")
+    add(catalog, "a1", T + HOUR + 5, 3, "u1")
+    add(catalog, "b1", T + 30, 4, "u9")
+    first = push(catalog, emulator)
+    assert first.failed == 0 and first.delivered == first.sent > 0
+    acme, beta = stripe_id(emulator, "acme"), stripe_id(emulator, "beta")
+    assert stripe_totals(emulator) == {
+        (acme, "tokens"): 15,
+        (acme, "calls"): 3,
+        (acme, "peak"): 7,
+        (acme, "users"): 2,
+        (beta, "tokens"): 4,
+        (beta, "calls"): 1,
+        (beta, "peak"): 4,
+        (beta, "users"): 1,
+    }
+    sent = len(emulator.meter_events())
+    assert push(catalog, emulator).sent == 0  # nothing new: nothing sent
+    assert len(emulator.meter_events()) == sent
+    # Late-arriving events land as correction deltas for their windows.
+    add(catalog, "a2", T + 40, 10, "u3")
+    again = push(catalog, emulator)
+    assert again.sent == 4
+    totals = stripe_totals(emulator)
+    assert (totals[(acme, "tokens")], totals[(acme, "calls")]) == (25, 4)
+    assert (totals[(acme, "peak")], totals[(acme, "users")]) == (10, 3)
+
+
+def test_a_report_pending_after_a_crash_is_resent_once(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    add(catalog, "a1", T + 10, 5)
+    push(catalog, emulator)
+    acme = stripe_id(emulator, "acme")
+    # As if the process died after the calls, before recording their outcome.
+    with catalog.store.session() as session:
+        session.execute(update(LedgerRow).values(state=LedgerState.PENDING, delivered_at=None))
+    again = push(catalog, emulator)
+    assert again.sent == again.duplicates == again.delivered == 4
+    assert stripe_totals(emulator)[(acme, "tokens")] == 5
+    with catalog.store.read_session() as session:
+        states = set(session.execute(select(LedgerRow.state)).scalars())  # type: ignore[call-overload]
+    assert states == {LedgerState.DELIVERED}
+
+
+def test_usage_of_an_unlinked_customer_waits(catalog: Catalog, emulator: StripeEmulator) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    add(catalog, "nobody", T + 10, 5)  # a subject no customer has
+    result = push(catalog, emulator)
+    assert result.sent == 0 and result.waiting_subjects == 1
+
+
+def test_the_35_day_boundary_and_late_policy(catalog: Catalog, emulator: StripeEmulator) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    old = int((NOW - timedelta(days=40)).timestamp()) // HOUR * HOUR
+    add(catalog, "a1", old + 10, 6)
+    held = push(catalog, emulator, late_usage="report")
+    assert held.late == 4 and held.sent == 0
+    with catalog.store.read_session() as session:
+        rows = session.execute(select(LedgerRow.state, LedgerRow.meter)).all()  # type: ignore[call-overload]
+    assert {state for state, _ in rows} == {LedgerState.LATE}
+    assert push(catalog, emulator, late_usage="push_now").sent == 0  # already held: reported once
+
+
+def test_late_usage_push_now_lands_in_the_current_period(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    old = int((NOW - timedelta(days=40)).timestamp()) // HOUR * HOUR
+    add(catalog, "a1", old + 10, 6)
+    result = push(catalog, emulator, late_usage="push_now")
+    # Sums land stamped now; the old month's MAX stays held: stamped now, it would replace the
+    # current month's own last value.
+    assert (result.late, result.sent, result.delivered) == (1, 3, 3)
+    acme = stripe_id(emulator, "acme")
+    assert stripe_totals(emulator)[(acme, "tokens")] == 6
+    assert (acme, "peak") not in stripe_totals(emulator)
+
+
+def test_v2_stream_end_to_end(catalog: Catalog, emulator: StripeEmulator) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    for hour in range(5):
+        add(catalog, "a1", T - hour * HOUR, 2)
+    result = push(catalog, emulator, api="v2")
+    assert result.delivered == result.sent and result.failed == 0
+    acme = stripe_id(emulator, "acme")
+    assert stripe_totals(emulator)[(acme, "tokens")] == 10
+    assert emulator.meter_event_errors() == []
+    assert json.dumps(result.to_json())
+
+
+def verify(catalog: Catalog, emulator: StripeEmulator, *, repair: bool = False) -> Any:
+    async def go() -> Any:
+        t = target(emulator)
+        try:
+            return await verify_usage(
+                catalog.store,
+                t,
+                [Meter.of(m) for m in METERS],
+                window_s=HOUR,
+                start=T - 6 * HOUR,
+                end=int(NOW.timestamp()) + HOUR,
+                repair=repair,
+                sink=MeterEventSender(t, api="v1", rate=1000, retry_delay_s=0.01),
+            )
+        finally:
+            await t.close()
+
+    return asyncio.run(go())
+
+
+def test_verify_agrees_after_a_push_and_names_each_difference(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    add(catalog, "a1", T + 10, 5, "u1")
+    add(catalog, "a1", T + HOUR + 10, 2, "u2")
+    push(catalog, emulator)
+    clean = verify(catalog, emulator)
+    assert clean.checked >= 4 and clean.differences == []
+
+    add(catalog, "a1", T + 20, 3, "u3")  # not pushed yet
+    found = {(d.meter, d.period_start): d for d in verify(catalog, emulator).differences}
+    assert found[("tokens", T)].problem == "3 not pushed yet"
+    repaired = verify(catalog, emulator, repair=True)
+    assert repaired.pushed is not None and repaired.pushed.delivered == 3  # peak unchanged
+    assert verify(catalog, emulator).differences == []
+
+
+def lose_in_stripe(emulator: StripeEmulator, value: int) -> None:
+    """As if Stripe dropped accepted events of this value (the v2 stream validates later)."""
+    for record in emulator._require_app().state.meter_events:
+        if record.value == value:
+            record.cancelled = True
+
+
+def delivered_ago(catalog: Catalog, age: timedelta) -> None:
+    with catalog.store.session() as session:
+        session.execute(update(LedgerRow).values(delivered_at=datetime.now(UTC) - age))
+
+
+def test_verify_repair_replans_what_stripe_lost_once_it_has_settled(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    add(catalog, "a1", T + 10, 7)
+    push(catalog, emulator)
+    acme = stripe_id(emulator, "acme")
+    lose_in_stripe(emulator, 7)
+    # Just delivered: Stripe may still be processing it. Reported, not re-sent.
+    early = verify(catalog, emulator, repair=True)
+    assert early.replanned == 0
+    assert {d.problem for d in early.differences} == {
+        "Stripe lacks 7 that the ledger says was delivered"
+    }
+    # Past the settle delay: re-planned and sent again, under a new identifier, once.
+    delivered_ago(catalog, timedelta(hours=2))
+    repaired = verify(catalog, emulator, repair=True)
+    assert repaired.replanned == 2  # tokens (7) and peak (7)
+    assert verify(catalog, emulator).differences == []
+    assert stripe_totals(emulator)[(acme, "tokens")] == 7
+    assert verify(catalog, emulator, repair=True).replanned == 0  # nothing more to do
+
+
+def test_verify_compares_with_the_current_stripe_customer_only(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    """After a recreate or relink, what went to the old Stripe customer stays there: not
+    re-sent to the new one."""
+    setup(catalog, emulator, {"acme": ["a1"]})
+    old = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 5)
+    push(catalog, emulator)
+    new = emulator.client().v1.customers.create({"name": "acme again"}).id
+    with catalog.store.session() as session:
+        session.execute(update(LinkRow).where(LinkRow.local_key == "acme").values(external_id=new))
+    delivered_ago(catalog, timedelta(hours=2))
+    verify(catalog, emulator, repair=True)
+    totals = stripe_totals(emulator)
+    assert totals[(old, "tokens")] == 5 and (new, "tokens") not in totals
+
+
+def reconcile_with_usage(catalog: Catalog, emulator: StripeEmulator) -> Any:
+    async def go() -> Any:
+        t = target(emulator)
+        try:
+            pusher = UsagePusher(
+                store=catalog.store,
+                target="stripe",
+                sink=MeterEventSender(t, api="v1", rate=1000, retries=0),
+                meters=[Meter.of(m) for m in METERS],
+                window_s=HOUR,
+                late_usage="report",
+            )
+            options = SyncOptions(retry=RetryPolicy(attempts=2, base_delay_s=0.01))
+            return await sync_customers(catalog, t, options, before_delete=pusher.flush)
+        finally:
+            await t.close()
+
+    return asyncio.run(go())
+
+
+def test_a_customers_usage_is_flushed_before_its_stripe_customer_is_deleted(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"], "beta": ["b1"]})
+    acme = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 5)
+    add(catalog, "b1", T + 10, 9)  # beta's usage is not part of acme's flush
+    catalog.delete_customer("acme")
+    result = reconcile_with_usage(catalog, emulator)
+    assert result.counts.get("deleted") == 1
+    assert stripe_totals(emulator) == {
+        (acme, "tokens"): 5,
+        (acme, "calls"): 1,
+        (acme, "peak"): 5,
+        (acme, "users"): 1,
+    }
+    assert all(c["id"] != acme for c in emulator.customers())
+
+
+def test_a_delete_waits_while_the_customers_usage_cannot_be_delivered(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    acme = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 5)
+    for meter in emulator.meters():  # Stripe now refuses every meter event
+        emulator.client().v1.billing.meters.deactivate(meter["id"])
+    catalog.delete_customer("acme")
+    result = reconcile_with_usage(catalog, emulator)
+    assert result.counts.get("deleted", 0) == 0 and result.counts["failed"] == 1
+    assert "usage for this customer is not yet delivered" in result.applied.failures[0]["error"]
+    assert any(c["id"] == acme for c in emulator.customers())
+
+
+def test_frozen_time_a_window_crossing_the_35_day_edge_is_held_then_reported(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    """With time frozen (the emulator's business clock follows it): a window pushed at 34 days
+    old gets a late correction after it crossed the edge; the correction is held and reported,
+    and Stripe keeps what it had."""
+    frozen = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    window = int((frozen - timedelta(days=34)).timestamp()) // HOUR * HOUR
+    with freeze_time(frozen, real_asyncio=True) as clock:
+        setup(catalog, emulator, {"acme": ["a1"]})
+        add(catalog, "a1", window + 10, 5)
+        first = push(catalog, emulator, now=frozen)
+        assert first.delivered == 4 and first.late == 0
+        clock.tick(timedelta(days=2))
+        add(catalog, "a1", window + 20, 3)  # arrives late for a window now 36 days old
+        later = frozen + timedelta(days=2)
+        held = push(catalog, emulator, now=later)
+        # tokens +3 and calls +1 are late; the month's peak (5) and users (u1) did not change.
+        assert held.sent == 0 and held.late == 2
+        status = usage_status(catalog.store, "stripe", now=later)
+        assert [(x["meter"], x["value"]) for x in status["late"]] == [("calls", 1), ("tokens", 3)]
+        acme = stripe_id(emulator, "acme")
+        assert stripe_totals(emulator)[(acme, "tokens")] == 5
+
+
+def test_verify_repair_settles_reports_pending_past_the_identifier_window(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    add(catalog, "a1", T + 10, 5)
+    push(catalog, emulator)
+    acme = stripe_id(emulator, "acme")
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    # Reports that landed, but whose outcome was never recorded, two days ago.
+    with catalog.store.session() as session:
+        session.execute(
+            update(LedgerRow).values(state=LedgerState.PENDING, created_at=two_days_ago)
+        )
+    # And one that never left: written, then the process died, two days ago.
+    add(catalog, "a1", T + 20, 3)
+    with catalog.store.session() as session:
+        session.execute(
+            insert(LedgerRow.__table__),  # type: ignore[attr-defined]
+            {
+                "target": "stripe",
+                "customer_key": "acme",
+                "meter": "tokens",
+                "window_start": T,
+                "window_s": HOUR,
+                "revision": 2,
+                "value": 3,
+                "total": 8,
+                "identifier": "msu_never_sent",
+                "external_customer_id": acme,
+                "event_name": "tokens",
+                "timestamp": T,
+                "state": LedgerState.PENDING,
+                "attempts": 0,
+                "created_at": two_days_ago,
+            },
+        )
+    held = push(catalog, emulator)
+    assert held.held == 5 and held.sent == 1  # the new event: calls +1 (peak, users unchanged)
+    repaired = verify(catalog, emulator, repair=True)
+    assert repaired.settled == 5
+    assert verify(catalog, emulator).differences == []
+    assert stripe_totals(emulator)[(acme, "tokens")] == 8
+
+
+# -- regressions from review: each of these billed twice or lost usage -----------------------------
+
+
+def test_a_changed_window_or_scale_is_refused_not_billed_again(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    acme = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 2500)
+    tokens = METERS[0]
+    push(catalog, emulator, meters=[tokens])
+    with pytest.raises(ConfigError, match=r"usage\.window: meter .tokens. was reported in windows"):
+        push(catalog, emulator, meters=[tokens], window_s=900)
+    rescaled = tokens.model_copy(
+        update={"stripe": tokens.stripe.model_copy(update={"scale": 0.01})}  # type: ignore[union-attr]
+    )
+    with pytest.raises(
+        ConfigError, match=r"meters\.tokens\.stripe\.scale: reports were made at scale 1"
+    ):
+        push(catalog, emulator, meters=[rescaled])
+    assert stripe_totals(emulator)[(acme, "tokens")] == 2500
+
+
+def test_a_refused_revision_under_a_newer_one_is_planned_again(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    acme = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 10)
+    push(catalog, emulator)
+    add(catalog, "a1", T + 20, 5)
+    push(catalog, emulator)  # revision 2: +5
+    # Revision 1 turns out refused (its outcome known only now, as after a re-send).
+    with catalog.store.session() as session:
+        session.execute(
+            update(LedgerRow)
+            .where(LedgerRow.meter == "tokens", LedgerRow.revision == 1)
+            .values(state=LedgerState.FAILED)
+        )
+    lose_in_stripe(emulator, 10)
+    again = push(catalog, emulator)
+    assert again.sent >= 1
+    assert stripe_totals(emulator)[(acme, "tokens")] == 15
+
+
+def test_a_delete_waits_while_a_window_waits_out_a_refusal(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    setup(catalog, emulator, {"acme": ["a1"]})
+    acme = stripe_id(emulator, "acme")
+    add(catalog, "a1", T + 10, 5)
+    meters = emulator.meters()
+    for meter in meters:
+        emulator.client().v1.billing.meters.deactivate(meter["id"])
+    assert push(catalog, emulator).failed == 4  # refused: FAILED, waiting out a backoff
+    for meter in meters:
+        emulator.client().v1.billing.meters.reactivate(meter["id"])
+    catalog.delete_customer("acme")
+    result = reconcile_with_usage(catalog, emulator)
+    assert result.counts.get("deleted", 0) == 0  # the customer stays until its usage is in
+    assert any(c["id"] == acme for c in emulator.customers())
