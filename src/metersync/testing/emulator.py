@@ -216,6 +216,10 @@ class StripeEmulator:
     def stats(self) -> dict[str, Any]:
         return self._on_loop(lambda: self._require_app().stats())
 
+    def in_flight(self) -> int:
+        """Idempotent requests being handled now (the request log holds finished ones only)."""
+        return self._on_loop(lambda: len(self._require_app().in_flight))
+
     def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """The request log, oldest first, optionally for one endpoint (customers.create, …)."""
         return self._on_loop(
