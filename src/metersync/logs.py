@@ -25,6 +25,8 @@ REDACTED = "[REDACTED]"
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b((?:sk|rk|pk)_(?:live|test)_)[A-Za-z0-9]+"), rf"\g<1>{REDACTED}"),
     (re.compile(r"\b(whsec_)[A-Za-z0-9+/=]+"), rf"\g<1>{REDACTED}"),
+    # HubSpot private-app access tokens: pat-<region>-<uuid>.
+    (re.compile(r"\b(pat-[a-z0-9]+-)[A-Za-z0-9\-]+"), rf"\g<1>{REDACTED}"),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"), rf"\g<1>{REDACTED}"),
     # scheme://user:password@host: the password is the part between ':' and the last '@'
     # before the host, and may itself contain ':' or '@' when it was never URL-encoded.

@@ -122,6 +122,63 @@ class StripeSettings(_Section):
         return SecretStr(text)
 
 
+class HubSpotSettings(_Section):
+    """The CRM target. Off unless a private-app access token is given
+    (METERSYNC_HUBSPOT_ACCESS_TOKEN or hubspot.access_token_file)."""
+
+    access_token: SecretStr | None = None
+    access_token_file: Path | None = None
+    api_base: str = "https://api.hubapi.com"
+    # HubSpot's private-app limits: 100 requests per rolling 10 s (Free/Starter; 190 on
+    # Professional and Enterprise) and a daily allowance (250,000 to 1,000,000). The daily
+    # reserve is left for the account's other integrations: metersync stops before it.
+    requests_per_10s: int = Field(default=100, ge=1, le=1000)
+    daily_limit: int = Field(default=250_000, ge=1)
+    daily_reserve: int = Field(default=1_000, ge=0)
+    batch_size: int = Field(default=100, ge=1, le=100)
+    # Engine actions in flight: enough to fill two batches while one is on its way.
+    concurrency: int = Field(default=200, ge=1, le=1000)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # HubSpot's delete is an archive (restorable for 90 days): "delete" archives the company
+    # in HubSpot; "archive" keeps it and stamps metersync_archived_at; "keep" lets it go.
+    delete_policy: Literal["delete", "archive", "keep"] = "delete"
+    # Also upsert a contact for the customer's primary email, associated with the company.
+    contacts: bool = False
+
+    @field_validator("access_token")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    def resolved_token(self) -> SecretStr | None:
+        if self.access_token is not None:
+            return self.access_token
+        if self.access_token_file is None:
+            return None
+        try:
+            text = self.access_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"hubspot.access_token_file: cannot read {str(self.access_token_file)!r}: "
+                f"{exc.strerror}"
+            ) from None
+        return SecretStr(text) if text else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.access_token is not None or self.access_token_file is not None
+
+
 class SyncSettings(_Section):
     concurrency: int = Field(default=16, ge=1, le=256)
     # Requests/s to the target; unset: Stripe's own limit for the key (25 test, 100 live).
@@ -211,6 +268,8 @@ class ServiceSettings(_Section):
 
     customer_tick_s: float = Field(default=30.0, gt=0)  # incremental customer sync
     usage_tick_s: float = Field(default=60.0, gt=0)  # usage push
+    # HubSpot companies (when configured): customer changes, new Stripe ids, usage figures.
+    hubspot_tick_s: float = Field(default=60.0, gt=0)
     # Full reconcile (lists Stripe): a crontab expression, UTC.
     full_reconcile_cron: str = "17 3 * * *"
     # A job that could not start on time (the previous one ran long) still starts within this.
@@ -300,6 +359,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
+    hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -336,6 +396,7 @@ class Settings(BaseSettings):
         for name in ("webhook_secret", "webhook_secret_previous"):
             data["stripe"][name] = "**********" if getattr(self.stripe, name) else None
         data["http"]["tokens"] = ["**********" for _ in self.http.tokens]
+        data["hubspot"]["access_token"] = "**********" if self.hubspot.access_token else None
         return data
 
 

@@ -13,14 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metersync.cli.context import app_context
 from metersync.cli.output import print_json, print_table
-from metersync.errors import ConfigError, ExitCode
 from metersync.logs import get_logger
+from metersync.runs import check_targets, reconcile
 from metersync.store.lock import run_lock
 from metersync.sync.model import Action, ActionKind, Plan
-from metersync.sync.reconcile import RunResult, sync_customers
+from metersync.sync.reconcile import RunResult
 from metersync.sync.status import link_status
-from metersync.targets.factory import stripe_target, sync_options, usage_pusher
-from metersync.usage.push import PushResult, UsagePusher
+from metersync.usage.push import PushResult
 from metersync.usage.status import usage_status
 
 _log = get_logger("metersync.cli")
@@ -46,65 +45,42 @@ def reconcile_command(
         metavar="SECONDS",
         help="When another run (or the service) holds the lock, wait up to this long for it.",
     ),
+    target: str | None = typer.Option(
+        None, "--target", help="stripe or hubspot (default: every configured target)."
+    ),
 ) -> None:
-    """Make Stripe match the catalog: customers, then usage. Exit 0 all good, 1 some items
+    """Make Stripe (and HubSpot, when configured) match the catalog: Stripe's customers, the
+    usage push, then HubSpot's companies. Exit 0 all good, 1 some items
     failed or were blocked, 2 bad config or input, 3 another run holds the lock, 4 the
     mass-delete guard tripped."""
     if only not in (None, "customers", "usage"):
         raise typer.BadParameter(f"{only!r}: use customers or usage", param_hint="--only")
     app = app_context(ctx)
-    settings = app.settings
-    options = sync_options(
-        settings, full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete
-    )
     catalog = app.catalog
-    with run_lock(catalog.store, wait_s=wait or 0.0):
-        target = stripe_target(settings)
-        pusher = usage_pusher(settings, target, catalog.store)
-        if only == "usage" and not pusher.configured:
-            raise ConfigError("--only usage: no [[meters]] with a stripe section are configured")
-        with _Progress(as_json) as progress:
-            outcome = asyncio.run(_run(catalog, target, options, pusher, only, progress))
-    customers, usage = outcome
-    if as_json:
-        data: dict[str, Any] = customers.to_json() if customers else {}
-        if usage is not None:
-            data["usage"] = usage.to_json()
-        print_json(data)
-    else:
-        if customers is not None:
-            _print_result(customers, dry_run=dry_run)
-        if usage is not None:
-            _print_usage(usage, dry_run=dry_run)
-    code = customers.exit_code if customers else ExitCode.OK
-    if usage is not None and usage.failed and code == ExitCode.OK:
-        code = ExitCode.SOME_FAILED
-    raise typer.Exit(int(code))
-
-
-async def _run(
-    catalog: Any,
-    target: Any,
-    options: Any,
-    pusher: UsagePusher,
-    only: str | None,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[RunResult | None, PushResult | None]:
-    customers = usage = None
-    try:
-        if only in (None, "customers"):
-            customers = await sync_customers(
+    check_targets(app.settings, target)
+    with run_lock(catalog.store, wait_s=wait or 0.0), _Progress(as_json) as progress:
+        outcome = asyncio.run(
+            reconcile(
                 catalog,
-                target,
-                options,
+                app.settings,
+                full=full,
+                dry_run=dry_run,
+                allow_mass_delete=allow_mass_delete,
+                only=only,
+                only_target=target,
                 progress=progress,
-                before_delete=pusher.flush if pusher.configured else None,
             )
-        if only == "usage" or (only is None and pusher.configured):
-            usage = await pusher.run(dry_run=options.dry_run)
-        return customers, usage
-    finally:
-        await target.close()
+        )
+    if as_json:
+        print_json(outcome.to_json())
+    else:
+        for name, customers in outcome.customers.items():
+            if name == "hubspot" and outcome.usage is not None:
+                _print_usage(outcome.usage, dry_run=dry_run)
+            _print_result(customers, dry_run=dry_run)
+        if outcome.usage is not None and "hubspot" not in outcome.customers:
+            _print_usage(outcome.usage, dry_run=dry_run)
+    raise typer.Exit(int(outcome.exit_code))
 
 
 def _print_usage(result: PushResult, *, dry_run: bool) -> None:
@@ -188,8 +164,8 @@ def _print_plan(plan: Plan) -> None:
     in_sync = len(plan.actions) - len(shown)
     mode = "full" if plan.full else "incremental"
     print_table(
-        f"plan ({mode}; {len(shown)} actions, {in_sync} in sync)",
-        ["action", "key", "stripe id", "details"],
+        f"{plan.target} plan ({mode}; {len(shown)} actions, {in_sync} in sync)",
+        ["action", "key", f"{plan.target} id", "details"],
         [[a.kind.value, a.key, a.external_id or "", _details(a)] for a in shown],
     )
 
@@ -215,26 +191,38 @@ def status_command(
     report = link_status(app.catalog, "stripe")
     if app.settings.meters:
         report["usage"] = usage_status(app.catalog.store, "stripe")
+    others = (
+        {"hubspot": link_status(app.catalog, "hubspot")} if app.settings.hubspot.enabled else {}
+    )
     if as_json:
+        if others:
+            report["targets"] = others
         print_json(report)
         return
+    _print_link_status(report)
+    if "usage" in report:
+        _print_usage_status(report["usage"])
+    for other in others.values():
+        _print_link_status(other)
+
+
+def _print_link_status(report: dict[str, Any]) -> None:
+    target = report["target"]
     rows = [
         [kind, state, count]
         for kind, states in report["links"].items()
         for state, count in sorted(states.items())
     ]
-    print_table("links (stripe)", ["kind", "state", "count"], rows)
+    print_table(f"links ({target})", ["kind", "state", "count"], rows)
     runs = report["runs"]
     typer.echo(
-        f"last tick: {runs['lastTickAt'] or 'never'}; last full reconcile: "
+        f"{target}: last tick: {runs['lastTickAt'] or 'never'}; last full reconcile: "
         f"{runs['lastFullAt'] or 'never'}; last success: {runs['lastSuccessAt'] or 'never'}; "
         f"catalog changes not yet synced: {report['lag']['changes']}"
     )
-    if "usage" in report:
-        _print_usage_status(report["usage"])
     if report["failing"]:
         print_table(
-            f"failing or blocked ({len(report['failing'])})",
+            f"{target}: failing or blocked ({len(report['failing'])})",
             ["kind", "key", "state", "attempts", "next attempt", "last error"],
             [
                 [

@@ -38,12 +38,13 @@ from metersync.catalog import Catalog
 from metersync.logs import get_logger
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
+from metersync.service.memory import limit_arenas, release_free_memory
 from metersync.service.retention import prune
 from metersync.service.webhooks import process_pending
 from metersync.settings import Settings
 from metersync.store.lock import RunLock
 from metersync.sync.reconcile import sync_customers
-from metersync.targets.factory import stripe_target, sync_options, usage_pusher
+from metersync.targets.factory import hubspot_target, stripe_target, sync_options, usage_pusher
 from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.service")
@@ -73,6 +74,7 @@ class Service:
 
     def run(self) -> int:
         """Wait to lead, lead until told to stop (or the lock is lost), then exit 0."""
+        limit_arenas()
         self._handle_signals()
         http = self._http()
         try:
@@ -169,6 +171,10 @@ class Service:
                 self.full_reconcile,
             ),
         ]
+        if self.settings.hubspot.enabled:
+            jobs.append(
+                ("hubspot", IntervalTrigger(seconds=service.hubspot_tick_s), self.hubspot_tick)
+            )
         for name, trigger, job in jobs:
             scheduler.add_job(job, trigger, id=name, name=name)
         scheduler.add_job(
@@ -213,6 +219,29 @@ class Service:
 
     def full_reconcile(self) -> None:
         self._run_job("full_reconcile", lambda t, pusher: self._customers(t, pusher, full=True))
+        if self.settings.hubspot.enabled:
+            self._run_hubspot("hubspot_full_reconcile", full=True)
+
+    def hubspot_tick(self) -> None:
+        self._run_hubspot("hubspot", full=False)
+
+    def _run_hubspot(self, name: str, *, full: bool) -> None:
+        async def sync(_: Any, __: Any) -> dict[str, int]:
+            target = hubspot_target(self.settings)
+            assert target is not None  # the job exists only when HubSpot is configured
+            options = sync_options(
+                self.settings, full=full, dry_run=False, allow_mass_delete=False, target="hubspot"
+            )
+            try:
+                result = await sync_customers(
+                    self.catalog, target, options, should_stop=self.stopping.is_set
+                )
+            finally:
+                await target.close()
+                self.metrics.limiter_waits(target.limiter, "hubspot")
+            return result.counts
+
+        self._run_job(name, sync, target_name="hubspot")
 
     def usage_tick(self) -> None:
         async def push(target: Any, pusher: Any) -> dict[str, int]:
@@ -235,7 +264,13 @@ class Service:
         )
         return result.counts
 
-    def _run_job(self, name: str, work: Callable[[Any, Any], Awaitable[dict[str, int]]]) -> None:
+    def _run_job(
+        self,
+        name: str,
+        work: Callable[[Any, Any], Awaitable[dict[str, int]]],
+        *,
+        target_name: str = "stripe",
+    ) -> None:
         if self.stopping.is_set():
             return
 
@@ -256,13 +291,14 @@ class Service:
             counts = asyncio.run(go())
         except Exception as exc:  # noqa: BLE001 - a job's failure is logged; the next one runs
             self.last[name] = JobOutcome(False, {})
-            self.metrics.job_done(name, False, {}, "stripe")
+            self.metrics.job_done(name, False, {}, target_name)
             _log.error("job failed", job=name, error=f"{type(exc).__name__}: {exc}")
             return
         finally:
             self.busy.clear()
+            release_free_memory()
         self.last[name] = JobOutcome(True, counts)
-        self.metrics.job_done(name, True, counts, "stripe")
+        self.metrics.job_done(name, True, counts, target_name)
         if name == "customers":
             self.last_tick_success = time.time()
         if counts:

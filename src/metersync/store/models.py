@@ -174,6 +174,7 @@ class LinkRow(SQLModel, table=True):
         Index("ix_link_due", "target", "next_attempt_at"),
         # Every tick asks for unfinished intents by state: one index range, not a table scan.
         Index("ix_link_state", "target", "kind", "state"),
+        Index("ix_link_updated", "target", "updated_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -224,6 +225,9 @@ class SyncStateRow(SQLModel, table=True):
     last_full_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     last_success_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
     last_summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Targets whose records show other targets' ids or usage (sync/context.py): when the last
+    # run that looked at context changes started; the next one looks from there.
+    context_since: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
 
 
 class LeaseRow(SQLModel, table=True):
@@ -276,7 +280,10 @@ class EventRow(SQLModel, table=True):
     """A CloudEvent as ingested, once per (source, id)."""
 
     __tablename__ = "usage_event"
-    __table_args__ = (UniqueConstraint("source", "event_id", name="uq_usage_event_source_id"),)
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", name="uq_usage_event_source_id"),
+        Index("ix_usage_event_ingested", "ingested_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))
     source: str = Field(sa_column=Column(String(SOURCE_MAX), nullable=False))
@@ -335,6 +342,7 @@ class LedgerRow(SQLModel, table=True):
         ),
         UniqueConstraint("target", "identifier", name="uq_usage_ledger_identifier"),
         Index("ix_usage_ledger_state", "target", "state"),
+        Index("ix_usage_ledger_created", "created_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))

@@ -344,12 +344,25 @@ class Journal:
             session.delete(row)
             return True
 
-    def advance(self, *, cursor: int | None, full: bool, summary: Mapping[str, Any]) -> None:
+    def context_since(self) -> datetime | None:
+        state = self.state()
+        return state.context_since if state else None
+
+    def advance(
+        self,
+        *,
+        cursor: int | None,
+        full: bool,
+        summary: Mapping[str, Any],
+        context_since: datetime | None = None,
+    ) -> None:
         now = utcnow()
         with self.store.session() as session:
             row = session.get(SyncStateRow, self.target) or SyncStateRow(target=self.target)
             if cursor is not None:
                 row.change_cursor = max(row.change_cursor, cursor)
+            if context_since is not None:
+                row.context_since = context_since
             if full:
                 row.last_full_at = now
             else:

@@ -37,12 +37,17 @@ class AdaptiveLimiter:
         self._tokens = min(1.0, self.burst)
         self._stamp = self.clock()
         self._last_throttle = float("-inf")
+        self._paused_until = float("-inf")
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         # One waiter at a time computes its slot, so the bucket is never overdrawn.
         async with self._lock:
             while True:
+                pause = self._paused_until - self.clock()
+                if pause > 0:
+                    self.stats.waited_s += pause
+                    await asyncio.sleep(pause)
                 self._refill()
                 # A tolerance: refills sum floats, and 0.9999999999999998 of a token must not
                 # mean a 1e-17 s wait that no clock can even tell apart from now.
@@ -65,6 +70,12 @@ class AdaptiveLimiter:
         if now - self._last_throttle >= 1.0:
             self.current = max(self.min_rate, self.current / 2)
             self._last_throttle = now
+        self._tokens = min(self._tokens, 0.0)
+
+    def pause(self, seconds: float) -> None:
+        """No request leaves for `seconds`: the target said its window is spent (a remaining
+        count of zero, a 429 naming a window) and when it frees up."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
         self._tokens = min(self._tokens, 0.0)
 
     def _refill(self) -> None:

@@ -5,7 +5,7 @@ advance the cursor. The CLI's `reconcile` and (later) the service's jobs both ca
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,10 +15,13 @@ from metersync.clock import utcnow
 from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
 from metersync.sync.apply import Applier, ApplyResult, FatalTargetError, RetryPolicy
+from metersync.sync.context import ContextReader, RenderContext
 from metersync.sync.journal import Journal
 from metersync.sync.model import ActionKind, DeletePolicy, Desired, LinkView, Plan, Snapshot
 from metersync.sync.plan import confirm_in_sync, plan_customers
 from metersync.targets.base import Target
+from metersync.usage.aggregate import bind_usage
+from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.sync")
 
@@ -34,6 +37,10 @@ class SyncOptions:
     policy: DeletePolicy = field(default_factory=DeletePolicy)
     concurrency: int = 16
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # For targets that show usage (ContextNeeds.usage): the meters, and whether this target's
+    # sync binds usage rows to customers itself (when no usage push does it).
+    meters: tuple[Meter, ...] = ()
+    bind_usage: bool = False
 
 
 @dataclass
@@ -73,6 +80,9 @@ async def sync_customers(
 ) -> RunResult:
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     started = utcnow()
+    context = ContextReader(catalog.store, target.needs, options.meters, started)
+    if target.needs.usage and options.bind_usage and not options.dry_run:
+        bind_usage(catalog.store, target.name)
     in_sync: frozenset[str] = frozenset()
     if options.full:
         # Read first: every change after it is picked up by the next run, whatever this one
@@ -81,7 +91,10 @@ async def sync_customers(
         listed = Snapshot.of(await target.list_customers())
         # The fast path: links whose customer is unchanged since it was pushed, and whose
         # record the listing shows as pushed, need no customer loaded and no plan of their own.
-        in_sync = confirm_in_sync(journal.in_sync_candidates(), listed, target.render_version)
+        # Not for targets whose records show context (usage, other targets' ids): that can
+        # change while the customer does not, so each one is rendered.
+        if not target.needs.any:
+            in_sync = confirm_in_sync(journal.in_sync_candidates(), listed, target.render_version)
         customers = catalog.customers_by_keys(
             k for k in catalog.customer_keys() if k not in in_sync
         )
@@ -90,11 +103,15 @@ async def sync_customers(
     else:
         changes = catalog.changes_since(journal.cursor())
         high_water = changes.high_water
-        due = set(journal.due(started)) - {c.key for c in changes.customers}
+        changed = {c.key for c in changes.customers}
+        due = set(journal.due(started)) - changed
+        # Customers whose catalog record did not change but whose context did (a new Stripe
+        # id, new usage): re-rendered, and written only if the render differs.
+        due |= context.changed_since(journal.context_since(), target.name) - changed
         customers = changes.customers + catalog.customers_by_keys(due)
         snapshot = None
         subject_keys = [s.key for s in changes.subjects]
-    local = {c.key: _render(target, c) for c in customers}
+    local = _render_all(target, customers, context)
     plan = plan_customers(
         target=target.name,
         local=local,
@@ -147,7 +164,12 @@ async def sync_customers(
     # them, and the next run must see them again.
     postponed = applied.outcomes.get("postponed", 0)
     cursor = None if plan.guard_tripped or postponed else high_water
-    journal.advance(cursor=cursor, full=options.full, summary=result.counts)
+    journal.advance(
+        cursor=cursor,
+        full=options.full,
+        summary=result.counts,
+        context_since=started if cursor is not None and target.needs.any else None,
+    )
     _log.info("applied", target=target.name, counts=result.counts)
     return result
 
@@ -163,10 +185,25 @@ async def _apply(applier: Applier, plan: Plan, result: RunResult) -> ApplyResult
     return applied
 
 
-def _render(target: Target, customer: Customer) -> Desired | None:
+def _render_all(
+    target: Target, customers: Iterable[Customer], reader: ContextReader
+) -> dict[str, Desired | None]:
+    """Each customer as the target should hold it (None: deleted locally), with the context
+    of all of them loaded at once."""
+    customers = list(customers)
+    live = [c.key for c in customers if not c.is_deleted]
+    context = reader.load(None if len(live) > _LOAD_ALL_OVER else live)
+    return {c.key: _render(target, c, context) for c in customers}
+
+
+# Past this many customers, one query for every customer's context beats an IN list.
+_LOAD_ALL_OVER = 5000
+
+
+def _render(target: Target, customer: Customer, context: RenderContext) -> Desired | None:
     if customer.is_deleted:
         return None
-    return replace(target.render(customer), seq=customer.change_seq)
+    return replace(target.render(customer, context), seq=customer.change_seq)
 
 
 def _links_to_plan(
@@ -225,7 +262,8 @@ async def sync_customer_keys(
     reconcile's. The cursor does not move: the next tick still reads every change."""
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     customers = catalog.customers_by_keys(keys)
-    local = {c.key: _render(target, c) for c in customers}
+    reader = ContextReader(catalog.store, target.needs, options.meters, utcnow())
+    local = _render_all(target, customers, reader)
     links = journal.links(local, with_state=False)
     records: dict[str, Any] = {}
     for key in local:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from metersync.catalog.views import Customer
+from metersync.sync.context import ContextNeeds, RenderContext
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
 
@@ -37,8 +38,10 @@ class Target(Protocol):
     # Names the rendering below. Change it whenever render() would give another Desired for
     # the same customer: links fingerprinted under an old version are then re-planned.
     render_version: str
+    # What render() needs besides the customer: other targets' ids, period usage.
+    needs: ContextNeeds
 
-    def render(self, customer: Customer) -> Desired:
+    def render(self, customer: Customer, context: RenderContext) -> Desired:
         """The record this target should hold for a local customer (pure)."""
         ...
 

@@ -8,6 +8,7 @@ from metersync.store import Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.model import DeletePolicy
 from metersync.sync.reconcile import SyncOptions
+from metersync.targets.hubspot import HubSpotTarget
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import meter_event_sender
 from metersync.usage.meters import Meter
@@ -31,15 +32,46 @@ def stripe_target(settings: Settings) -> StripeTarget:
     )
 
 
+def hubspot_target(settings: Settings) -> HubSpotTarget | None:
+    """The CRM target, or None when no HubSpot access token is configured."""
+    hubspot = settings.hubspot
+    if not hubspot.enabled:
+        return None
+    token = hubspot.resolved_token()
+    if token is None:
+        raise ConfigError(
+            "hubspot.access_token_file is empty: put a HubSpot private-app access token in it"
+        )
+    return HubSpotTarget(
+        token.get_secret_value(),
+        api_base=hubspot.api_base,
+        meters=[Meter.of(m) for m in settings.meters],
+        requests_per_10s=hubspot.requests_per_10s,
+        daily_limit=hubspot.daily_limit,
+        daily_reserve=hubspot.daily_reserve,
+        batch_size=hubspot.batch_size,
+        timeout=hubspot.request_timeout_s,
+        contacts=hubspot.contacts,
+    )
+
+
 def sync_options(
-    settings: Settings, *, full: bool, dry_run: bool, allow_mass_delete: bool
+    settings: Settings,
+    *,
+    full: bool,
+    dry_run: bool,
+    allow_mass_delete: bool,
+    target: str = "stripe",
 ) -> SyncOptions:
+    """How a run of `target` goes: the [sync] section, with [hubspot]'s own delete policy and
+    concurrency for HubSpot (its writes are batched: many actions in flight fill a batch)."""
     sync = settings.sync
+    hubspot = target == "hubspot"
     return SyncOptions(
         full=full,
         dry_run=dry_run,
         policy=DeletePolicy(
-            on_delete=sync.delete_policy,
+            on_delete=settings.hubspot.delete_policy if hubspot else sync.delete_policy,
             on_missing=sync.missing_policy,
             on_orphan=sync.orphan_policy,
             max_delete_fraction=sync.max_delete_fraction,
@@ -47,8 +79,12 @@ def sync_options(
             mass_delete_floor=sync.mass_delete_floor,
             allow_mass_delete=allow_mass_delete,
         ),
-        concurrency=sync.concurrency,
+        concurrency=settings.hubspot.concurrency if hubspot else sync.concurrency,
         retry=RetryPolicy(attempts=sync.retry_attempts),
+        meters=tuple(Meter.of(m) for m in settings.meters),
+        # Usage binds to customers when it is pushed to Stripe; with no Stripe meter to push
+        # to, the HubSpot sync binds it.
+        bind_usage=hubspot and not any(m.stripe for m in settings.meters),
     )
 
 

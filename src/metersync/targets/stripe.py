@@ -24,6 +24,7 @@ import stripe
 
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
+from metersync.sync.context import NO_CONTEXT, ContextNeeds, RenderContext
 from metersync.sync.limiter import AdaptiveLimiter
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
@@ -77,6 +78,7 @@ class StripeTarget:
     name = "stripe"
     rules = TargetRules(metadata_max_keys=METADATA_KEYS_MAX)
     render_version = "stripe-customer/1"  # tests/test_stripe_target.py pins its output
+    needs = ContextNeeds()  # a Stripe customer shows nothing but the customer
 
     def __init__(
         self,
@@ -104,7 +106,7 @@ class StripeTarget:
 
     # -- rendering (pure) ------------------------------------------------------------------------
 
-    def render(self, customer: Customer) -> Desired:
+    def render(self, customer: Customer, context: RenderContext = NO_CONTEXT) -> Desired:
         address = customer.billing_address
         address_fields = {
             "line1": address.line1,

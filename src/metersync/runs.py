@@ -1,0 +1,112 @@
+"""One reconcile over every configured target, in the order data flows between them: Stripe's
+customers, then the usage push to Stripe's meters, then the CRM, whose companies show the
+Stripe customer ids and the usage just pushed. `metersync reconcile` calls this; the service
+runs the same steps as separate jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from metersync.catalog import Catalog
+from metersync.errors import ConfigError, ExitCode
+from metersync.settings import Settings
+from metersync.sync.reconcile import RunResult, sync_customers
+from metersync.targets.factory import hubspot_target, stripe_target, sync_options, usage_pusher
+from metersync.usage.push import PushResult
+
+TARGETS = ("stripe", "hubspot")
+
+
+@dataclass
+class ReconcileResult:
+    customers: dict[str, RunResult] = field(default_factory=dict)  # by target, in run order
+    usage: PushResult | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        codes = [r.exit_code for r in self.customers.values()]
+        if self.usage is not None and self.usage.failed:
+            codes.append(ExitCode.SOME_FAILED)
+        # The guard outranks a failed item: it means "look before anything is deleted".
+        for code in (ExitCode.MASS_DELETE_GUARD, ExitCode.SOME_FAILED):
+            if code in codes:
+                return code
+        return ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        # Stripe's run at the top level (as before there were two targets), the others under
+        # "targets".
+        stripe = self.customers.get("stripe")
+        data: dict[str, Any] = stripe.to_json() if stripe else {}
+        others = {name: r.to_json() for name, r in self.customers.items() if name != "stripe"}
+        if others:
+            data["targets"] = others
+        if self.usage is not None:
+            data["usage"] = self.usage.to_json()
+        data["exitCode"] = int(self.exit_code)
+        return data
+
+
+def check_targets(settings: Settings, only_target: str | None) -> None:
+    if only_target is not None and only_target not in TARGETS:
+        raise ConfigError(f"--target {only_target!r}: use one of {', '.join(TARGETS)}")
+    if only_target == "hubspot" and not settings.hubspot.enabled:
+        raise ConfigError(
+            "--target hubspot: HubSpot is not configured; set METERSYNC_HUBSPOT_ACCESS_TOKEN "
+            "(or hubspot.access_token_file)"
+        )
+
+
+async def reconcile(
+    catalog: Catalog,
+    settings: Settings,
+    *,
+    full: bool = False,
+    dry_run: bool = False,
+    allow_mass_delete: bool = False,
+    only: str | None = None,
+    only_target: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReconcileResult:
+    """`only`: "customers" or "usage" (None: both). `only_target`: "stripe" or "hubspot"."""
+    check_targets(settings, only_target)
+    result = ReconcileResult()
+    stripe = stripe_target(settings)
+    pusher = usage_pusher(settings, stripe, catalog.store)
+    if only == "usage" and not pusher.configured:
+        raise ConfigError("--only usage: no [[meters]] with a stripe section are configured")
+    hubspot = hubspot_target(settings) if only_target in (None, "hubspot") else None
+    try:
+        if only in (None, "customers") and only_target in (None, "stripe"):
+            result.customers["stripe"] = await sync_customers(
+                catalog,
+                stripe,
+                _options(settings, "stripe", full, dry_run, allow_mass_delete),
+                progress=progress,
+                before_delete=pusher.flush if pusher.configured else None,
+            )
+        if only_target in (None, "stripe") and (
+            only == "usage" or (only is None and pusher.configured)
+        ):
+            result.usage = await pusher.run(dry_run=dry_run)
+        if hubspot is not None and only in (None, "customers"):
+            result.customers["hubspot"] = await sync_customers(
+                catalog,
+                hubspot,
+                _options(settings, "hubspot", full, dry_run, allow_mass_delete),
+                progress=progress,
+            )
+        return result
+    finally:
+        await stripe.close()
+        if hubspot is not None:
+            await hubspot.close()
+
+
+def _options(settings: Settings, target: str, full: bool, dry_run: bool, allow: bool) -> Any:
+    return sync_options(
+        settings, full=full, dry_run=dry_run, allow_mass_delete=allow, target=target
+    )

@@ -1,0 +1,171 @@
+"""What a target's rendering may need beyond the customer itself: other targets' external ids
+and the period's usage. A CRM company carries the Stripe customer id and current usage; the
+Stripe customer needs neither.
+
+A target names its needs (`ContextNeeds`); the sync run loads a `RenderContext` for the
+customers it renders (a few queries for the whole batch, never one per customer) and finds
+which customers' context changed since its last run, so that an incremental tick also
+re-renders those whose catalog record did not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from metersync.store import (
+    AttributionRow,
+    EventRow,
+    LedgerRow,
+    LinkKind,
+    LinkRow,
+    Store,
+    UsageRow,
+)
+from metersync.usage.aggregate import customer_windows, month_start
+from metersync.usage.meters import Meter
+
+# Rows committed out of order (a transaction that started before our last run and committed
+# after it) carry timestamps before that run: re-reading this much of the past catches them.
+# A customer looked at twice costs a render, never a write (its fingerprint is unchanged).
+CONTEXT_OVERLAP = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ContextNeeds:
+    links: tuple[str, ...] = ()  # other targets whose external ids the rendering shows
+    usage: bool = False  # period-to-date usage per meter
+
+    @property
+    def any(self) -> bool:
+        return bool(self.links) or self.usage
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """A meter's value for a customer over the current calendar month (UTC), from the same
+    aggregation as the usage push, and the time of the latest event it counts."""
+
+    value: float
+    latest: datetime
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    external_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # target → key
+    usage: Mapping[str, Mapping[str, PeriodUsage]] = field(default_factory=dict)  # key → slug
+
+    def external_id(self, target: str, key: str) -> str | None:
+        return self.external_ids.get(target, {}).get(key)
+
+    def usage_of(self, key: str) -> Mapping[str, PeriodUsage]:
+        return self.usage.get(key, {})
+
+
+NO_CONTEXT = RenderContext()
+
+
+class ContextReader:
+    """Loads render contexts from the store. `now` fixes the period (tests freeze it)."""
+
+    def __init__(
+        self, store: Store, needs: ContextNeeds, meters: Sequence[Meter], now: datetime
+    ) -> None:
+        self.store = store
+        self.needs = needs
+        self.meters = list(meters) if needs.usage else []
+        self.now = now
+
+    def load(self, keys: Iterable[str] | None) -> RenderContext:
+        """The context of `keys` (None: of every customer)."""
+        if not self.needs.any:
+            return NO_CONTEXT
+        wanted = None if keys is None else sorted(set(keys))
+        return RenderContext(
+            external_ids={t: self._external_ids(t, wanted) for t in self.needs.links},
+            usage=self._usage(wanted),
+        )
+
+    def changed_since(self, since: datetime | None, own_target: str) -> set[str]:
+        """Customers whose context may differ from what the last run (started at `since`) saw:
+        a needed target's link changed, this target's own link changed (usage binds to a
+        customer once it is linked), usage was ingested for one of its subjects, or usage was
+        pushed for it (binding happens at the push). A superset is fine; a miss is not."""
+        if not self.needs.any or since is None:
+            return set()
+        after = since - CONTEXT_OVERLAP
+        keys: set[str] = set()
+        link = LinkRow.__table__.c  # type: ignore[attr-defined]
+        with self.store.read_session() as session:
+            keys.update(
+                session.execute(
+                    select(link.local_key).where(
+                        link.kind == LinkKind.CUSTOMER,
+                        link.target.in_([*self.needs.links, own_target]),
+                        link.updated_at >= after,
+                    )
+                ).scalars()
+            )
+            if self.meters:
+                keys.update(self._usage_changed(session, after))
+        return keys
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def _external_ids(self, target: str, keys: list[str] | None) -> dict[str, str]:
+        link = LinkRow.__table__.c  # type: ignore[attr-defined]
+        query = select(link.local_key, link.external_id).where(
+            link.target == target,
+            link.kind == LinkKind.CUSTOMER,
+            link.external_id.is_not(None),
+        )
+        if keys is not None:
+            query = query.where(link.local_key.in_(keys))
+        with self.store.read_session() as session:
+            return {k: str(v) for k, v in session.execute(query)}
+
+    def _usage(self, keys: list[str] | None) -> dict[str, dict[str, PeriodUsage]]:
+        start = month_start(int(self.now.timestamp()))
+        usage: dict[str, dict[str, PeriodUsage]] = {}
+        for meter in self.meters:
+            for item in customer_windows(self.store, meter, 0, customers=keys, start=start):
+                latest = datetime.fromtimestamp(item.latest_us / 1_000_000, UTC)
+                usage.setdefault(item.customer_key, {})[meter.slug] = PeriodUsage(
+                    item.value, latest
+                )
+        return usage
+
+    def _usage_changed(self, session: Session, after: datetime) -> set[str]:
+        event = EventRow.__table__.c  # type: ignore[attr-defined]
+        usage = UsageRow.__table__.c  # type: ignore[attr-defined]
+        attribution = AttributionRow.__table__.c  # type: ignore[attr-defined]
+        ledger = LedgerRow.__table__.c  # type: ignore[attr-defined]
+        slugs = [m.slug for m in self.meters]
+        ingested = (
+            select(usage.customer_key, attribution.customer_key)
+            .select_from(usage)
+            .join(
+                event,
+                (event.source == usage.source) & (event.event_id == usage.event_id),
+            )
+            .outerjoin(attribution, attribution.subject_key == usage.subject)
+            .where(usage.meter.in_(slugs), event.ingested_at >= after)
+            .distinct()
+        )
+        keys: set[str] = set()
+        for bound, attributed in session.execute(ingested):
+            keys.update(k for k in (bound, attributed) if k)
+        pushed = (
+            select(ledger.customer_key)
+            .where(
+                ledger.meter.in_(slugs),
+                or_(ledger.created_at >= after, ledger.delivered_at >= after),
+            )
+            .distinct()
+        )
+        keys.update(session.execute(pushed).scalars())
+        return keys
