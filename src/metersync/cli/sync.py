@@ -16,7 +16,7 @@ from metersync.cli.output import print_json, print_table
 from metersync.logs import get_logger
 from metersync.runs import check_targets, reconcile
 from metersync.store.lock import run_lock
-from metersync.sync.model import Action, ActionKind, Plan
+from metersync.sync.model import IN_SYNC, Action, ActionKind, Plan
 from metersync.sync.reconcile import RunResult
 from metersync.sync.status import link_status
 from metersync.usage.push import PushResult
@@ -160,7 +160,7 @@ def _print_result(result: RunResult, *, dry_run: bool) -> None:
 
 
 def _print_plan(plan: Plan) -> None:
-    shown = [a for a in plan.actions if a.kind != ActionKind.SKIP or a.reason != "in sync"]
+    shown = [a for a in plan.actions if a.kind != ActionKind.SKIP or a.reason != IN_SYNC]
     in_sync = len(plan.actions) - len(shown)
     mode = "full" if plan.full else "incremental"
     print_table(

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, or_, select
 from sqlalchemy.orm import Session
 
 from metersync.store import (
@@ -140,19 +140,20 @@ class ContextReader:
         return usage
 
     def _usage_changed(self, session: Session, after: datetime) -> set[str]:
-        event = EventRow.__table__.c  # type: ignore[attr-defined]
-        usage = UsageRow.__table__.c  # type: ignore[attr-defined]
-        attribution = AttributionRow.__table__.c  # type: ignore[attr-defined]
+        events: Table = EventRow.__table__  # type: ignore[attr-defined]
+        usages: Table = UsageRow.__table__  # type: ignore[attr-defined]
+        attributions: Table = AttributionRow.__table__  # type: ignore[attr-defined]
+        event, usage, attribution = events.c, usages.c, attributions.c
         ledger = LedgerRow.__table__.c  # type: ignore[attr-defined]
         slugs = [m.slug for m in self.meters]
         ingested = (
             select(usage.customer_key, attribution.customer_key)
-            .select_from(usage)
+            .select_from(usages)
             .join(
-                event,
+                events,
                 (event.source == usage.source) & (event.event_id == usage.event_id),
             )
-            .outerjoin(attribution, attribution.subject_key == usage.subject)
+            .outerjoin(attributions, attribution.subject_key == usage.subject)
             .where(usage.meter.in_(slugs), event.ingested_at >= after)
             .distinct()
         )

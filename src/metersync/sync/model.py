@@ -161,6 +161,10 @@ class ActionKind(StrEnum):
     GUARDED = "guarded"  # a delete withheld by the mass-delete guard
 
 
+# The reason of a SKIP whose record needs nothing: equal to what the target holds (a full
+# reconcile) or to what we last pushed (a tick).
+IN_SYNC = "in sync"
+
 # What makes calls to the target (ADOPT and RELINK only when they carry changes).
 WRITES = frozenset(
     {

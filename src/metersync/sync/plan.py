@@ -16,6 +16,7 @@ from typing import Any
 
 from metersync.store.models import LinkState
 from metersync.sync.model import (
+    IN_SYNC,
     Action,
     ActionKind,
     Change,
@@ -233,7 +234,7 @@ def _incremental(
             changes,
             resume=link.state == LinkState.UPDATING,
         )
-    return Action(ActionKind.SKIP, key, link.external_id, desired, reason="in sync")
+    return Action(ActionKind.SKIP, key, link.external_id, desired, reason=IN_SYNC)
 
 
 def _update(
@@ -262,7 +263,7 @@ def _update(
     unarchive = link is not None and link.state == LinkState.ARCHIVED
     if kind == ActionKind.UPDATE and not changes and not unarchive:
         return Action(
-            ActionKind.SKIP, desired.key, record.id, desired, reason="in sync", in_sync=True
+            ActionKind.SKIP, desired.key, record.id, desired, reason=IN_SYNC, in_sync=True
         )
     drift = bool(changes) and link is not None and link.synced_hash == desired.hash
     return Action(

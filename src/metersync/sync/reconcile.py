@@ -17,7 +17,15 @@ from metersync.logs import get_logger
 from metersync.sync.apply import Applier, ApplyResult, FatalTargetError, RetryPolicy
 from metersync.sync.context import ContextReader, RenderContext
 from metersync.sync.journal import Journal
-from metersync.sync.model import ActionKind, DeletePolicy, Desired, LinkView, Plan, Snapshot
+from metersync.sync.model import (
+    IN_SYNC,
+    ActionKind,
+    DeletePolicy,
+    Desired,
+    LinkView,
+    Plan,
+    Snapshot,
+)
 from metersync.sync.plan import confirm_in_sync, plan_customers
 from metersync.targets.base import Target
 from metersync.usage.aggregate import bind_usage
@@ -84,6 +92,7 @@ async def sync_customers(
     if target.needs.usage and options.bind_usage and not options.dry_run:
         bind_usage(catalog.store, target.name)
     in_sync: frozenset[str] = frozenset()
+    context_only: set[str] = set()
     if options.full:
         # Read first: every change after it is picked up by the next run, whatever this one
         # reads later.
@@ -107,7 +116,9 @@ async def sync_customers(
         due = set(journal.due(started)) - changed
         # Customers whose catalog record did not change but whose context did (a new Stripe
         # id, new usage): re-rendered, and written only if the render differs.
-        due |= context.changed_since(journal.context_since(), target.name) - changed
+        context_only = context.changed_since(journal.context_since(), target.name)
+        context_only -= changed | due
+        due |= context_only
         customers = changes.customers + catalog.customers_by_keys(due)
         snapshot = None
         subject_keys = [s.key for s in changes.subjects]
@@ -123,6 +134,15 @@ async def sync_customers(
         managed=None if options.full else journal.managed_count(),
         in_sync=in_sync,
     )
+    if context_only:
+        # Looked at only because their context may have changed: those that did not are not
+        # news (a tick after 10,000 creates would otherwise report 10,000 skips).
+        plan = replace(
+            plan,
+            actions=tuple(
+                a for a in plan.actions if not (a.reason == IN_SYNC and a.key in context_only)
+            ),
+        )
     result = RunResult(plan, counts=_planned_counts(plan))
     _log.info(
         "planned",

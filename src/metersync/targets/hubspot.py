@@ -238,7 +238,7 @@ class HubSpotTarget:
         batch_size: int = BATCH_MAX,
         timeout: float = 30.0,
         contacts: bool = False,
-        linger_s: float = 0.05,
+        linger_s: float = 0.2,
     ) -> None:
         self.meters = list(meters)
         self.needs = ContextNeeds(links=("stripe",), usage=bool(self.meters))
@@ -428,7 +428,13 @@ class HubSpotTarget:
     async def _send_upserts(self, batch: Sequence[_Upsert]) -> list[str | BaseException]:
         body = {
             "inputs": [
-                {"idProperty": MANAGED_KEY, "id": u.key, "properties": u.properties} for u in batch
+                {
+                    "idProperty": MANAGED_KEY,
+                    "id": u.key,
+                    "properties": u.properties,
+                    "objectWriteTraceId": u.key,
+                }
+                for u in batch
             ]
         }
         answer = await self._request("POST", f"{COMPANIES}/batch/upsert", json=body)
@@ -448,7 +454,11 @@ class HubSpotTarget:
         ]
 
     async def _send_updates(self, batch: Sequence[_Update]) -> list[BaseException | None]:
-        body = {"inputs": [{"id": u.id, "properties": u.properties} for u in batch]}
+        body = {
+            "inputs": [
+                {"id": u.id, "properties": u.properties, "objectWriteTraceId": u.id} for u in batch
+            ]
+        }
         answer = await self._request("POST", f"{COMPANIES}/batch/update", json=body)
         done = {str(r["id"]) for r in answer.get("results", [])}
         errors = _record_errors(answer)
@@ -634,7 +644,9 @@ def _external(company: Mapping[str, Any]) -> External:
 
 
 def _record_errors(answer: Mapping[str, Any]) -> dict[str, HubSpotError]:
-    """A 207's `errors[]`, by the id each names (the input's id or unique value)."""
+    """A 207's `errors[]`, by the input each names: its objectWriteTraceId (which we set to the
+    input's id or unique value; HubSpot answers a partly failed batch with 207 only when every
+    input carries one, and fails the whole batch otherwise), else the ids in the context."""
     errors: dict[str, HubSpotError] = {}
     for error in answer.get("errors", []) or []:
         category = error.get("category")
@@ -645,7 +657,8 @@ def _record_errors(answer: Mapping[str, Any]) -> dict[str, HubSpotError]:
             status=status,
             category=category,
         )
-        for ident in (error.get("context") or {}).get("ids", []) or []:
+        context = error.get("context") or {}
+        for ident in context.get("objectWriteTraceId") or context.get("ids") or []:
             errors[str(ident)] = failure
     return errors
 

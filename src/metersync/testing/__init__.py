@@ -7,12 +7,14 @@ stripe-python SDK without a network.
 from metersync.testing._config import EmulatorConfig, FaultKind, FaultRule
 from metersync.testing._webhooks import sign as sign_webhook
 from metersync.testing.emulator import DEFAULT_TEST_KEY, StripeEmulator
+from metersync.testing.hubspot import HubSpotEmulator
 
 __all__ = [
     "DEFAULT_TEST_KEY",
     "EmulatorConfig",
     "FaultKind",
     "FaultRule",
+    "HubSpotEmulator",
     "StripeEmulator",
     "sign_webhook",
 ]

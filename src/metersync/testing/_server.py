@@ -4,20 +4,28 @@ An ASGI server would be less code, but it hides the connection: the emulator mus
 reset a connection before answering, close it after doing the work without answering
 (commit-then-drop), or answer after the client has given up. Keep-alive is supported, as
 stripe-python's httpx client reuses connections.
+
+BackgroundServer runs such a server on a thread of its own with its own event loop, for
+emulators that synchronous tests start and stop (StripeEmulator, HubSpotEmulator).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import struct
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import h11
 
 MAX_BODY = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,3 +141,112 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+# -- running a server in the background ----------------------------------------------------------
+
+
+class RealTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on CLOCK_MONOTONIC read directly: freezegun patches time.monotonic (and
+    any module attribute that refers to it), never clock_gettime."""
+
+    def time(self) -> float:
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class BackgroundServer:
+    """Serves the handler that `setup` returns on its own thread and RealTimeLoop.
+
+    `setup` runs on the loop before the port opens (so what it builds can use the loop's clock);
+    `teardown` runs on the loop after the port has closed. `call` runs a function on the loop
+    thread, which is how callers read or change the handler's state without locks.
+    """
+
+    def __init__(
+        self,
+        setup: Callable[[], Awaitable[Handler]],
+        *,
+        host: str,
+        port: int,
+        name: str,
+        teardown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port  # the bound port once started (0 asks the OS for a free one)
+        self._setup = setup
+        self._teardown = teardown
+        self._name = name
+        self._loop: RealTimeLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Bind and serve; errors while binding (port in use, …) are raised here."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._loop = RealTimeLoop()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name=self._name, daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout=10)
+        self._thread = None
+        self._loop = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the loop thread and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the emulator is not running; call start() or use `with`")
+
+        async def run() -> T:
+            return fn()
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        return future.result(timeout=30)
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(ready))
+        except BaseException as exc:  # noqa: BLE001 - handed to start() to raise
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._stopping = asyncio.Event()
+        handler = await self._setup()
+        server = await start_server(handler, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            if self._teardown is not None:
+                await self._teardown()
+            # Keep-alive connections are tasks of their own; end them before the loop closes.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)

@@ -15,10 +15,8 @@ sessions) without freezing the server.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import signal
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,19 +27,11 @@ from metersync.testing import _customers, _meters, _v2
 from metersync.testing._app import EmulatorApp
 from metersync.testing._config import EmulatorConfig
 from metersync.testing._routes import Call, Route
-from metersync.testing._server import start_server
+from metersync.testing._server import BackgroundServer, Handler
 from metersync.testing._webhooks import WebhookSender, build_events
 
 T = TypeVar("T")
 DEFAULT_TEST_KEY = "sk_test_metersync_emulator"
-
-
-class _RealTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop on CLOCK_MONOTONIC read directly: freezegun patches time.monotonic (and
-    any module attribute that refers to it), never clock_gettime."""
-
-    def time(self) -> float:
-        return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def all_routes() -> list[Route]:
@@ -60,41 +50,29 @@ class StripeEmulator:
         """`knobs` are EmulatorConfig fields: latency_ms, jitter_ms, rate_limit, faults, …"""
         base = config or EmulatorConfig()
         self._config = base.updated(knobs) if knobs else base
-        self.host = host
-        self.port = port
-        self._loop: _RealTimeLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = BackgroundServer(
+            self._setup, host=host, port=port, name="stripe-emulator", teardown=self._teardown
+        )
         self._app: EmulatorApp | None = None
         self._webhooks: WebhookSender | None = None
-        self._stopping: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (0 before, if the constructor asked for any free port)."""
+        return self._server.port
+
     def start(self) -> StripeEmulator:
-        if self._thread is not None:
-            raise RuntimeError("the emulator is already running")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._loop = _RealTimeLoop()
-        self._thread = threading.Thread(
-            target=self._run, args=(ready, failure), name="stripe-emulator", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        if self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(timeout=10)
-        self._thread = None
-        self._loop = None
+        self._server.stop()
 
     def __enter__(self) -> StripeEmulator:
         return self.start()
@@ -118,39 +96,18 @@ class StripeEmulator:
         stop.wait()
         self.stop()
 
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve(ready))
-        except BaseException as exc:  # noqa: BLE001 - handed to start() to raise
-            failure.append(exc)
-            ready.set()
-        finally:
-            loop.close()
-
-    async def _serve(self, ready: threading.Event) -> None:
+    async def _setup(self) -> Handler:
         loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
         self._webhooks = WebhookSender()
         self._webhooks.start()
         self._app = EmulatorApp(
             all_routes(), self._config, loop_clock=loop.time, on_events=self._on_events
         )
-        server = await start_server(self._app, self.host, self.port)
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            server.close()
+        return self._app
+
+    async def _teardown(self) -> None:
+        if self._webhooks is not None:
             await self._webhooks.stop()
-            # Keep-alive connections are tasks of their own; end them before the loop closes.
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
 
     def _on_events(self, call: Call) -> None:
         app, sender = self._app, self._webhooks
@@ -169,20 +126,15 @@ class StripeEmulator:
 
     def _on_loop(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop thread (its state has no locks) and return its result."""
-        if self._loop is None or self._app is None:
+        if self._app is None:
             raise RuntimeError("the emulator is not running; call start() or use `with`")
-
-        async def run() -> T:
-            return fn()
-
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
-        return future.result(timeout=30)
+        return self._server.call(fn)
 
     # -- what tests use --------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        if self._thread is None:
+        if not self._server.running:
             raise RuntimeError("the emulator is not running; call start() or use `with`")
         return f"http://{self.host}:{self.port}"
 
