@@ -10,7 +10,7 @@ import pytest
 
 from metersync.catalog.views import BillingAddress, Customer
 from metersync.sync.context import NO_CONTEXT, PeriodUsage, RenderContext
-from metersync.targets.batching import Batcher
+from metersync.sync.batching import Batcher
 from metersync.targets.hubspot import (
     MANAGED_KEY,
     HubSpotTarget,

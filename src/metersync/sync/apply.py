@@ -13,9 +13,10 @@ the run goes on. Only a fatal error (bad credentials) stops the run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from metersync.clock import utcnow
 from metersync.logs import get_logger
 from metersync.store import LinkState
+from metersync.sync.batching import Batcher
 from metersync.sync.journal import Journal
 from metersync.sync.model import Action, ActionKind, Change, Desired, Plan, digest
 from metersync.sync.plan import changes_from_pushed
@@ -34,6 +36,8 @@ _log = get_logger("metersync.sync.apply")
 # Stripe keeps idempotency keys at least 24 h; past this age an intent's key may be gone, so
 # the record is looked for before a create is sent again.
 INTENT_KEY_TRUST = timedelta(hours=23)
+# Journal writes per transaction, at most.
+_GROUP_MAX = 256
 
 
 class ItemFailed(Exception):
@@ -95,6 +99,9 @@ class Applier:
         # answers whether everything was delivered.
         self.before_delete = before_delete
         self.result = ApplyResult()
+        self._writes: Batcher[Callable[[], Any], Any] = Batcher(
+            self._commit_group, max_size=_GROUP_MAX, serial=True
+        )
 
     async def run(self, plan: Plan) -> ApplyResult:
         work = [a for a in plan.actions if a.kind not in _REPORT_ONLY]
@@ -156,7 +163,7 @@ class Applier:
         generation = action.generation
         payload = desired.state()
         key = idempotency_key(self.target.name, "create", action.key, generation, desired.hash)
-        await self._journal(
+        await self._record(
             self.journal.intend,
             action.key,
             LinkState.CREATING,
@@ -177,7 +184,7 @@ class Applier:
                 failed_hash=desired.hash,
             )
             raise
-        await self._journal(
+        await self._record(
             self.journal.synced,
             action.key,
             external_id=external_id,
@@ -214,7 +221,7 @@ class Applier:
                 found.id,
                 {"fields": dict(found.fields), "metadata": dict(found.metadata)},
             )
-        await self._journal(
+        await self._record(
             self.journal.synced,
             key,
             external_id=external_id,
@@ -243,7 +250,7 @@ class Applier:
         link = await self._journal(self.journal.link, action.key)
         generation = link.generation if link else 1
         if action.kind in (ActionKind.ADOPT, ActionKind.RELINK) and not action.changes:
-            await self._journal(
+            await self._record(
                 self.journal.synced,
                 action.key,
                 external_id=external_id,
@@ -276,7 +283,7 @@ class Applier:
         payload = desired.state()
         content = digest([external_id, payload])
         idem = idempotency_key(self.target.name, "update", key, generation, content)
-        await self._journal(
+        await self._record(
             self.journal.intend,
             key,
             LinkState.UPDATING,
@@ -289,7 +296,7 @@ class Applier:
             await self._call(lambda: self.target.update(external_id, changes, payload, idem))
         except ItemFailed as failure:
             if failure.error.kind is ErrorKind.GONE:
-                await self._journal(
+                await self._record(
                     self.journal.set_state,
                     key,
                     LinkState.MISSING,
@@ -304,7 +311,7 @@ class Applier:
                     failed_hash=desired.hash,
                 )
             raise
-        await self._journal(
+        await self._record(
             self.journal.synced, key, external_id=external_id, pushed=payload, seq=desired.seq
         )
 
@@ -313,7 +320,7 @@ class Applier:
         if external_id is None and action.resume:
             external_id = await self._finish_create(action.key)
             if external_id is None:
-                await self._journal(self.journal.set_state, action.key, LinkState.DELETED)
+                await self._record(self.journal.set_state, action.key, LinkState.DELETED)
                 self.result.count("deleted")
                 return
         external_id = _need(external_id)
@@ -322,7 +329,7 @@ class Applier:
         if ours and self.before_delete is not None and not await self.before_delete(action.key):
             # Deleting now would strand usage the customer still owes: retry the delete later.
             note = "usage for this customer is not yet delivered; the delete waits for it"
-            await self._journal(
+            await self._record(
                 self.journal.failed,
                 action.key,
                 note,
@@ -336,7 +343,7 @@ class Applier:
             self.target.name, "delete", action.key, linked.generation if linked else 1, external_id
         )
         if ours:
-            await self._journal(
+            await self._record(
                 self.journal.intend,
                 action.key,
                 LinkState.DELETING,
@@ -358,7 +365,7 @@ class Applier:
                     )
                 raise
         if ours:
-            await self._journal(self.journal.set_state, action.key, LinkState.DELETED)
+            await self._record(self.journal.set_state, action.key, LinkState.DELETED)
         self.result.count("deleted")
 
     async def _archive(self, action: Action) -> None:
@@ -373,7 +380,7 @@ class Applier:
             return
         pushed = dict((link.synced_state if link else None) or {"fields": {}, "metadata": {}})
         pushed["metadata"] = {**pushed.get("metadata", {}), **marker}
-        await self._journal(
+        await self._record(
             self.journal.synced,
             action.key,
             external_id=external_id,
@@ -383,11 +390,11 @@ class Applier:
         self.result.count("archived")
 
     async def _release(self, action: Action) -> None:
-        await self._journal(self.journal.set_state, action.key, LinkState.RELEASED)
+        await self._record(self.journal.set_state, action.key, LinkState.RELEASED)
         self.result.count("released")
 
     async def _blocked(self, action: Action) -> None:
-        await self._journal(self.journal.blocked, action.key, action.reason)
+        await self._record(self.journal.blocked, action.key, action.reason)
         self.result.count("blocked")
 
     async def _failed(
@@ -403,7 +410,7 @@ class Applier:
         `in_flight`) for the next run to finish with the same key. Refused outright: nothing
         happened, so the intent goes and the link returns to `refused`."""
         unknown = failure.error.kind is ErrorKind.RETRYABLE
-        await self._journal(
+        await self._record(
             self.journal.failed,
             key,
             failure.error.message,
@@ -430,8 +437,18 @@ class Applier:
 
     @staticmethod
     async def _journal(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # Database writes run in a worker thread: the event loop keeps other calls moving.
+        # Database reads run in a worker thread: the event loop keeps other calls moving.
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _record(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A journal write, committed together with the writes of other actions in flight
+        (one transaction at a time: those arriving meanwhile form the next group). Returns
+        once committed, so an intent is durable before its call leaves."""
+        result: T = await self._writes.submit(functools.partial(fn, *args, **kwargs))
+        return result
+
+    async def _commit_group(self, writes: Sequence[Callable[[], Any]]) -> list[Any]:
+        return await asyncio.to_thread(self.journal.run_group, writes)
 
 
 def _need(value: T | None) -> T:

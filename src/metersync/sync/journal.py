@@ -7,8 +7,11 @@ key, UPDATING, DELETING) and finishes it.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +46,7 @@ class Journal:
         # The target's render version, folded into every fingerprint written: a new version
         # of the rendering makes old fingerprints mismatch, so nothing is trusted across it.
         self.render_version = render_version
+        self._group = threading.local()  # the shared session of run_group, per thread
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class Journal:
         replace_external: bool = False,
     ) -> None:
         """Written before the call: what we are about to do, and with which key."""
-        with self.store.session() as session:
+        with self._write() as session:
             row = self._row(session, key)
             row.state = state
             row.idempotency_key = idempotency_key
@@ -215,7 +219,7 @@ class Journal:
         """Written after the call succeeded: the record now holds `pushed`, which is the local
         record at change number `seq` (None when not known to be: the fast path skips it)."""
         now = utcnow()
-        with self.store.session() as session:
+        with self._write() as session:
             row = self._row(session, key)
             row.external_id = external_id
             row.state = state
@@ -302,7 +306,7 @@ class Journal:
         """The call failed: record why and when to try again; never lose the intent of a write
         whose outcome is unknown (`forget_intent` only when the target refused it outright)."""
         now = utcnow()
-        with self.store.session() as session:
+        with self._write() as session:
             row = self._row(session, key)
             row.attempts += 1
             row.last_error = message[:2000]
@@ -318,7 +322,7 @@ class Journal:
             session.add(row)
 
     def set_state(self, key: str, state: LinkState, *, note: str | None = None) -> None:
-        with self.store.session() as session:
+        with self._write() as session:
             row = self._row(session, key)
             row.state = state
             row.idempotency_key = None
@@ -330,11 +334,54 @@ class Journal:
             session.add(row)
 
     def blocked(self, key: str, reason: str) -> None:
-        with self.store.session() as session:
+        with self._write() as session:
             row = self._row(session, key)
             row.last_error = f"blocked: {reason}"[:2000]
             row.updated_at = utcnow()
             session.add(row)
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """The session a write goes into: the group's, inside run_group; else its own."""
+        shared: Session | None = getattr(self._group, "session", None)
+        if shared is not None:
+            yield shared
+            return
+        with self.store.session() as session:
+            yield session
+
+    def run_group(self, writes: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run journal writes in one transaction: one commit for many actions' intents and
+        outcomes. Each returns only after the commit, so an intent is still durable before its
+        call. If the group fails, each write runs alone, so one bad write sinks nobody else."""
+        try:
+            with self.store.session() as session:
+                self._group.session = session
+                # Every write names its local key first: read all their rows in one query.
+                keys = [w.args[0] for w in writes if isinstance(w, functools.partial) and w.args]
+                if len(keys) == len(writes):
+                    self._group.rows = {
+                        r.local_key: r
+                        for r in self._in_batches(
+                            session, self._customers(), LinkRow.local_key, keys
+                        )
+                    }
+                try:
+                    results = [write() for write in writes]
+                finally:
+                    self._group.session = None
+                    self._group.rows = None
+            return results
+        except Exception:  # noqa: BLE001 - retried one by one below, each error its own
+            alone: list[Any] = []
+            for write in writes:
+                try:
+                    alone.append(write())
+                except Exception as exc:  # noqa: BLE001 - handed to that write's caller
+                    alone.append(exc)
+            return alone
 
     def unlink(self, key: str) -> bool:
         with self.store.session() as session:
@@ -373,11 +420,16 @@ class Journal:
             session.add(row)
 
     def _row(self, session: Session, key: str) -> LinkRow:
-        row = session.exec(self._customers().where(LinkRow.local_key == key)).first()
+        rows: dict[str, LinkRow] | None = getattr(self._group, "rows", None)
+        row = rows.get(key) if rows is not None else None
+        if row is None and rows is None:
+            row = session.exec(self._customers().where(LinkRow.local_key == key)).first()
         if row is None:
             row = LinkRow(
                 target=self.target, kind=LinkKind.CUSTOMER, local_key=key, state=LinkState.PENDING
             )
+            if rows is not None:
+                rows[key] = row
         return row
 
     # -- subject routing -------------------------------------------------------------------------

@@ -42,12 +42,12 @@ import httpx
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
 from metersync.logs import get_logger
+from metersync.sync.batching import Batcher
 from metersync.sync.context import NO_CONTEXT, ContextNeeds, PeriodUsage, RenderContext
 from metersync.sync.limiter import AdaptiveLimiter
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
 from metersync.targets.base import ErrorKind, TargetError
-from metersync.targets.batching import Batcher
 from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.targets.hubspot")
@@ -253,14 +253,17 @@ class HubSpotTarget:
         self.limiter = AdaptiveLimiter(requests_per_10s / 10.0, burst=1.0)
         self.daily = DailyAllowance(daily_limit, daily_reserve)
         size = min(batch_size, BATCH_MAX)
+        # A batch leaves when the limiter gives it a slot: records that arrive while it waits
+        # ride along, so at the rate limit every request carries as many as it can.
+        paced = self.limiter.acquire
         self._upserts: Batcher[_Upsert, str] = Batcher(
-            self._send_upserts, max_size=size, linger_s=linger_s
+            self._send_upserts, max_size=size, linger_s=linger_s, ready=paced
         )
         self._updates: Batcher[_Update, None] = Batcher(
-            self._send_updates, max_size=size, linger_s=linger_s
+            self._send_updates, max_size=size, linger_s=linger_s, ready=paced
         )
         self._archives: Batcher[str, None] = Batcher(
-            self._send_archives, max_size=size, linger_s=linger_s
+            self._send_archives, max_size=size, linger_s=linger_s, ready=paced
         )
         self._portal = (
             api_base,
@@ -437,7 +440,7 @@ class HubSpotTarget:
                 for u in batch
             ]
         }
-        answer = await self._request("POST", f"{COMPANIES}/batch/upsert", json=body)
+        answer = await self._request("POST", f"{COMPANIES}/batch/upsert", json=body, paced=True)
         ids = {
             str(r.get("properties", {}).get(MANAGED_KEY) or ""): str(r["id"])
             for r in answer.get("results", [])
@@ -459,7 +462,7 @@ class HubSpotTarget:
                 {"id": u.id, "properties": u.properties, "objectWriteTraceId": u.id} for u in batch
             ]
         }
-        answer = await self._request("POST", f"{COMPANIES}/batch/update", json=body)
+        answer = await self._request("POST", f"{COMPANIES}/batch/update", json=body, paced=True)
         done = {str(r["id"]) for r in answer.get("results", [])}
         errors = _record_errors(answer)
         failed = await self._associate_contacts(
@@ -472,7 +475,10 @@ class HubSpotTarget:
     async def _send_archives(self, batch: Sequence[str]) -> list[BaseException | None]:
         # HubSpot answers 204 and ignores ids it does not hold: deleting twice is fine.
         await self._request(
-            "POST", f"{COMPANIES}/batch/archive", json={"inputs": [{"id": i} for i in batch]}
+            "POST",
+            f"{COMPANIES}/batch/archive",
+            json={"inputs": [{"id": i} for i in batch]},
+            paced=True,
         )
         return [None for _ in batch]
 
@@ -546,9 +552,12 @@ class HubSpotTarget:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        paced: bool = False,
     ) -> dict[str, Any]:
+        """`paced`: the caller already waited for the limiter (a batcher's `ready`)."""
         self.daily.check()
-        await self.limiter.acquire()
+        if not paced:
+            await self.limiter.acquire()
         self.requests += 1
         response = await self.http.request(method, path, params=params, json=json)
         self._read_limits(response.headers)
