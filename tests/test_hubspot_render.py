@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from metersync.catalog.views import BillingAddress, Customer
-from metersync.sync.context import NO_CONTEXT, PeriodUsage, RenderContext
 from metersync.sync.batching import Batcher
+from metersync.sync.context import NO_CONTEXT, PeriodUsage, RenderContext
 from metersync.targets.hubspot import (
     MANAGED_KEY,
     HubSpotTarget,

@@ -19,8 +19,10 @@ from sqlalchemy import insert, select
 
 from metersync.catalog import Catalog
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
+from metersync.targets.hubspot import MANAGED_KEY, STRIPE_ID
 from metersync.testing import StripeEmulator
 from metersync.testing.chaos_usage import METERS_TOML, setup_usage
+from metersync.testing.hubspot import HubSpotEmulator
 
 FAST = {
     "METERSYNC_SERVICE_CUSTOMER_TICK_S": "0.5",
@@ -260,3 +262,40 @@ def test_past_the_shutdown_deadline_the_service_leaves_and_the_next_run_finishes
         again.wait()
     assert half_written(catalog) == []
     assert len(emulator.customers()) == 3  # the call cut short did not become a duplicate
+
+
+def test_the_service_keeps_hubspot_companies_in_step(
+    catalog: Catalog, emulator: StripeEmulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    token = "pat-na1-33333333-3333-3333-3333-333333333333"
+    with HubSpotEmulator(token=token, rate_limit_per_10s=None) as hubspot:
+        both = {
+            **env,
+            "METERSYNC_HUBSPOT_ACCESS_TOKEN": token,
+            "METERSYNC_HUBSPOT_API_BASE": hubspot.url,
+            "METERSYNC_HUBSPOT_REQUESTS_PER_10S": "1000",
+            "METERSYNC_SERVICE_HUBSPOT_TICK_S": "0.5",
+        }
+        catalog.create_customer({"key": "acme", "name": "Acme"})
+        service = start(both, tmp_path / "service.log")
+        try:
+
+            def company() -> dict[str, str]:
+                found = [
+                    c["properties"]
+                    for c in hubspot.companies()
+                    if c["properties"].get(MANAGED_KEY) == "acme"
+                ]
+                return found[0] if found else {}
+
+            # The company carries the Stripe id, which only exists once Stripe's tick ran.
+            wait_for(lambda: bool(company().get(STRIPE_ID)))
+            [stripe_customer] = emulator.customers()
+            assert company()[STRIPE_ID] == stripe_customer["id"]
+            catalog.update_customer("acme", {"name": "Acme GmbH"})
+            wait_for(lambda: company().get("name") == "Acme GmbH")
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(timeout=30) == 0
+        finally:
+            service.kill()
+            service.wait()

@@ -33,8 +33,9 @@ from metersync.targets.base import ErrorKind, Target, TargetError
 T = TypeVar("T")
 _log = get_logger("metersync.sync.apply")
 
-# Stripe keeps idempotency keys at least 24 h; past this age an intent's key may be gone, so
-# the record is looked for before a create is sent again.
+# How long a target's idempotency key can be trusted to replay a create (Stripe keeps them at
+# least 24 h; a target without keys, such as HubSpot's upsert on a unique property, replays
+# safely at any age). Past this, the record is looked for before a create is sent again.
 INTENT_KEY_TRUST = timedelta(hours=23)
 # Journal writes per transaction, at most.
 _GROUP_MAX = 256
