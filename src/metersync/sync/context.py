@@ -14,20 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Table, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from metersync.store import (
-    AttributionRow,
-    EventRow,
-    LedgerRow,
     LinkKind,
     LinkRow,
     Store,
-    UsageRow,
 )
-from metersync.usage.aggregate import customer_windows, month_start
+from metersync.usage.aggregate import month_start
 from metersync.usage.meters import Meter
+from metersync.usage.source import LOCAL, UsageAggregates
 
 # Rows committed out of order (a transaction that started before our last run and committed
 # after it) carry timestamps before that run: re-reading this much of the past catches them.
@@ -73,9 +69,15 @@ class ContextReader:
     """Loads render contexts from the store. `now` fixes the period (tests freeze it)."""
 
     def __init__(
-        self, store: Store, needs: ContextNeeds, meters: Sequence[Meter], now: datetime
+        self,
+        store: Store,
+        needs: ContextNeeds,
+        meters: Sequence[Meter],
+        now: datetime,
+        aggregates: UsageAggregates = LOCAL,
     ) -> None:
         self.store = store
+        self.aggregates = aggregates
         self.needs = needs
         self.meters = list(meters) if needs.usage else []
         self.now = now
@@ -110,8 +112,8 @@ class ContextReader:
                     )
                 ).scalars()
             )
-            if self.meters:
-                keys.update(self._usage_changed(session, after))
+        if self.meters:
+            keys.update(self.aggregates.changed_customers(self.store, self.meters, after))
         return keys
 
     # -- queries ---------------------------------------------------------------------------------
@@ -132,41 +134,9 @@ class ContextReader:
         start = month_start(int(self.now.timestamp()))
         usage: dict[str, dict[str, PeriodUsage]] = {}
         for meter in self.meters:
-            for item in customer_windows(self.store, meter, 0, customers=keys, start=start):
+            for item in self.aggregates.windows(self.store, meter, 0, customers=keys, start=start):
                 latest = datetime.fromtimestamp(item.latest_us / 1_000_000, UTC)
                 usage.setdefault(item.customer_key, {})[meter.slug] = PeriodUsage(
                     item.value, latest
                 )
         return usage
-
-    def _usage_changed(self, session: Session, after: datetime) -> set[str]:
-        events: Table = EventRow.__table__  # type: ignore[attr-defined]
-        usages: Table = UsageRow.__table__  # type: ignore[attr-defined]
-        attributions: Table = AttributionRow.__table__  # type: ignore[attr-defined]
-        event, usage, attribution = events.c, usages.c, attributions.c
-        ledger = LedgerRow.__table__.c  # type: ignore[attr-defined]
-        slugs = [m.slug for m in self.meters]
-        ingested = (
-            select(usage.customer_key, attribution.customer_key)
-            .select_from(usages)
-            .join(
-                events,
-                (event.source == usage.source) & (event.event_id == usage.event_id),
-            )
-            .outerjoin(attributions, attribution.subject_key == usage.subject)
-            .where(usage.meter.in_(slugs), event.ingested_at >= after)
-            .distinct()
-        )
-        keys: set[str] = set()
-        for bound, attributed in session.execute(ingested):
-            keys.update(k for k in (bound, attributed) if k)
-        pushed = (
-            select(ledger.customer_key)
-            .where(
-                ledger.meter.in_(slugs),
-                or_(ledger.created_at >= after, ledger.delivered_at >= after),
-            )
-            .distinct()
-        )
-        keys.update(session.execute(pushed).scalars())
-        return keys

@@ -8,6 +8,7 @@ from metersync.testing._config import EmulatorConfig, FaultKind, FaultRule
 from metersync.testing._webhooks import sign as sign_webhook
 from metersync.testing.emulator import DEFAULT_TEST_KEY, StripeEmulator
 from metersync.testing.hubspot import HubSpotEmulator
+from metersync.testing.openmeter import OpenMeterEmulator
 
 __all__ = [
     "DEFAULT_TEST_KEY",
@@ -15,6 +16,7 @@ __all__ = [
     "FaultKind",
     "FaultRule",
     "HubSpotEmulator",
+    "OpenMeterEmulator",
     "StripeEmulator",
     "sign_webhook",
 ]

@@ -89,11 +89,9 @@ async def _serve_connection(
                 return
             if outcome.delay_s > 0:
                 await asyncio.sleep(outcome.delay_s)
-            headers = [
-                ("content-type", "application/json"),
-                ("content-length", str(len(outcome.body))),
-                *outcome.headers,
-            ]
+            headers = [("content-length", str(len(outcome.body))), *outcome.headers]
+            if not any(name.lower() == "content-type" for name, _ in outcome.headers):
+                headers.insert(0, ("content-type", "application/json"))  # unless it sets one
             writer.write(conn.send(h11.Response(status_code=outcome.status, headers=headers)))
             writer.write(conn.send(h11.Data(data=outcome.body)))
             writer.write(conn.send(h11.EndOfMessage()))

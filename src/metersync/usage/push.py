@@ -20,10 +20,10 @@ from metersync.logs import get_logger
 from metersync.store import Store
 from metersync.targets.base import ErrorKind
 from metersync.targets.stripe_meters import Delivery, MeterEvent
-from metersync.usage.aggregate import bind_usage, customer_windows, unbound_subjects
 from metersync.usage.ledger import Ledger, PendingReport
 from metersync.usage.meters import Aggregation, Meter
 from metersync.usage.reports import Report, Skipped, plan_reports, push_window_s
+from metersync.usage.source import LOCAL, UsageAggregates
 
 _log = get_logger("metersync.usage")
 # Stripe keeps identifiers at least 24 hours: a PENDING report older than this could be
@@ -92,15 +92,17 @@ async def push_usage(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    aggregates: UsageAggregates = LOCAL,
 ) -> PushResult:
     """One push for `target`. `customers` limits it to those customers (the flush before a
-    customer's delete)."""
+    customer's delete). `aggregates`: where the meter values come from (local events, or an
+    upstream such as OpenMeter)."""
     moment = now or utcnow()
     ledger = Ledger(store, target)
     result = PushResult()
     if not dry_run:
-        result.bound = bind_usage(store, target)
-    result.waiting_subjects = len(unbound_subjects(store))
+        result.bound = aggregates.bind(store, target)
+    result.waiting_subjects = len(aggregates.waiting_subjects(store))
     if not dry_run:
         await finish_pending(ledger, sink, result, moment, customers)
     external_ids = ledger.external_ids()
@@ -111,7 +113,7 @@ async def push_usage(
         per = push_window_s(meter, window_s)
         _check_unchanged(ledger, meter, per)
         last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
-        windows = customer_windows(store, meter, per, customers=customers)
+        windows = aggregates.windows(store, meter, per, customers=customers)
         planned, skipped = plan_reports(
             meter,
             windows,
@@ -272,6 +274,7 @@ class UsagePusher:
     meters: Sequence[Meter]
     window_s: int
     late_usage: str
+    aggregates: UsageAggregates = LOCAL
 
     @property
     def configured(self) -> bool:
@@ -296,6 +299,7 @@ class UsagePusher:
             dry_run=dry_run,
             customers=customers,
             should_stop=should_stop,
+            aggregates=self.aggregates,
         )
 
     async def flush(self, customer_key: str) -> bool:

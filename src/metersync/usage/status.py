@@ -10,13 +10,19 @@ from sqlalchemy import func, select
 
 from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
-from metersync.usage.aggregate import unbound_subjects
 from metersync.usage.ledger import LEDGER, Ledger
+from metersync.usage.source import LOCAL, UsageAggregates
 
 _g = LEDGER.c
 
 
-def usage_status(store: Store, target: str, *, now: datetime | None = None) -> dict[str, Any]:
+def usage_status(
+    store: Store,
+    target: str,
+    *,
+    now: datetime | None = None,
+    aggregates: UsageAggregates = LOCAL,
+) -> dict[str, Any]:
     moment = now or utcnow()
     with store.read_session() as session:
         oldest_pending = session.execute(
@@ -60,7 +66,7 @@ def usage_status(store: Store, target: str, *, now: datetime | None = None) -> d
                 .limit(50)
             )
         ]
-    waiting = unbound_subjects(store)
+    waiting = aggregates.waiting_subjects(store)
     return {
         "ledger": Ledger(store, target).counts(),
         "lagSeconds": _age(oldest_pending, moment),

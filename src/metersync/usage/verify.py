@@ -28,11 +28,12 @@ from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
-from metersync.usage.aggregate import bind_usage, customer_windows, month_end, month_start
+from metersync.usage.aggregate import month_end, month_start
 from metersync.usage.ledger import LEDGER, Ledger
 from metersync.usage.meters import Aggregation, Meter
 from metersync.usage.push import IDENTIFIER_TRUST, MeterEventSink, PushResult, push_usage
 from metersync.usage.reports import push_window_s, scaled
+from metersync.usage.source import LOCAL, UsageAggregates
 
 HOUR = 3600
 # How long after delivery a report missing from Stripe's summaries is taken as lost.
@@ -134,13 +135,14 @@ async def verify_usage(
     repair: bool = False,
     sink: MeterEventSink | None = None,
     settle: timedelta = DEFAULT_SETTLE,
+    aggregates: UsageAggregates = LOCAL,
 ) -> VerifyResult:
     """Compare over [start, end) (whole hours; whole months for period-to-date meters)."""
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
     # Usage not bound yet counts as local too: bind it as the next push would (bookkeeping
     # only: it fixes which customer new usage belongs to, and sends nothing).
-    bind_usage(store, target.name)
+    aggregates.bind(store, target.name)
     by_name = meters_by_event_name(await list_meters(target))
     external_ids = Ledger(store, target.name).external_ids()
     compared: list[Difference] = []  # every period, equal or not
@@ -151,7 +153,7 @@ async def verify_usage(
         monthly = push_window_s(meter, window_s) == 0
         last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
         lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
-        local = _local(store, meter, window_s, lo, hi, monthly)
+        local = _local(store, meter, window_s, lo, hi, monthly, aggregates)
         ledger = _ledger(store, target.name, meter, lo, hi, monthly, last, external_ids)
         for customer in sorted({c for c, _ in local} | {c for c, _ in ledger}):
             stripe: dict[int, int] = {}
@@ -187,18 +189,30 @@ async def verify_usage(
             store, target.name, result.differences, external_ids, settle
         )
         result.pushed = await push_usage(
-            store, target.name, sink, meters, window_s=window_s, late_usage=late_usage
+            store,
+            target.name,
+            sink,
+            meters,
+            window_s=window_s,
+            late_usage=late_usage,
+            aggregates=aggregates,
         )
     return result
 
 
 def _local(
-    store: Store, meter: Meter, window_s: int, lo: int, hi: int, monthly: bool
+    store: Store,
+    meter: Meter,
+    window_s: int,
+    lo: int,
+    hi: int,
+    monthly: bool,
+    aggregates: UsageAggregates,
 ) -> dict[tuple[str, int], int]:
     assert meter.settings.stripe is not None
     scale = meter.settings.stripe.scale
     out: dict[tuple[str, int], int] = defaultdict(int)
-    for w in customer_windows(store, meter, 0 if monthly else window_s, start=lo, end=hi):
+    for w in aggregates.windows(store, meter, 0 if monthly else window_s, start=lo, end=hi):
         period = w.window_start if monthly else w.window_start // HOUR * HOUR
         out[(w.customer_key, period)] += scaled(w.value, scale)
     return dict(out)

@@ -1,0 +1,112 @@
+"""Where meter values per customer and window come from: the local events (ingested here and
+aggregated in SQL), or an upstream metering system that aggregates them itself (OpenMeter, see
+metersync.sources.openmeter). The usage push, `usage verify` and the CRM's usage properties
+read windows through this one interface, so the ledger, deltas and identifiers are the same
+whichever side aggregated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Table, or_, select
+
+from metersync.store import AttributionRow, EventRow, LedgerRow, Store, UsageRow
+from metersync.usage.aggregate import (
+    WindowValue,
+    bind_usage,
+    customer_windows,
+    unbound_subjects,
+)
+from metersync.usage.meters import Meter
+
+
+class UsageAggregates(Protocol):
+    name: str
+
+    def bind(self, store: Store, target: str) -> int:
+        """Fix which customer unbound usage counts for (see aggregate.bind_usage); returns
+        how many values were bound."""
+        ...
+
+    def waiting_subjects(self, store: Store) -> dict[str, int]:
+        """Usage waiting for its subject's customer to be linked, by subject."""
+        ...
+
+    def windows(
+        self,
+        store: Store,
+        meter: Meter,
+        window_s: int,
+        *,
+        customers: Sequence[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[WindowValue]:
+        """The meter's value per customer and window (a calendar month when window_s is 0)."""
+        ...
+
+    def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:
+        """Customers whose values may have changed since `after` (a superset is fine)."""
+        ...
+
+
+class LocalAggregates:
+    """Events ingested into this store, aggregated in SQL (usage/aggregate.py)."""
+
+    name = "local"
+
+    def bind(self, store: Store, target: str) -> int:
+        return bind_usage(store, target)
+
+    def waiting_subjects(self, store: Store) -> dict[str, int]:
+        return unbound_subjects(store)
+
+    def windows(
+        self,
+        store: Store,
+        meter: Meter,
+        window_s: int,
+        *,
+        customers: Sequence[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[WindowValue]:
+        return customer_windows(store, meter, window_s, customers=customers, start=start, end=end)
+
+    def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:
+        """Events ingested since `after` (by their subject's bound or current customer), and
+        usage pushed since (binding happens at the push)."""
+        events: Table = EventRow.__table__  # type: ignore[attr-defined]
+        usages: Table = UsageRow.__table__  # type: ignore[attr-defined]
+        attributions: Table = AttributionRow.__table__  # type: ignore[attr-defined]
+        event, usage, attribution = events.c, usages.c, attributions.c
+        ledger = LedgerRow.__table__.c  # type: ignore[attr-defined]
+        slugs = [m.slug for m in meters]
+        ingested = (
+            select(usage.customer_key, attribution.customer_key)
+            .select_from(usages)
+            .join(events, (event.source == usage.source) & (event.event_id == usage.event_id))
+            .outerjoin(attributions, attribution.subject_key == usage.subject)
+            .where(usage.meter.in_(slugs), event.ingested_at >= after)
+            .distinct()
+        )
+        pushed = (
+            select(ledger.customer_key)
+            .where(
+                ledger.meter.in_(slugs),
+                or_(ledger.created_at >= after, ledger.delivered_at >= after),
+            )
+            .distinct()
+        )
+        keys: set[str] = set()
+        with store.read_session() as session:
+            for bound, attributed in session.execute(ingested):
+                keys.update(k for k in (bound, attributed) if k)
+            keys.update(session.execute(pushed).scalars())
+        return keys
+
+
+LOCAL = LocalAggregates()
