@@ -13,8 +13,15 @@ from typing import Any
 from metersync.catalog import Catalog
 from metersync.errors import ConfigError, ExitCode
 from metersync.settings import Settings
+from metersync.sources.openmeter import PullResult
 from metersync.sync.reconcile import RunResult, sync_customers
-from metersync.targets.factory import hubspot_target, stripe_target, sync_options, usage_pusher
+from metersync.targets.factory import (
+    hubspot_target,
+    openmeter_source,
+    stripe_target,
+    sync_options,
+    usage_pusher,
+)
 from metersync.usage.push import PushResult
 
 TARGETS = ("stripe", "hubspot")
@@ -24,6 +31,7 @@ TARGETS = ("stripe", "hubspot")
 class ReconcileResult:
     customers: dict[str, RunResult] = field(default_factory=dict)  # by target, in run order
     usage: PushResult | None = None
+    pulled: dict[str, PullResult] = field(default_factory=dict)  # "catalog", "usage"
 
     @property
     def exit_code(self) -> ExitCode:
@@ -31,6 +39,8 @@ class ReconcileResult:
         if self.usage is not None and self.usage.failed:
             codes.append(ExitCode.SOME_FAILED)
         # The guard outranks a failed item: it means "look before anything is deleted".
+        if any(p.problems for p in self.pulled.values()):
+            codes.append(ExitCode.SOME_FAILED)
         for code in (ExitCode.MASS_DELETE_GUARD, ExitCode.SOME_FAILED):
             if code in codes:
                 return code
@@ -46,6 +56,8 @@ class ReconcileResult:
             data["targets"] = others
         if self.usage is not None:
             data["usage"] = self.usage.to_json()
+        if self.pulled:
+            data["source"] = {name: p.to_json() for name, p in self.pulled.items()}
         data["exitCode"] = int(self.exit_code)
         return data
 
@@ -79,7 +91,16 @@ async def reconcile(
     if only == "usage" and not pusher.configured:
         raise ConfigError("--only usage: no [[meters]] with a stripe section are configured")
     hubspot = hubspot_target(settings) if only_target in (None, "hubspot") else None
+    source = openmeter_source(settings)
     try:
+        if source is not None and not dry_run:
+            # Pull before planning: the catalog and usage the targets get are OpenMeter's now.
+            if only in (None, "customers"):
+                result.pulled["catalog"] = await source.pull_catalog(
+                    catalog, allow_mass_delete=allow_mass_delete
+                )
+            if only in (None, "usage") and pusher.configured:
+                result.pulled["usage"] = await source.pull_usage(catalog.store, full=full)
         if only in (None, "customers") and only_target in (None, "stripe"):
             result.customers["stripe"] = await sync_customers(
                 catalog,
@@ -104,6 +125,8 @@ async def reconcile(
         await stripe.close()
         if hubspot is not None:
             await hubspot.close()
+        if source is not None:
+            await source.close()
 
 
 def _options(settings: Settings, target: str, full: bool, dry_run: bool, allow: bool) -> Any:

@@ -324,6 +324,60 @@ def duration_seconds(value: str) -> int:
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+class OpenMeterSettings(_Section):
+    """An OpenMeter instance as the source of subjects, customers and usage. Off unless `url`
+    is set; then local event ingest is off and usage comes from OpenMeter's meter query."""
+
+    url: str | None = None
+    token: SecretStr | None = None  # prefer METERSYNC_OPENMETER_TOKEN
+    token_file: Path | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=5, ge=0, le=20)
+    page_size: int = Field(default=100, ge=1, le=1000)
+    # Customers per meter query (filterCustomerId repeated).
+    customers_per_query: int = Field(default=100, ge=1, le=500)
+    # How far back each pull re-reads usage, for events that arrive late upstream. The first
+    # pull, and every full reconcile, reads back 35 days (Stripe's window for meter events).
+    lookback: str = "48h"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("lookback")
+    @classmethod
+    def _lookback(cls, value: str) -> str:
+        if duration_seconds(value) < 3600:
+            raise ValueError(f"{value!r} must be at least 1h")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def lookback_s(self) -> int:
+        return duration_seconds(self.lookback)
+
+    def resolved_token(self) -> str | None:
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(
+                f"openmeter.token_file: cannot read {str(self.token_file)!r}: {exc.strerror}"
+            ) from None
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -360,6 +414,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
+    openmeter: OpenMeterSettings = Field(default_factory=OpenMeterSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -397,6 +452,7 @@ class Settings(BaseSettings):
             data["stripe"][name] = "**********" if getattr(self.stripe, name) else None
         data["http"]["tokens"] = ["**********" for _ in self.http.tokens]
         data["hubspot"]["access_token"] = "**********" if self.hubspot.access_token else None
+        data["openmeter"]["token"] = "**********" if self.openmeter.token else None
         return data
 
 

@@ -15,6 +15,7 @@ from metersync.cli.context import app_context
 from metersync.cli.output import print_json, print_table
 from metersync.logs import get_logger
 from metersync.runs import check_targets, reconcile
+from metersync.sources.openmeter import source_status
 from metersync.store.lock import run_lock
 from metersync.sync.model import IN_SYNC, Action, ActionKind, Plan
 from metersync.sync.reconcile import RunResult
@@ -194,16 +195,30 @@ def status_command(
     others = (
         {"hubspot": link_status(app.catalog, "hubspot")} if app.settings.hubspot.enabled else {}
     )
+    if app.settings.openmeter.enabled:
+        report["source"] = source_status(app.catalog.store)
     if as_json:
         if others:
             report["targets"] = others
         print_json(report)
         return
     _print_link_status(report)
+    if "source" in report:
+        _print_source_status(report["source"])
     if "usage" in report:
         _print_usage_status(report["usage"])
     for other in others.values():
         _print_link_status(other)
+
+
+def _print_source_status(source: dict[str, Any]) -> None:
+    lag = "never pulled" if source["lagSeconds"] is None else f"{source['lagSeconds']:g} s"
+    typer.echo(
+        f"source openmeter: last pull {source['lastPullAt'] or 'never'}; last success "
+        f"{source['lastSuccessAt'] or 'never'} (lag {lag})"
+    )
+    if source["error"]:
+        typer.echo(f"source openmeter: the last pull failed: {source['error']}", err=True)
 
 
 def _print_link_status(report: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ async def _verify(
             late_usage=pusher.late_usage,
             repair=fix,
             sink=pusher.sink,
+            aggregates=pusher.aggregates,
         )
 
     try:

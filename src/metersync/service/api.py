@@ -53,6 +53,7 @@ def api_routes(
     tokens: Callable[[], list[str]],
     *,
     loaded_at: datetime | None = None,
+    ingest_elsewhere: str | None = None,
 ) -> list[Route]:
     """`loaded_at`: when the meters' configuration was read (their createdAt and updatedAt:
     meters live in the configuration, not in the database)."""
@@ -153,6 +154,9 @@ def api_routes(
     # -- events and meters -------------------------------------------------------------------
 
     async def ingest(request: Request) -> Response:
+        if ingest_elsewhere is not None:
+            # Usage comes from an upstream (OpenMeter): events sent here would never count.
+            return problem(request, 409, "Conflict", ingest_elsewhere)
         body = json.loads(await request.body())
         events = body if isinstance(body, list) else [body]
         report = await call(ingest_events, catalog, list(meters), events)

@@ -20,6 +20,7 @@ import ctypes.util
 import sys
 
 from metersync.logs import get_logger
+from metersync.store import Store
 
 _log = get_logger("metersync.service")
 _M_ARENA_MAX = -8  # from glibc's malloc.h
@@ -49,6 +50,21 @@ def limit_arenas() -> bool:
     done = bool(_LIBC.mallopt(_M_ARENA_MAX, ARENAS))
     _log.debug("malloc arenas capped", arenas=ARENAS, ok=done)
     return done
+
+
+# SQLite's page caches, all connections together (the service holds several pools of them:
+# the API's thread pool, the jobs, the read engine). Without a bound each connection's cache
+# grows towards its own 2 MB as the database grows, which is RSS growth for hours.
+SQLITE_HEAP_LIMIT = 16 * 1024 * 1024
+
+
+def limit_sqlite_heap(store: Store) -> None:
+    """A process-wide soft limit on SQLite's heap: past it, SQLite recycles cached pages
+    instead of allocating more. Only for a SQLite store; PostgreSQL caches in its server."""
+    if store.engine.dialect.name != "sqlite":
+        return
+    with store.engine.connect() as connection:
+        connection.exec_driver_sql(f"PRAGMA soft_heap_limit={SQLITE_HEAP_LIMIT}")
 
 
 def release_free_memory() -> None:

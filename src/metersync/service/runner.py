@@ -38,13 +38,20 @@ from metersync.catalog import Catalog
 from metersync.logs import get_logger
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
-from metersync.service.memory import limit_arenas, release_free_memory
+from metersync.service.memory import limit_arenas, limit_sqlite_heap, release_free_memory
 from metersync.service.retention import prune
 from metersync.service.webhooks import process_pending
 from metersync.settings import Settings
+from metersync.sources.openmeter import OpenMeterSource
 from metersync.store.lock import RunLock
 from metersync.sync.reconcile import sync_customers
-from metersync.targets.factory import hubspot_target, stripe_target, sync_options, usage_pusher
+from metersync.targets.factory import (
+    hubspot_target,
+    openmeter_source,
+    stripe_target,
+    sync_options,
+    usage_pusher,
+)
 from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.service")
@@ -75,6 +82,7 @@ class Service:
     def run(self) -> int:
         """Wait to lead, lead until told to stop (or the lock is lost), then exit 0."""
         limit_arenas()
+        limit_sqlite_heap(self.catalog.store)
         self._handle_signals()
         http = self._http()
         try:
@@ -139,6 +147,11 @@ class Service:
             self.catalog,
             [Meter.of(m) for m in self.settings.meters],
             self.settings.http.token_values,
+            ingest_elsewhere=(
+                "usage comes from OpenMeter (openmeter.url is set): send events there"
+                if self.settings.openmeter.enabled
+                else None
+            ),
         )
         app = build_app(self.catalog.store, self.metrics, readiness, "stripe", hooks, api)
         server = HttpServer(app, *address)
@@ -247,13 +260,27 @@ class Service:
         async def push(target: Any, pusher: Any) -> dict[str, int]:
             if not pusher.configured:
                 return {}
+            await self._pull(lambda source: source.pull_usage(self.catalog.store))
             result = await pusher.run(should_stop=self.stopping.is_set)
             counts: dict[str, int] = result.counts()
             return counts
 
         self._run_job("usage", push)
 
+    async def _pull(self, step: Callable[[OpenMeterSource], Awaitable[Any]]) -> None:
+        """Pull from OpenMeter, when it is the source, before a job uses what it pulls. A
+        failed pull fails the job (logged, counted, retried next tick): nothing is planned
+        from a half-read source."""
+        source = openmeter_source(self.settings)
+        if source is None:
+            return
+        try:
+            await step(source)
+        finally:
+            await source.close()
+
     async def _customers(self, target: Any, pusher: Any, *, full: bool) -> dict[str, int]:
+        await self._pull(lambda source: source.pull_catalog(self.catalog))
         options = sync_options(self.settings, full=full, dry_run=False, allow_mass_delete=False)
         result = await sync_customers(
             self.catalog,

@@ -14,6 +14,8 @@ from metersync.store.models import (
     LinkState,
     SubjectRow,
     SyncStateRow,
+    UpstreamCustomerRow,
+    UpstreamUsageRow,
     UsageRow,
     WebhookEventRow,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "Store",
     "SubjectRow",
     "SyncStateRow",
+    "UpstreamCustomerRow",
+    "UpstreamUsageRow",
     "UsageRow",
     "WebhookEventRow",
 ]

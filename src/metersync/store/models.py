@@ -375,4 +375,36 @@ class LedgerRow(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
 
 
+class UpstreamCustomerRow(SQLModel, table=True):
+    """A customer as an upstream source (OpenMeter) last showed it: its id there (the meter
+    query filters by it) and its updatedAt, so that a pull rewrites only what changed."""
+
+    __tablename__ = "upstream_customer"
+
+    source: str = Field(primary_key=True, max_length=32)
+    local_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    upstream_id: str = Field(max_length=255)
+    upstream_updated_at: str | None = Field(default=None, max_length=64)
+    deleted: bool = Field(default=False)
+    seen_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
+class UpstreamUsageRow(SQLModel, table=True):
+    """A meter's value for a customer and window as the upstream source aggregated it: what
+    the usage push reads instead of local events when a source aggregates. window_s is the
+    window's length (3600, 86400), or 0 for a calendar month to date (period meters)."""
+
+    __tablename__ = "upstream_usage"
+    __table_args__ = (Index("ix_upstream_usage_changed", "source", "changed_at"),)
+
+    source: str = Field(primary_key=True, max_length=32)
+    meter: str = Field(sa_column=Column(String(64), primary_key=True))
+    customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    window_s: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    window_start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    value: float = Field(sa_column=Column(Float(precision=53), nullable=False))
+    latest_us: int = Field(sa_column=Column(BigInteger, nullable=False))  # fetch time, µs
+    changed_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
 metadata = SQLModel.metadata

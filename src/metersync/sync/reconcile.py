@@ -28,8 +28,8 @@ from metersync.sync.model import (
 )
 from metersync.sync.plan import confirm_in_sync, plan_customers
 from metersync.targets.base import Target
-from metersync.usage.aggregate import bind_usage
 from metersync.usage.meters import Meter
+from metersync.usage.source import LOCAL, UsageAggregates
 
 _log = get_logger("metersync.sync")
 
@@ -49,6 +49,7 @@ class SyncOptions:
     # sync binds usage rows to customers itself (when no usage push does it).
     meters: tuple[Meter, ...] = ()
     bind_usage: bool = False
+    aggregates: UsageAggregates = LOCAL
 
 
 @dataclass
@@ -88,9 +89,11 @@ async def sync_customers(
 ) -> RunResult:
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     started = utcnow()
-    context = ContextReader(catalog.store, target.needs, options.meters, started)
+    context = ContextReader(
+        catalog.store, target.needs, options.meters, started, options.aggregates
+    )
     if target.needs.usage and options.bind_usage and not options.dry_run:
-        bind_usage(catalog.store, target.name)
+        options.aggregates.bind(catalog.store, target.name)
     in_sync: frozenset[str] = frozenset()
     context_only: set[str] = set()
     if options.full:
@@ -282,7 +285,9 @@ async def sync_customer_keys(
     reconcile's. The cursor does not move: the next tick still reads every change."""
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     customers = catalog.customers_by_keys(keys)
-    reader = ContextReader(catalog.store, target.needs, options.meters, utcnow())
+    reader = ContextReader(
+        catalog.store, target.needs, options.meters, utcnow(), options.aggregates
+    )
     local = _render_all(target, customers, reader)
     links = journal.links(local, with_state=False)
     records: dict[str, Any] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from metersync.errors import ConfigError
 from metersync.settings import Settings
+from metersync.sources.openmeter import OpenMeterAggregates, OpenMeterSource
 from metersync.store import Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.model import DeletePolicy
@@ -13,6 +14,7 @@ from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import meter_event_sender
 from metersync.usage.meters import Meter
 from metersync.usage.push import UsagePusher
+from metersync.usage.source import LOCAL, UsageAggregates
 
 
 def stripe_target(settings: Settings) -> StripeTarget:
@@ -85,7 +87,26 @@ def sync_options(
         # Usage binds to customers when it is pushed to Stripe; with no Stripe meter to push
         # to, the HubSpot sync binds it.
         bind_usage=hubspot and not any(m.stripe for m in settings.meters),
+        aggregates=usage_aggregates(settings),
     )
+
+
+def openmeter_source(settings: Settings) -> OpenMeterSource | None:
+    """The OpenMeter source, or None when metersync aggregates its own events."""
+    if not settings.openmeter.enabled:
+        return None
+    return OpenMeterSource(
+        settings.openmeter,
+        [Meter.of(m) for m in settings.meters],
+        window_s=settings.usage.window_s,
+        max_delete_fraction=settings.sync.max_delete_fraction,
+        mass_delete_floor=settings.sync.mass_delete_floor,
+    )
+
+
+def usage_aggregates(settings: Settings) -> UsageAggregates:
+    """Where meter values come from: OpenMeter's query when it is the source, else local."""
+    return OpenMeterAggregates() if settings.openmeter.enabled else LOCAL
 
 
 def usage_pusher(settings: Settings, target: StripeTarget, store: Store) -> UsagePusher:
@@ -98,4 +119,5 @@ def usage_pusher(settings: Settings, target: StripeTarget, store: Store) -> Usag
         meters=[Meter.of(m) for m in settings.meters],
         window_s=usage.window_s,
         late_usage=usage.late_usage,
+        aggregates=usage_aggregates(settings),
     )

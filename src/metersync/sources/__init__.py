@@ -1,0 +1,1 @@
+"""Sources: systems metersync pulls its catalog and usage from, instead of being told."""

@@ -1,0 +1,162 @@
+"""OpenMeter's v1 API, the reads a pull needs, over httpx with retries.
+
+Why httpx and not the official `openmeter` client from PyPI: the official client is a
+generated beta (1.0.0b236 when this was written) whose models trail the spec and which would
+pin a second HTTP stack; a pull needs five GETs, and their shapes are checked in the tests
+against OpenMeter's openapi.yaml. tenacity retries what is worth retrying (connection errors,
+timeouts, 429 and 5xx) with exponential backoff and jitter; anything else is an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from metersync.errors import ExitCode, MetersyncError
+
+
+class SourceUnavailable(MetersyncError):
+    """The source could not be read (down, unreachable, or answering errors): the run
+    reports it and writes nothing from it; the next run tries again."""
+
+    exit_code = ExitCode.SOME_FAILED
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, (httpx.TransportError, _Retryable))
+
+
+class OpenMeterClient:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.requests = 0
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # -- the reads -------------------------------------------------------------------------------
+
+    async def subjects(self) -> list[dict[str, Any]]:
+        answer = await self._get("/api/v1/subjects")
+        return list(answer) if isinstance(answer, list) else []
+
+    async def customers(self, *, page_size: int) -> list[dict[str, Any]]:
+        """Every customer, deleted ones included (their deletedAt is how deletes reach us)."""
+        customers: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = await self._get(
+                "/api/v1/customers",
+                {"page": str(page), "pageSize": str(page_size), "includeDeleted": "true"},
+            )
+            items = answer.get("items", []) if isinstance(answer, dict) else []
+            customers += items
+            total = int(answer.get("totalCount", 0)) if isinstance(answer, dict) else 0
+            if not items or len(customers) >= total:
+                return customers
+            page += 1
+
+    async def meters(self) -> list[dict[str, Any]]:
+        answer = await self._get("/api/v1/meters")
+        return list(answer) if isinstance(answer, list) else []
+
+    async def query(
+        self,
+        meter: str,
+        *,
+        customer_ids: Sequence[str],
+        start: str,
+        end: str,
+        window_size: str | None,
+    ) -> list[dict[str, Any]]:
+        """The meter's rows for these customers over [start, end): per window of
+        `window_size` (HOUR, DAY), or one row per customer for the whole range (None)."""
+        params: list[tuple[str, str]] = [("from", start), ("to", end)]
+        if window_size is not None:
+            params += [("windowSize", window_size), ("windowTimeZone", "UTC")]
+        params += [("filterCustomerId", i) for i in customer_ids]
+        params.append(("groupBy", "customer_id"))
+        answer = await self._get(f"/api/v1/meters/{meter}/query", params)
+        return list(answer.get("data", [])) if isinstance(answer, dict) else []
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _get(
+        self, path: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+    ) -> Any:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential_jitter(multiplier=self.backoff_s, max=30.0),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._get_once(path, params)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise SourceUnavailable(
+                f"OpenMeter at {self.url} did not answer {path} after {self.retries + 1} "
+                f"attempts: {_describe(last)}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
+
+    async def _get_once(
+        self, path: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None
+    ) -> Any:
+        self.requests += 1
+        response = await self.http.get(path, params=params)  # type: ignore[arg-type]
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Retryable(response.status_code, _detail(response))
+        if response.status_code >= 400:
+            raise SourceUnavailable(
+                f"OpenMeter at {self.url} refused {path}: HTTP {response.status_code}: "
+                f"{_detail(response)}"
+            )
+        return response.json()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body)[:300]
+    return str(body)[:300]
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no answer"
+    if isinstance(error, httpx.TransportError):
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return str(error)
