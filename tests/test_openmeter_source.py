@@ -303,3 +303,23 @@ def _rfc3339(seconds: int) -> str:
 
 def _epoch(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def test_an_upstream_that_lost_its_customers_deletes_nothing(
+    env: dict[str, str], openmeter: OpenMeterEmulator, stripe: StripeEmulator, catalog: Catalog
+) -> None:
+    for i in range(10):
+        openmeter.create_customer(f"c{i}", f"C{i}")
+    assert cli(env, "reconcile").exit_code == 0
+    for i in range(6):
+        openmeter.delete_customer(f"c{i}")
+    guarded = cli(env, "reconcile")
+    assert guarded.exit_code == 4
+    assert "--allow-mass-delete" in guarded.output
+    assert len(catalog.list_customers()) == 10
+    assert len(stripe.customers()) == 10
+    allowed = cli(env, "reconcile", "--allow-mass-delete")
+    assert allowed.exit_code == 0, allowed.output
+    assert sorted(c["metadata"][MANAGED_KEY] for c in stripe.customers()) == [
+        f"c{i}" for i in range(6, 10)
+    ]

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from metersync.catalog import Catalog
 from metersync.clock import utcnow
-from metersync.errors import MetersyncError
+from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter_client import OpenMeterClient, SourceUnavailable
@@ -71,6 +71,12 @@ _U = UpstreamUsageRow.__table__.c  # type: ignore[attr-defined]
 class SourceMismatch(MetersyncError):
     """The configuration does not fit the source (a meter missing upstream, another
     aggregation, a window OpenMeter cannot query)."""
+
+
+class SourceMassDelete(MetersyncError):
+    """Taking the source's word would delete more customers than the guard allows."""
+
+    exit_code = ExitCode.MASS_DELETE_GUARD
 
 
 @dataclass
@@ -149,7 +155,7 @@ class OpenMeterSource:
         if allow_mass_delete or leaving < self.mass_delete_floor:
             return
         if leaving > self.max_delete_fraction * max(len(local), 1):
-            raise SourceMismatch(
+            raise SourceMassDelete(
                 f"OpenMeter lists {len(upstream_live)} live customers; taking that would delete "
                 f"{leaving} of the {len(local)} local ones, more than sync.max_delete_fraction "
                 f"({self.max_delete_fraction:g}). Nothing was changed. If this is intended, "
