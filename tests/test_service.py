@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from metersync.catalog import Catalog
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.targets.hubspot import MANAGED_KEY, STRIPE_ID
-from metersync.testing import StripeEmulator
+from metersync.testing import OpenMeterEmulator, StripeEmulator
 from metersync.testing.chaos_usage import METERS_TOML, setup_usage
 from metersync.testing.hubspot import HubSpotEmulator
 
@@ -294,6 +294,36 @@ def test_the_service_keeps_hubspot_companies_in_step(
             assert company()[STRIPE_ID] == stripe_customer["id"]
             catalog.update_customer("acme", {"name": "Acme GmbH"})
             wait_for(lambda: company().get("name") == "Acme GmbH")
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(timeout=30) == 0
+        finally:
+            service.kill()
+            service.wait()
+
+
+def test_the_service_pulls_from_openmeter_before_it_syncs(
+    catalog: Catalog, emulator: StripeEmulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    with OpenMeterEmulator(token="om-service") as openmeter:
+        config = tmp_path / "source.toml"
+        config.write_text(
+            '[[meters]]\nslug = "tokens"\nevent_type = "prompt"\naggregation = "SUM"\n'
+            'value_property = "$.tokens"\n[meters.stripe]\nevent_name = "tokens"\n'
+        )
+        openmeter.add_meter("tokens", event_type="prompt", value_property="$.tokens")
+        openmeter.create_customer("acme", "Acme", subject_keys=["acme-api"])
+        pulled = {
+            **env,
+            "METERSYNC_CONFIG": str(config),
+            "METERSYNC_OPENMETER_URL": openmeter.url,
+            "METERSYNC_OPENMETER_TOKEN": "om-service",
+        }
+        service = start(pulled, tmp_path / "service.log")
+        try:
+            wait_for(lambda: stripe_keys(emulator) == {"acme"})
+            openmeter.create_customer("globex", "Globex")
+            openmeter.delete_customer("acme")
+            wait_for(lambda: stripe_keys(emulator) == {"globex"})
             service.send_signal(signal.SIGTERM)
             assert service.wait(timeout=30) == 0
         finally:
