@@ -53,6 +53,23 @@ _SUPPORTED_DRIVERS = {
 }
 
 
+def http_url(value: str) -> str:
+    """An http(s) base URL without a trailing slash, or a ValueError naming the problem."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def read_secret_file(path: Path, field: str) -> str | None:
+    """A secret kept in a file (a mounted Kubernetes or Docker secret): its stripped text, or
+    None when the file is empty. An unreadable file is a ConfigError naming the setting."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
 class _Section(BaseModel):
     # A misspelt key in the file or the environment is an error, not a silent default.
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -96,12 +113,7 @@ class StripeSettings(_Section):
     @field_validator("api_base")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value) if value else None
 
     def resolved_api_key(self) -> SecretStr | None:
         """The key itself, or the contents of `api_key_file` when only the file is given."""
@@ -109,12 +121,7 @@ class StripeSettings(_Section):
             return self.api_key
         if self.api_key_file is None:
             return None
-        try:
-            text = self.api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"stripe.api_key_file: cannot read {str(self.api_key_file)!r}: {exc.strerror}"
-            ) from None
+        text = read_secret_file(self.api_key_file, "stripe.api_key_file") or ""
         try:
             check_stripe_key(text)
         except ValueError as exc:
@@ -155,23 +162,14 @@ class HubSpotSettings(_Section):
     @field_validator("api_base")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value)
 
     def resolved_token(self) -> SecretStr | None:
         if self.access_token is not None:
             return self.access_token
         if self.access_token_file is None:
             return None
-        try:
-            text = self.access_token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"hubspot.access_token_file: cannot read {str(self.access_token_file)!r}: "
-                f"{exc.strerror}"
-            ) from None
+        text = read_secret_file(self.access_token_file, "hubspot.access_token_file")
         return SecretStr(text) if text else None
 
     @property
@@ -343,12 +341,7 @@ class OpenMeterSettings(_Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value) if value else None
 
     @field_validator("lookback")
     @classmethod
@@ -370,12 +363,7 @@ class OpenMeterSettings(_Section):
             return self.token.get_secret_value()
         if self.token_file is None:
             return None
-        try:
-            return self.token_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(
-                f"openmeter.token_file: cannot read {str(self.token_file)!r}: {exc.strerror}"
-            ) from None
+        return read_secret_file(self.token_file, "openmeter.token_file")
 
 
 class LogLevel(StrEnum):

@@ -20,7 +20,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypeVar
 
 import h11
 
@@ -248,3 +249,43 @@ class BackgroundServer:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
+
+
+class ServedEmulator:
+    """What every emulator does with its BackgroundServer: start, stop, `with`, its URL."""
+
+    _server: BackgroundServer
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (0 before, if the constructor asked for any free port)."""
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """The base URL: the emulated API's paths go after it."""
+        if not self._server.running:
+            raise RuntimeError("the emulator is not running; call start() or use `with`")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -18,7 +18,6 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import stripe
@@ -27,7 +26,7 @@ from metersync.testing import _customers, _meters, _v2
 from metersync.testing._app import EmulatorApp
 from metersync.testing._config import EmulatorConfig
 from metersync.testing._routes import Call, Route
-from metersync.testing._server import BackgroundServer, Handler
+from metersync.testing._server import BackgroundServer, Handler, ServedEmulator
 from metersync.testing._webhooks import WebhookSender, build_events
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ def all_routes() -> list[Route]:
     return [*_customers.routes(), *_meters.routes(), *_v2.routes()]
 
 
-class StripeEmulator:
+class StripeEmulator(ServedEmulator):
     def __init__(
         self,
         *,
@@ -57,33 +56,6 @@ class StripeEmulator:
         self._webhooks: WebhookSender | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        """The bound port once started (0 before, if the constructor asked for any free port)."""
-        return self._server.port
-
-    def start(self) -> StripeEmulator:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> StripeEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def serve_forever(self, on_ready: Callable[[StripeEmulator], None] | None = None) -> None:
         """Run in the foreground until SIGINT or SIGTERM (the `metersync emulator` command)."""
@@ -131,12 +103,6 @@ class StripeEmulator:
         return self._server.call(fn)
 
     # -- what tests use --------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if not self._server.running:
-            raise RuntimeError("the emulator is not running; call start() or use `with`")
-        return f"http://{self.host}:{self.port}"
 
     def client(
         self,

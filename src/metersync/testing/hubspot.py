@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 from metersync.testing._hubspot_app import HubSpotApp
@@ -51,7 +50,7 @@ from metersync.testing._hubspot_config import (
 from metersync.testing._hubspot_errors import RecordError
 from metersync.testing._hubspot_properties import OBJECT_TYPES
 from metersync.testing._hubspot_store import CrmRecord, ObjectStore
-from metersync.testing._server import BackgroundServer, Handler
+from metersync.testing._server import BackgroundServer, Handler, ServedEmulator
 
 __all__ = [
     "DEFAULT_HUBSPOT_TOKEN",
@@ -65,7 +64,7 @@ T = TypeVar("T")
 DEFAULT_HUBSPOT_TOKEN = "pat-test-metersync"  # noqa: S105 - the emulator's test token
 
 
-class HubSpotEmulator:
+class HubSpotEmulator(ServedEmulator):
     def __init__(
         self,
         *,
@@ -85,24 +84,6 @@ class HubSpotEmulator:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> HubSpotEmulator:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> HubSpotEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     async def _setup(self) -> Handler:
         self._app = HubSpotApp(
             self._token, self._config, loop_clock=asyncio.get_running_loop().time
@@ -117,13 +98,6 @@ class HubSpotEmulator:
         return self._server.call(lambda: fn(app))
 
     # -- connection ------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The base URL: HubSpot's paths (/crm/v3/…) go after it."""
-        if not self._server.running:
-            raise RuntimeError("the emulator is not running; call start() or use `with`")
-        return f"http://{self._server.host}:{self._server.port}"
 
     @property
     def token(self) -> str:

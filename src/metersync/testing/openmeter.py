@@ -49,12 +49,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from types import TracebackType
 from typing import Any, TypeVar
 
 from metersync.testing._openmeter_app import OpenMeterApp, OpenMeterConfig, OpenMeterFaultKind
 from metersync.testing._openmeter_store import CUSTOMER_FIELDS
-from metersync.testing._server import BackgroundServer, Handler
+from metersync.testing._server import BackgroundServer, Handler, ServedEmulator
 
 __all__ = [
     "DEFAULT_OPENMETER_TOKEN",
@@ -67,7 +66,7 @@ T = TypeVar("T")
 DEFAULT_OPENMETER_TOKEN = "om-test-token"  # noqa: S105 - the emulator's test token
 
 
-class OpenMeterEmulator:
+class OpenMeterEmulator(ServedEmulator):
     def __init__(
         self,
         *,
@@ -89,24 +88,6 @@ class OpenMeterEmulator:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> OpenMeterEmulator:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> OpenMeterEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     async def _setup(self) -> Handler:
         self._app = OpenMeterApp(self._token, self._config)
         return self._app
@@ -119,13 +100,6 @@ class OpenMeterEmulator:
         return self._server.call(lambda: fn(app))
 
     # -- connection ------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The base URL: OpenMeter's paths (/api/v1/…) go after it."""
-        if not self._server.running:
-            raise RuntimeError("the emulator is not running; call start() or use `with`")
-        return f"http://{self._server.host}:{self._server.port}"
 
     @property
     def token(self) -> str:
