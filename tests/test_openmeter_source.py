@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -323,3 +324,17 @@ def test_an_upstream_that_lost_its_customers_deletes_nothing(
     assert sorted(c["metadata"][MANAGED_KEY] for c in stripe.customers()) == [
         f"c{i}" for i in range(6, 10)
     ]
+
+
+def test_an_unreachable_source_is_named_and_nothing_is_written(
+    env: dict[str, str], stripe: StripeEmulator, catalog: Catalog
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = {**env, "METERSYNC_OPENMETER_URL": f"http://127.0.0.1:{port}"}
+    result = cli(unreachable, "reconcile")
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{port}" in result.output and "ConnectError" in result.output
+    assert "Traceback" not in result.output
+    assert catalog.list_customers() == [] and stripe.customers() == []
