@@ -173,7 +173,12 @@ def test_customers_page_by_created_at_then_id(om: OpenMeterEmulator, api: httpx.
     ]
     assert all(ULID.match(c["id"]) and len(c["id"]) == 26 for c in created)
     pages = [
-        check(om, api.get("/api/v1/customers", params={"page": page, "pageSize": 100}))
+        check(
+            om,
+            api.get(
+                "/api/v1/customers", params={"page": page, "pageSize": 100, "orderBy": "createdAt"}
+            ),
+        )
         for page in (1, 2, 3)
     ]
     assert [len(p["items"]) for p in pages] == [100, 100, 50]
@@ -205,7 +210,9 @@ def test_a_deleted_customer(om: OpenMeterEmulator, api: httpx.Client) -> None:
     assert [c["key"] for c in listed["items"]] == ["keep"] and listed["totalCount"] == 1
     assert listed["items"][0] == kept
     assert kept["billingAddress"] == {"country": "DE", "postalCode": "10115", "city": "Berlin"}
-    everyone = check(om, api.get("/api/v1/customers", params={"includeDeleted": "true"}))
+    everyone = check(
+        om, api.get("/api/v1/customers", params={"includeDeleted": "true", "orderBy": "createdAt"})
+    )
     assert [c["key"] for c in everyone["items"]] == ["keep", "gone"]
     assert "deletedAt" in everyone["items"][1]
     by_id = check(om, api.get(f"/api/v1/customers/{gone['id']}"))

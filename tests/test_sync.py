@@ -434,3 +434,24 @@ def test_the_httpx_client_works_the_same(catalog: Catalog, emulator: StripeEmula
     full = run(catalog, emulator, full=True, http_client="httpx")
     assert full.counts == {"updated": 1, "skip": 2}
     assert converged(catalog, emulator) == []
+
+
+def test_a_failed_group_commit_leaves_no_session_behind(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes of a group that could not even start run alone, and are committed."""
+    from functools import partial
+
+    from metersync.sync.journal import Journal
+
+    journal = Journal(catalog.store, "stripe")
+
+    def broken(*_: Any, **__: Any) -> list[Any]:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(journal, "_in_batches", broken)
+    results = journal.run_group([partial(journal.blocked, "acme", "a reason")])
+    assert results == [None]
+    monkeypatch.undo()
+    link = journal.link("acme")
+    assert link is not None and link.last_error == "blocked: a reason"

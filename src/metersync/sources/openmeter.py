@@ -131,13 +131,18 @@ class OpenMeterSource:
         except SourceUnavailable as exc:
             _record(catalog.store, ok=False, summary={"error": exc.message})
             raise
-        live = [c for c in customers if not c.get("deletedAt")]
         known = _known(catalog.store)
+        try:
+            customers += await self._confirm_missing(catalog, customers, known)
+        except SourceUnavailable as exc:
+            _record(catalog.store, ok=False, summary={"error": exc.message})
+            raise
         self._guard(catalog, customers, allow_mass_delete)
+        live = [c for c in customers if not c.get("deletedAt")]
         wanted_subjects = {str(s["key"]) for s in subjects if s.get("key")}
         for customer in live:
             wanted_subjects.update(_subject_keys(customer))
-        _delete_customers(catalog, customers, known, result)
+        _delete_customers(catalog, customers, result)
         _free_moved_subjects(catalog, live, result)
         _put_customers(catalog, live, known, result)
         _sync_subjects(catalog, subjects, wanted_subjects, result)
@@ -145,6 +150,27 @@ class OpenMeterSource:
         _record(catalog.store, ok=True, summary={"catalog": result.counts})
         _log.info("pulled the catalog from OpenMeter", counts=result.counts)
         return result
+
+    async def _confirm_missing(
+        self,
+        catalog: Catalog,
+        customers: list[dict[str, Any]],
+        known: Mapping[str, UpstreamCustomerRow],
+    ) -> list[dict[str, Any]]:
+        """A local customer the listing did not show at all, not even as deleted: asked for
+        by id before it becomes a tombstone. Returns what OpenMeter says of them (a live one
+        stays, a deleted one is deleted); one OpenMeter does not know is left out (deleted)."""
+        listed = {str(c.get("id")) for c in customers}
+        listed_keys = {_key(c) for c in customers}
+        confirmed: list[dict[str, Any]] = []
+        for local in catalog.list_customers():
+            seen = known.get(local.key)
+            if local.key in listed_keys or seen is None or seen.upstream_id in listed:
+                continue
+            found = await self.client.customer(seen.upstream_id)
+            if found is not None:
+                confirmed.append(found)
+        return confirmed
 
     def _guard(
         self, catalog: Catalog, customers: list[dict[str, Any]], allow_mass_delete: bool
@@ -343,10 +369,7 @@ def _known(store: Store) -> dict[str, UpstreamCustomerRow]:
 
 
 def _delete_customers(
-    catalog: Catalog,
-    customers: list[dict[str, Any]],
-    known: Mapping[str, UpstreamCustomerRow],
-    result: PullResult,
+    catalog: Catalog, customers: list[dict[str, Any]], result: PullResult
 ) -> None:
     """Deleted upstream (deletedAt), or no longer listed at all: a local tombstone."""
     live = {_key(c) for c in customers if not c.get("deletedAt")}
@@ -425,7 +448,15 @@ def _sync_subjects(
 
 def _remember(store: Store, customers: Iterable[Mapping[str, Any]]) -> None:
     """Each customer's upstream id and updatedAt: the meter query filters by the id, and the
-    next pull rewrites a customer only when its updatedAt moved."""
+    next pull rewrites a customer only when its updatedAt moved. One key can be listed more
+    than once (a deleted customer and the live one that took its key over, or several
+    deleted ones): the live one wins, else the latest."""
+    chosen: dict[str, Mapping[str, Any]] = {}
+    for customer in customers:
+        key = _key(customer)
+        before = chosen.get(key)
+        if before is None or _rank(customer) > _rank(before):
+            chosen[key] = customer
     now = utcnow()
     with store.session() as session:
         rows = {
@@ -434,24 +465,19 @@ def _remember(store: Store, customers: Iterable[Mapping[str, Any]]) -> None:
                 select(UpstreamCustomerRow).where(UpstreamCustomerRow.source == SOURCE)  # type: ignore[arg-type]
             ).scalars()
         }
-        for customer in customers:
-            key = _key(customer)
+        for key, customer in chosen.items():
             row = rows.get(key) or UpstreamCustomerRow(
                 source=SOURCE, local_key=key, upstream_id=str(customer["id"])
             )
-            deleted = bool(customer.get("deletedAt"))
-            if (
-                deleted
-                and key in rows
-                and not rows[key].deleted
-                and row.upstream_id != str(customer["id"])
-            ):
-                continue  # a deleted older customer with a key a live one now holds
             row.upstream_id = str(customer["id"])
             row.upstream_updated_at = customer.get("updatedAt")
-            row.deleted = deleted
+            row.deleted = bool(customer.get("deletedAt"))
             row.seen_at = now
             session.add(row)
+
+
+def _rank(customer: Mapping[str, Any]) -> tuple[bool, str]:
+    return (not customer.get("deletedAt"), str(customer.get("updatedAt") or ""))
 
 
 def _customer_ids(store: Store) -> dict[str, str]:

@@ -68,20 +68,42 @@ class OpenMeterClient:
         return list(answer) if isinstance(answer, list) else []
 
     async def customers(self, *, page_size: int) -> list[dict[str, Any]]:
-        """Every customer, deleted ones included (their deletedAt is how deletes reach us)."""
-        customers: list[dict[str, Any]] = []
+        """Every customer, deleted ones included (their deletedAt is how deletes reach us).
+
+        Paged by id: with deleted customers listed, nothing leaves the list while we page,
+        and a customer created meanwhile (a newer id) lands on a later page. (OpenMeter's
+        default order is by name, which a rename or a tie can shuffle between pages.) Each
+        id is kept once."""
+        by_id: dict[str, dict[str, Any]] = {}
         page = 1
         while True:
             answer = await self._get(
                 "/api/v1/customers",
-                {"page": str(page), "pageSize": str(page_size), "includeDeleted": "true"},
+                {
+                    "page": str(page),
+                    "pageSize": str(page_size),
+                    "includeDeleted": "true",
+                    "orderBy": "id",
+                    "order": "ASC",
+                },
             )
             items = answer.get("items", []) if isinstance(answer, dict) else []
-            customers += items
+            for item in items:
+                by_id[str(item.get("id"))] = item
             total = int(answer.get("totalCount", 0)) if isinstance(answer, dict) else 0
-            if not items or len(customers) >= total:
-                return customers
+            if not items or page * page_size >= total:
+                return list(by_id.values())
             page += 1
+
+    async def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """One customer by id (deleted ones too), or None when OpenMeter does not know it."""
+        try:
+            answer = await self._get(f"/api/v1/customers/{customer_id}")
+        except SourceUnavailable as exc:
+            if "HTTP 404" in exc.message:
+                return None
+            raise
+        return answer if isinstance(answer, dict) else None
 
     async def meters(self) -> list[dict[str, Any]]:
         answer = await self._get("/api/v1/meters")
@@ -141,7 +163,15 @@ class OpenMeterClient:
                 f"OpenMeter at {self.url} refused {path}: HTTP {response.status_code}: "
                 f"{_detail(response)}"
             )
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            # A proxy's login page, a gateway's HTML error: not OpenMeter talking.
+            raise SourceUnavailable(
+                f"OpenMeter at {self.url} answered {path} with something that is not JSON "
+                f"({response.headers.get('content-type', 'no content type')}): "
+                f"{response.text[:120]!r}"
+            ) from None
 
 
 def _detail(response: httpx.Response) -> str:

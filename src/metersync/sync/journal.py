@@ -358,19 +358,23 @@ class Journal:
         call. If the group fails, each write runs alone, so one bad write sinks nobody else."""
         try:
             with self.store.session() as session:
-                self._group.session = session
-                # Every write names its local key first: read all their rows in one query.
-                keys = [w.args[0] for w in writes if isinstance(w, functools.partial) and w.args]
-                if len(keys) == len(writes):
-                    self._group.rows = {
-                        r.local_key: r
-                        for r in self._in_batches(
-                            session, self._customers(), LinkRow.local_key, keys
-                        )
-                    }
                 try:
+                    self._group.session = session
+                    # Every write names its local key first: read their rows in one query.
+                    keys = [
+                        w.args[0] for w in writes if isinstance(w, functools.partial) and w.args
+                    ]
+                    if len(keys) == len(writes):
+                        self._group.rows = {
+                            r.local_key: r
+                            for r in self._in_batches(
+                                session, self._customers(), LinkRow.local_key, keys
+                            )
+                        }
                     results = [write() for write in writes]
                 finally:
+                    # Whatever failed, the writes below (and this thread's next group) must
+                    # not find a session that will never commit.
                     self._group.session = None
                     self._group.rows = None
             return results

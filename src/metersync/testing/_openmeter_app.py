@@ -144,7 +144,7 @@ def delete_subject(call: Call) -> HandlerResult:
 
 
 def list_customers(call: Call) -> HandlerResult:
-    order_by = call.one("orderBy") or "createdAt"
+    order_by = call.one("orderBy") or "name"  # OpenMeter's default order
     if order_by not in ("id", "name", "createdAt"):
         raise BadRequest(f"invalid orderBy {order_by!r}; one of id, name, createdAt")
     order = (call.one("order") or "ASC").upper()
