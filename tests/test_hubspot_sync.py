@@ -346,3 +346,14 @@ def test_one_reconcile_brings_stripe_and_hubspot_to_the_catalog(
         assert status.exit_code == 0, status.output
         links = json.loads(status.stdout)["targets"]["hubspot"]["links"]
         assert links["customer"]["synced"] == 3
+
+
+def test_a_refused_contact_fails_only_its_own_company(
+    catalog: Catalog, hubspot: HubSpotEmulator
+) -> None:
+    seed(catalog, 6)
+    hubspot.reject_records(lambda p: p.get("email") == "billing3@c3.test", object_type="contacts")
+    result = run(catalog, hubspot, contacts=True)
+    assert result.counts == {"created": 5, "failed": 1}
+    assert result.applied is not None
+    assert [f["key"] for f in result.applied.failures] == ["c3"]

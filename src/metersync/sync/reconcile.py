@@ -100,7 +100,7 @@ async def sync_customers(
         # Read first: every change after it is picked up by the next run, whatever this one
         # reads later.
         high_water = catalog.high_water()
-        listed = Snapshot.of(await target.list_customers())
+        listed = Snapshot.of(await _list(target))
         # The fast path: links whose customer is unchanged since it was pushed, and whose
         # record the listing shows as pushed, need no customer loaded and no plan of their own.
         # Not for targets whose records show context (usage, other targets' ids): that can
@@ -195,6 +195,18 @@ async def sync_customers(
     )
     _log.info("applied", target=target.name, counts=result.counts)
     return result
+
+
+async def _list(target: Target) -> list[Any]:
+    """The target's records for a full reconcile; a listing that fails (after the target's
+    own retries) stops the run with the target's reason, not a traceback."""
+    try:
+        return await target.list_customers()
+    except Exception as exc:  # noqa: BLE001 - described by the target, then raised as ours
+        error = target.classify(exc)
+        raise TargetUnusable(
+            f"{target.name}: listing its records failed: {error.message}"
+        ) from None
 
 
 async def _apply(applier: Applier, plan: Plan, result: RunResult) -> ApplyResult:

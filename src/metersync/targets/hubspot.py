@@ -59,6 +59,7 @@ EMAIL = "metersync_primary_email"
 GROUP = "metersync"
 SCHEMA_VERSION = "metersync-properties/1"
 BATCH_MAX = 100
+READ_ATTEMPTS = 5
 VALUE_MAX = 65_536  # HubSpot's limit for a string property value
 COMPANIES = "/crm/v3/objects/companies"
 CONTACTS = "/crm/v3/objects/contacts"
@@ -328,7 +329,7 @@ class HubSpotTarget:
             params = {"limit": "100", "properties": properties, "archived": "false"}
             if after:
                 params["after"] = after
-            page = await self._request("GET", COMPANIES, params=params)
+            page = await self._read(COMPANIES, params)
             records.extend(_external(c) for c in page.get("results", []))
             after = page.get("paging", {}).get("next", {}).get("after")
             if not after:
@@ -487,22 +488,23 @@ class HubSpotTarget:
     ) -> dict[str, BaseException]:
         """Upsert a contact per email and associate it with its company. Returns the errors by
         company id: that company's action fails and is retried (both calls are idempotent)."""
-        pairs = [(e, c) for e, c in pairs if e]
-        if not pairs:
+        # HubSpot keeps emails in lower case: two spellings of one address are one contact
+        # (and the same id twice in a batch would fail the whole request).
+        wanted = [(e.lower(), c) for e, c in pairs if e]
+        if not wanted:
             return {}
-        emails = sorted({e for e, _ in pairs if e})
+        emails = sorted({e for e, _ in wanted})
+        inputs = [
+            # The trace id: a refused address fails alone (207), not the whole batch.
+            {"idProperty": "email", "id": e, "properties": {"email": e}, "objectWriteTraceId": e}
+            for e in emails
+        ]
         try:
             answer = await self._request(
-                "POST",
-                f"{CONTACTS}/batch/upsert",
-                json={
-                    "inputs": [
-                        {"idProperty": "email", "id": e, "properties": {"email": e}} for e in emails
-                    ]
-                },
+                "POST", f"{CONTACTS}/batch/upsert", json={"inputs": inputs}
             )
         except HubSpotError as exc:
-            return {c: exc for _, c in pairs}
+            return {c: exc for _, c in wanted}
         contact_ids = {
             str(r.get("properties", {}).get("email", "")).lower(): str(r["id"])
             for r in answer.get("results", [])
@@ -510,7 +512,7 @@ class HubSpotTarget:
         errors = _record_errors(answer)
         failed: dict[str, BaseException] = {}
         links = []
-        for email, company in pairs:
+        for email, company in wanted:
             contact = contact_ids.get(str(email).lower())
             if contact is None:
                 failed[company] = errors.get(str(email), _no_answer(f"contact {email}"))
@@ -521,8 +523,13 @@ class HubSpotTarget:
                 associated = await self._request("POST", ASSOCIATE, json={"inputs": links})
             except HubSpotError as exc:
                 return {**failed, **{link["from"]["id"]: exc for link in links}}
-            for company, error in _record_errors(associated).items():
-                failed[company] = error
+            # An association error names both ends; a company fails only when its own pair is
+            # named (a contact id may equal some other company's id).
+            refused = _record_errors(associated)
+            for link in links:
+                company, contact = link["from"]["id"], link["to"]["id"]
+                if company in refused and contact in refused:
+                    failed[company] = refused[company]
         return failed
 
     def _contact(self, state: Mapping[str, Any]) -> str | None:
@@ -538,12 +545,26 @@ class HubSpotTarget:
         if id_property is not None:
             params["idProperty"] = id_property
         try:
-            company = await self._request("GET", f"{COMPANIES}/{_path(id_or_key)}", params=params)
+            company = await self._read(f"{COMPANIES}/{_path(id_or_key)}", params)
         except HubSpotError as exc:
             if exc.kind is ErrorKind.GONE:
                 return None
             raise
         return _external(company)
+
+    async def _read(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """A GET, retried while HubSpot's answer is worth retrying (reads are idempotent;
+        writes are retried by the engine, one record at a time)."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await self._request("GET", path, params=params)
+            except (HubSpotError, httpx.TransportError) as exc:
+                if self.classify(exc).kind is not ErrorKind.RETRYABLE:
+                    raise
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(
         self,
