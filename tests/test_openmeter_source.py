@@ -338,3 +338,67 @@ def test_an_unreachable_source_is_named_and_nothing_is_written(
     assert f"127.0.0.1:{port}" in result.output and "ConnectError" in result.output
     assert "Traceback" not in result.output
     assert catalog.list_customers() == [] and stripe.customers() == []
+
+
+def _billed(catalog: Catalog) -> dict[str, int]:
+    """What the ledger says Stripe was sent, per customer."""
+    with catalog.store.read_session() as session:
+        rows = session.execute(
+            select(LedgerRow.customer_key, func.sum(LedgerRow.value))
+            .where(LedgerRow.state == "delivered")
+            .group_by(LedgerRow.customer_key)
+        )
+        return {str(k): int(v) for k, v in rows}
+
+
+def test_a_subject_moved_upstream_takes_no_billed_history_along(
+    env: dict[str, str], openmeter: OpenMeterEmulator, stripe: StripeEmulator, catalog: Catalog
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    seed(openmeter, now)
+    assert cli(env, "meters", "ensure").exit_code == 0
+    assert cli(env, "reconcile").exit_code == 0
+    assert _billed(catalog) == {"acme": 22, "globex": 23}
+    # OpenMeter attributes by the current owner: its per-customer query would now move
+    # acme's history to globex. Billed usage stays where it went; new usage follows.
+    openmeter.update_customer("acme", subject_keys=[])
+    openmeter.update_customer("globex", subject_keys=["globex-api", "globex-web", "acme-api"])
+    openmeter.ingest([event(20, "acme-api", now, 4)])
+    assert cli(env, "reconcile").exit_code == 0
+    assert _billed(catalog) == {"acme": 22, "globex": 23 + 4}
+
+
+def test_a_customer_deleted_upstream_is_billed_its_last_usage_first(
+    env: dict[str, str], openmeter: OpenMeterEmulator, stripe: StripeEmulator, catalog: Catalog
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    seed(openmeter, now)
+    assert cli(env, "meters", "ensure").exit_code == 0
+    assert cli(env, "reconcile").exit_code == 0
+    openmeter.ingest([event(30, "globex-api", now, 500)])
+    openmeter.delete_customer("globex")
+    result = cli(env, "reconcile")
+    assert result.exit_code == 0, result.output
+    assert _billed(catalog)["globex"] == 23 + 500
+    assert "globex" not in stripe_names(stripe)
+
+
+def test_an_outage_longer_than_the_lookback_loses_nothing(
+    env: dict[str, str], openmeter: OpenMeterEmulator, stripe: StripeEmulator, catalog: Catalog
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    seed(openmeter, now)
+    short = {**env, "METERSYNC_OPENMETER_LOOKBACK": "1h"}
+    assert cli(short, "meters", "ensure").exit_code == 0
+    assert cli(short, "reconcile").exit_code == 0
+    # Pretend the last successful usage pull was six hours ago, then an event lands five
+    # hours back: past the 1 h lookback, but after the last pull.
+    with catalog.store.session() as session:
+        from metersync.store import SyncStateRow
+
+        row = session.get(SyncStateRow, "source:openmeter:usage")
+        assert row is not None
+        row.last_success_at = datetime.now(UTC) - timedelta(hours=6)
+    openmeter.ingest([event(40, "acme-api", now - timedelta(hours=5), 300)])
+    assert cli(short, "reconcile").exit_code == 0
+    assert _billed(catalog)["acme"] == 22 + 300

@@ -6,14 +6,14 @@ runs the same steps as separate jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from metersync.catalog import Catalog
 from metersync.errors import ConfigError, ExitCode
 from metersync.settings import Settings
-from metersync.sources.openmeter import PullResult
+from metersync.sources.openmeter import OpenMeterSource, PullResult
 from metersync.sync.reconcile import RunResult, sync_customers
 from metersync.targets.factory import (
     hubspot_target,
@@ -22,7 +22,7 @@ from metersync.targets.factory import (
     sync_options,
     usage_pusher,
 )
-from metersync.usage.push import PushResult
+from metersync.usage.push import PushResult, UsagePusher
 
 TARGETS = ("stripe", "hubspot")
 
@@ -99,7 +99,9 @@ async def reconcile(
                 result.pulled["catalog"] = await source.pull_catalog(
                     catalog, allow_mass_delete=allow_mass_delete
                 )
-            if only in (None, "usage") and pusher.configured:
+            # Usage for the Stripe push, and for the CRM's usage properties.
+            wants_usage = pusher.configured or (hubspot is not None and hubspot.needs.usage)
+            if only in (None, "usage") and wants_usage:
                 result.pulled["usage"] = await source.pull_usage(catalog.store, full=full)
         if only in (None, "customers") and only_target in (None, "stripe"):
             result.customers["stripe"] = await sync_customers(
@@ -107,7 +109,7 @@ async def reconcile(
                 stripe,
                 _options(settings, "stripe", full, dry_run, allow_mass_delete),
                 progress=progress,
-                before_delete=pusher.flush if pusher.configured else None,
+                before_delete=_owed(source, pusher, catalog) if pusher.configured else None,
             )
         if only_target in (None, "stripe") and (
             only == "usage" or (only is None and pusher.configured)
@@ -127,6 +129,20 @@ async def reconcile(
             await hubspot.close()
         if source is not None:
             await source.close()
+
+
+def _owed(
+    source: OpenMeterSource | None, pusher: UsagePusher, catalog: Catalog
+) -> Callable[[str], Awaitable[bool]]:
+    """What runs before a Stripe customer is deleted: read what it still owes from the source
+    (when there is one), then push it."""
+
+    async def flush(key: str) -> bool:
+        if source is not None:
+            await source.pull_owed(catalog.store, key, target=pusher.target)
+        return await pusher.flush(key)
+
+    return flush
 
 
 def _options(settings: Settings, target: str, full: bool, dry_run: bool, allow: bool) -> Any:

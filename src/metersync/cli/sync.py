@@ -212,13 +212,17 @@ def status_command(
 
 
 def _print_source_status(source: dict[str, Any]) -> None:
-    lag = "never pulled" if source["lagSeconds"] is None else f"{source['lagSeconds']:g} s"
-    typer.echo(
-        f"source openmeter: last pull {source['lastPullAt'] or 'never'}; last success "
-        f"{source['lastSuccessAt'] or 'never'} (lag {lag})"
-    )
-    if source["error"]:
-        typer.echo(f"source openmeter: the last pull failed: {source['error']}", err=True)
+    for part in ("catalog", "usage"):
+        pulled = source[part]
+        lag = "never" if pulled["lagSeconds"] is None else f"{pulled['lagSeconds']:g} s ago"
+        typer.echo(
+            f"source openmeter ({part}): last pull {pulled['lastPullAt'] or 'never'}; last "
+            f"success {lag}"
+        )
+        if pulled["error"]:
+            typer.echo(
+                f"source openmeter ({part}): the last pull failed: {pulled['error']}", err=True
+            )
 
 
 def _print_link_status(report: dict[str, Any]) -> None:

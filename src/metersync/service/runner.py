@@ -258,9 +258,12 @@ class Service:
 
     def usage_tick(self) -> None:
         async def push(target: Any, pusher: Any) -> dict[str, int]:
-            if not pusher.configured:
+            crm_usage = self.settings.hubspot.enabled and bool(self.settings.meters)
+            if not pusher.configured and not crm_usage:
                 return {}
             await self._pull(lambda source: source.pull_usage(self.catalog.store))
+            if not pusher.configured:
+                return {}
             result = await pusher.run(should_stop=self.stopping.is_set)
             counts: dict[str, int] = result.counts()
             return counts
@@ -279,14 +282,30 @@ class Service:
         finally:
             await source.close()
 
+    def _owed(self, pusher: Any) -> Callable[[str], Awaitable[bool]]:
+        """Before a Stripe customer is deleted: read what it still owes from OpenMeter (when
+        it is the source), then push it."""
+
+        async def flush(key: str) -> bool:
+            await self._pull(
+                lambda source: source.pull_owed(self.catalog.store, key, target=pusher.target)
+            )
+            result: bool = await pusher.flush(key)
+            return result
+
+        return flush
+
     async def _customers(self, target: Any, pusher: Any, *, full: bool) -> dict[str, int]:
         await self._pull(lambda source: source.pull_catalog(self.catalog))
+        if full and self.settings.meters:
+            # The nightly full reconcile re-reads usage back to Stripe's 35 days too.
+            await self._pull(lambda source: source.pull_usage(self.catalog.store, full=True))
         options = sync_options(self.settings, full=full, dry_run=False, allow_mass_delete=False)
         result = await sync_customers(
             self.catalog,
             target,
             options,
-            before_delete=pusher.flush if pusher.configured else None,
+            before_delete=self._owed(pusher) if pusher.configured else None,
             should_stop=self.stopping.is_set,
         )
         return result.counts

@@ -9,18 +9,22 @@ A pull has two halves, so that each job pulls what it is about to use:
   mass-delete guards then handle. A pull that would tombstone more than the sync's
   mass-delete fraction refuses, unless allowed: an upstream answering "no customers" by
   mistake must not become deletes.
-- `pull_usage`: for every configured meter, the meter query per customer (windowSize HOUR or
-  DAY, as the push's window; the calendar month to date, one figure per customer, for the
-  period meters MAX, LATEST and UNIQUE_COUNT), over a trailing `lookback` (35 days on the first
-  pull and on a full reconcile). The figures land in `upstream_usage`; the push reads them
-  through the same ledger, deltas and identifiers as local usage. A late correction upstream
-  changes a window's figure and the next push sends the difference.
+- `pull_usage`: for every configured meter, the meter query per subject and window
+  (windowSize HOUR or DAY, as the push's window), or per customer for this calendar month for
+  the period meters (MAX, LATEST, UNIQUE_COUNT), over a trailing `lookback` that reaches back
+  to before the last successful usage pull (35 days on the first pull and on a full
+  reconcile). The figures land in `upstream_usage`; the push reads them through the same
+  ledger, deltas and identifiers as local usage. A late correction upstream changes a
+  window's figure and the next push sends the difference; an event that arrives upstream
+  later than the lookback is read by the next full reconcile.
 
-Attribution is OpenMeter's: its query counts an event for the customer whose usage
-attribution holds the subject at query time. A window metersync already pushed for one
-customer stays pushed (the ledger); after a re-attribution upstream, what the other customer
-gains is pushed to it, and what the first one lost is reported (a total that fell), never
-taken back.
+Attribution is metersync's, as for local usage: a subject's figures are bound to its
+customer when first pushed and stay with it. OpenMeter's per-customer query attributes by
+the owner at query time, so after a subject moves upstream it would carry the subject's
+billed history to the new customer; reading per subject avoids that. Period meters are read
+per customer (a month's unique count does not add up over subjects): a moved subject moves
+their month-to-date figure. Before a customer's Stripe record is deleted (`pull_owed`), its
+former subjects are read once more and what they owe is bound to it and pushed.
 
 When OpenMeter cannot be read, the pull raises SourceUnavailable before writing anything from
 that answer: the run reports it and the next one starts over.
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from metersync.catalog import Catalog
@@ -43,15 +47,27 @@ from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter_client import OpenMeterClient, SourceUnavailable
-from metersync.store import Store, SyncStateRow, UpstreamCustomerRow, UpstreamUsageRow
-from metersync.usage.aggregate import WindowValue, month_start
+from metersync.store import (
+    AttributionRow,
+    LinkKind,
+    LinkRow,
+    Store,
+    SubjectRow,
+    SyncStateRow,
+    UpstreamCustomerRow,
+    UpstreamUsageRow,
+)
+from metersync.usage.aggregate import ROUTABLE, WindowValue, month_start
 from metersync.usage.meters import Meter
 from metersync.usage.reports import push_window_s
 
 _log = get_logger("metersync.sources.openmeter")
 
 SOURCE = "openmeter"
-STATE = "source:openmeter"  # its row in sync_state: last pull, last success, last outcome
+# Rows in sync_state: each half's last pull, last success and outcome.
+CATALOG_STATE = "source:openmeter:catalog"
+USAGE_STATE = "source:openmeter:usage"
+PER_CUSTOMER = ""  # the subject of a period meter's figure, which is per customer
 BACKFILL_S = 35 * 86400  # Stripe takes meter events up to 35 days old
 WINDOW_SIZES = {3600: "HOUR", 86400: "DAY"}
 # The customer fields a pull copies (OpenMeter's names); the rest of its record is its own.
@@ -66,6 +82,9 @@ _CUSTOMER_FIELDS = (
     "usageAttribution",
 )
 _U = UpstreamUsageRow.__table__.c  # type: ignore[attr-defined]
+_A = AttributionRow.__table__.c  # type: ignore[attr-defined]
+_L = LinkRow.__table__.c  # type: ignore[attr-defined]
+_S = SubjectRow.__table__.c  # type: ignore[attr-defined]
 
 
 class SourceMismatch(MetersyncError):
@@ -129,13 +148,13 @@ class OpenMeterSource:
             subjects = await self.client.subjects()
             customers = await self.client.customers(page_size=self.settings.page_size)
         except SourceUnavailable as exc:
-            _record(catalog.store, ok=False, summary={"error": exc.message})
+            _record(catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message})
             raise
         known = _known(catalog.store)
         try:
             customers += await self._confirm_missing(catalog, customers, known)
         except SourceUnavailable as exc:
-            _record(catalog.store, ok=False, summary={"error": exc.message})
+            _record(catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message})
             raise
         self._guard(catalog, customers, allow_mass_delete)
         live = [c for c in customers if not c.get("deletedAt")]
@@ -147,7 +166,7 @@ class OpenMeterSource:
         _put_customers(catalog, live, known, result)
         _sync_subjects(catalog, subjects, wanted_subjects, result)
         _remember(catalog.store, customers)
-        _record(catalog.store, ok=True, summary={"catalog": result.counts})
+        _record(catalog.store, CATALOG_STATE, ok=True, summary={"catalog": result.counts})
         _log.info("pulled the catalog from OpenMeter", counts=result.counts)
         return result
 
@@ -191,34 +210,67 @@ class OpenMeterSource:
     # -- usage -------------------------------------------------------------------------------
 
     async def pull_usage(self, store: Store, *, full: bool = False) -> PullResult:
-        """Every configured meter's figures per customer over the lookback (35 days when full
-        or on the first pull)."""
+        """Every configured meter's figures over the lookback: per subject and window for SUM
+        and COUNT, per customer for this month for the period meters. The lookback reaches
+        back to before the last successful usage pull (an outage longer than the lookback
+        loses nothing), and 35 days on the first pull and when `full`."""
         result = PullResult()
         now = int(time.time())
-        state = _state(store)
-        first = state is None or state.last_summary is None or "usage" not in state.last_summary
-        lookback = BACKFILL_S if full or first else self.settings.lookback_s
+        since = _last_success(store, USAGE_STATE)
+        catalog_pulled = _last_success(store, CATALOG_STATE) is not None
+        if full or since is None:
+            lookback = BACKFILL_S
+        else:
+            behind = now - int(since.timestamp())
+            lookback = min(
+                BACKFILL_S, max(self.settings.lookback_s, behind + self.settings.lookback_s)
+            )
+        subjects = _subjects_to_query(store, now - lookback)
         ids = _customer_ids(store)
         try:
-            upstream = await self._check_meters()
+            await self._check_meters()
             fetched: list[tuple[Meter, int, int, int, list[dict[str, Any]]]] = []
             for meter in self.meters:
                 for per, start, end in self._ranges(meter, now, lookback):
-                    rows = await self._query(upstream[meter.slug], ids, per, start, end)
+                    rows = await self._query(meter.slug, per, start, end, subjects, ids)
                     fetched.append((meter, per, start, end, rows))
         except SourceUnavailable as exc:
-            _record(store, ok=False, summary={"error": exc.message})
+            _record(store, USAGE_STATE, ok=False, summary={"error": exc.message})
             raise
         by_id = {v: k for k, v in ids.items()}
         for meter, per, start, end, rows in fetched:
-            changed = _store_figures(store, meter.slug, per, start, end, rows, by_id, now)
+            queried = subjects if per else sorted(ids)
+            changed = _store_figures(store, meter.slug, per, start, end, rows, by_id, now, queried)
             result.add("windows", len(rows))
             result.add("changed", changed)
-        _record(store, ok=True, summary={"usage": result.counts})
+        # Before the catalog was ever pulled there was nobody to ask about: the next pull
+        # still reads the whole backfill.
+        _record(store, USAGE_STATE, ok=catalog_pulled, summary={"usage": result.counts})
         _log.info("pulled usage from OpenMeter", counts=result.counts, lookback_s=lookback)
         return result
 
-    async def _check_meters(self) -> dict[str, dict[str, Any]]:
+    async def pull_owed(self, store: Store, customer_key: str, *, target: str) -> None:
+        """Before `customer_key`'s record in `target` is deleted: read its subjects' latest
+        figures and bind what is unbound to it, so the flush that follows bills what it
+        still owes. Its subjects are those whose usage `target` routed to its record (the
+        catalog already let go of them when the customer was deleted upstream)."""
+        subjects = _former_subjects(store, customer_key, target)
+        if not subjects:
+            return
+        now = int(time.time())
+        since = _last_success(store, USAGE_STATE)
+        behind = now - int(since.timestamp()) if since else BACKFILL_S
+        lookback = min(BACKFILL_S, behind + self.settings.lookback_s)
+        for meter in self.meters:
+            per = push_window_s(meter, self.window_s)
+            if not per:
+                continue  # period figures are the customer's own rows, already stored
+            for _, start, end in self._ranges(meter, now, lookback):
+                rows = await self._query(meter.slug, per, start, end, subjects, {})
+                _store_figures(store, meter.slug, per, start, end, rows, {}, now, subjects)
+        _bind_to(store, subjects, customer_key)
+
+    async def _check_meters(self) -> None:
         upstream = {str(m.get("slug")): m for m in await self.client.meters()}
         for meter in self.meters:
             found = upstream.get(meter.slug)
@@ -237,34 +289,45 @@ class OpenMeterSource:
                 f"usage.window {self.window_s} s: with OpenMeter as the source it must be 1h or "
                 "1d (the meter query's HOUR and DAY windows)"
             )
-        return upstream
 
     def _ranges(self, meter: Meter, now: int, lookback: int) -> list[tuple[int, int, int]]:
         """(window, start, end) ranges to query: windows over the lookback, or for a period
-        meter this month (and last month too, when the lookback reaches into it)."""
+        meter this month (and the months before, back to the lookback)."""
         per = push_window_s(meter, self.window_s)
         if per:
             start = (now - lookback) // per * per
             return [(per, start, -(-(now + 1) // per) * per)]
-        this_month = month_start(now)
-        ranges = [(0, this_month, now + 1)]
-        if now - lookback < this_month:
-            ranges.append((0, month_start(this_month - 1), this_month))
+        ranges = [(0, month_start(now), now + 1)]
+        while ranges[-1][1] > now - lookback:
+            begin = month_start(ranges[-1][1] - 1)
+            ranges.append((0, begin, ranges[-1][1]))
         return ranges
 
     async def _query(
-        self, meter: Mapping[str, Any], ids: Mapping[str, str], per: int, start: int, end: int
+        self,
+        meter: str,
+        per: int,
+        start: int,
+        end: int,
+        subjects: Sequence[str],
+        ids: Mapping[str, str],
     ) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+        """Per subject for windowed meters (binding decides the customer, as for local usage);
+        per customer for period meters (a month's unique count or maximum does not add up
+        over subjects)."""
         chunk = self.settings.customers_per_query
-        upstream_ids = sorted(ids.values())
-        for i in range(0, len(upstream_ids), chunk):
+        rows: list[dict[str, Any]] = []
+        by_subject = per != 0
+        keys = list(subjects) if by_subject else sorted(ids.values())
+        for i in range(0, len(keys), chunk):
+            part = keys[i : i + chunk]
             rows += await self.client.query(
-                str(meter.get("slug")),
-                customer_ids=upstream_ids[i : i + chunk],
+                meter,
                 start=_rfc3339(start),
                 end=_rfc3339(end),
                 window_size=WINDOW_SIZES.get(per) if per else None,
+                subjects=part if by_subject else (),
+                customer_ids=() if by_subject else part,
             )
         return rows
 
@@ -278,10 +341,40 @@ class OpenMeterAggregates:
     name = SOURCE
 
     def bind(self, store: Store, target: str) -> int:
-        return 0  # OpenMeter attributes usage to customers itself
+        """Bind unbound subject figures to their subject's customer where it has a live link
+        in `target`, as local usage is bound (aggregate.bind_usage)."""
+        routable = (
+            select(_A.subject_key)
+            .join(_L.local_key.table, _L.local_key == _A.customer_key)
+            .where(
+                _L.target == target,
+                _L.kind == LinkKind.CUSTOMER,
+                _L.external_id.is_not(None),
+                _L.state.in_([s.value for s in ROUTABLE]),
+            )
+        )
+        owner = select(_A.customer_key).where(_A.subject_key == _U.subject).scalar_subquery()
+        with store.session() as session:
+            done = session.execute(
+                update(UpstreamUsageRow)
+                .where(
+                    _U.source == SOURCE,
+                    _U.customer_key.is_(None),
+                    _U.subject.in_(routable),
+                )
+                .values(customer_key=owner, changed_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
     def waiting_subjects(self, store: Store) -> dict[str, int]:
-        return {}
+        with store.read_session() as session:
+            rows = session.execute(
+                select(_U.subject, func.count())
+                .where(_U.source == SOURCE, _U.customer_key.is_(None), _U.value != 0)
+                .group_by(_U.subject)
+            )
+            return {str(subject): int(count) for subject, count in rows}
 
     def windows(
         self,
@@ -293,10 +386,13 @@ class OpenMeterAggregates:
         start: int | None = None,
         end: int | None = None,
     ) -> list[WindowValue]:
-        stored_per = (
-            0 if push_window_s(meter, 3600) == 0 else _stored_window(store, meter.slug) or 3600
-        )
-        conditions = [_U.source == SOURCE, _U.meter == meter.slug, _U.window_s == stored_per]
+        period = push_window_s(meter, 3600) == 0
+        conditions = [
+            _U.source == SOURCE,
+            _U.meter == meter.slug,
+            _U.customer_key.is_not(None),
+            (_U.window_s == 0) if period else (_U.window_s != 0),
+        ]
         if customers is not None:
             conditions.append(_U.customer_key.in_(list(customers)))
         if start is not None:
@@ -305,18 +401,21 @@ class OpenMeterAggregates:
             conditions.append(_U.window_start < end)
         with store.read_session() as session:
             rows = session.execute(
-                select(_U.customer_key, _U.window_start, _U.value, _U.latest_us)
+                select(_U.customer_key, _U.window_start, _U.window_s, _U.value, _U.latest_us)
                 .where(and_(*conditions))
                 .order_by(_U.customer_key, _U.window_start)
             ).all()
-        if window_s == stored_per or stored_per == 0:
-            return [WindowValue(k, int(w), float(v), int(t)) for k, w, v, t in rows if v]
-        # Wider windows than stored (a month of hours, for the CRM's month to date): summed.
+        # Subjects' figures summed per customer, into the windows asked for (a month of
+        # hours for the CRM's month to date).
         folded: dict[tuple[str, int], WindowValue] = {}
-        for key, window, value, latest in rows:
-            wider = (
-                month_start(int(window)) if window_s == 0 else int(window) // window_s * window_s
-            )
+        for key, window, stored, value, latest in rows:
+            start_s = int(window)
+            if window_s == 0:
+                wider = month_start(start_s)
+            elif stored and window_s > stored:
+                wider = start_s // window_s * window_s
+            else:
+                wider = start_s
             before = folded.get((key, wider))
             folded[(key, wider)] = WindowValue(
                 key,
@@ -334,6 +433,7 @@ class OpenMeterAggregates:
                     .where(
                         _U.source == SOURCE,
                         _U.meter.in_([m.slug for m in meters]),
+                        _U.customer_key.is_not(None),
                         _U.changed_at >= after,
                     )
                     .distinct()
@@ -494,6 +594,68 @@ def _customer_ids(store: Store) -> dict[str, str]:
 # -- usage's writes ------------------------------------------------------------------------------
 
 
+def _former_subjects(store: Store, customer_key: str, target: str) -> list[str]:
+    """Subjects whose usage `target` routes to the customer's record (their subject links),
+    and subjects with figures bound to the customer."""
+    customer_link = (
+        select(_L.external_id)
+        .where(_L.target == target, _L.kind == LinkKind.CUSTOMER, _L.local_key == customer_key)
+        .scalar_subquery()
+    )
+    with store.read_session() as session:
+        keys = set(
+            session.execute(
+                select(_L.local_key).where(
+                    _L.target == target,
+                    _L.kind == LinkKind.SUBJECT,
+                    _L.external_id.is_not(None),
+                    _L.external_id == customer_link,
+                )
+            ).scalars()
+        )
+        keys.update(
+            session.execute(
+                select(_U.subject)
+                .where(
+                    _U.source == SOURCE,
+                    _U.customer_key == customer_key,
+                    _U.subject != PER_CUSTOMER,
+                )
+                .distinct()
+            ).scalars()
+        )
+    return sorted(keys)
+
+
+def _bind_to(store: Store, subjects: Sequence[str], customer_key: str) -> None:
+    with store.session() as session:
+        session.execute(
+            update(UpstreamUsageRow)
+            .where(
+                _U.source == SOURCE,
+                _U.customer_key.is_(None),
+                _U.subject.in_(list(subjects)),
+            )
+            .values(customer_key=customer_key, changed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _subjects_to_query(store: Store, since: int) -> list[str]:
+    """Every subject the catalog knows (live or not: a deleted customer's subjects may still
+    owe usage), and every subject with figures in the range."""
+    with store.read_session() as session:
+        keys = set(session.execute(select(_S.key)).scalars())
+        keys.update(
+            session.execute(
+                select(_U.subject)
+                .where(_U.source == SOURCE, _U.subject != PER_CUSTOMER, _U.window_start >= since)
+                .distinct()
+            ).scalars()
+        )
+    return sorted(keys)
+
+
 def _store_figures(
     store: Store,
     meter: str,
@@ -503,103 +665,117 @@ def _store_figures(
     rows: list[dict[str, Any]],
     by_id: Mapping[str, str],
     now: int,
+    queried: Sequence[str],
 ) -> int:
-    """Replace the stored figures of [start, end) with OpenMeter's answer; returns how many
-    changed. A window OpenMeter no longer reports (its events moved to another customer)
-    becomes 0, so the push sees the fall instead of an old figure."""
-    figures: dict[tuple[str, int], float] = {}
+    """Replace the stored figures of [start, end) of the `queried` subjects (per customer for
+    period meters: their keys) with OpenMeter's answer; returns how many changed. A figure
+    that changes keeps its binding (usage stays with the customer it went to); a window of a
+    queried subject OpenMeter no longer reports becomes 0, so the push sees the fall. Rows of
+    what was not queried (a deleted customer's month) are left as they are."""
+    figures: dict[tuple[str, int], tuple[float, str | None]] = {}
     for row in rows:
-        key = by_id.get(str(row.get("customerId") or ""))
-        if key is None:
-            continue
-        window = month_start(start) if per == 0 else _epoch(row["windowStart"])
-        figures[(key, window)] = float(row.get("value") or 0)
+        if per:
+            subject = str(row.get("subject") or "")
+            if not subject:
+                continue
+            figures[(subject, _epoch(row["windowStart"]))] = (float(row.get("value") or 0), None)
+        else:
+            key = by_id.get(str(row.get("customerId") or ""))
+            if key is not None:
+                figures[(key, start)] = (float(row.get("value") or 0), key)
     stamp = utcnow()
     changed = 0
     with store.session() as session:
         existing = {
-            (k, int(w)): (float(v), int(t))
-            for k, w, v, t in session.execute(
-                select(_U.customer_key, _U.window_start, _U.value, _U.latest_us).where(
+            (str(subject), int(window)): float(value)
+            for subject, window, value in session.execute(
+                select(_U.subject, _U.window_start, _U.value).where(
                     _U.source == SOURCE,
                     _U.meter == meter,
                     _U.window_s == per,
                     _U.window_start >= start,
                     _U.window_start < end,
+                    _U.subject.in_(list(queried)),
                 )
             )
         }
-        for (key, window), value in figures.items():
-            before = existing.pop((key, window), None)
-            if before is not None and before[0] == value:
+        for (subject, window), (value, customer) in figures.items():
+            before = existing.pop((subject, window), None)
+            if before == value:
                 continue
             latest = min(now, window + per - 1) if per else now
-            _upsert(session, meter, per, key, window, value, latest, stamp)
+            _write_figure(session, meter, per, subject, window, value, latest, customer, stamp)
             changed += 1
-        for (key, window), (value, latest_us) in existing.items():
+        for (subject, window), value in existing.items():
             if value != 0:
-                _upsert(session, meter, per, key, window, 0.0, latest_us // 1_000_000, stamp)
+                latest = min(now, window + per - 1) if per else now
+                _write_figure(session, meter, per, subject, window, 0.0, latest, None, stamp)
                 changed += 1
     return changed
 
 
-def _upsert(
+def _write_figure(
     session: Session,
     meter: str,
     per: int,
-    key: str,
+    subject: str,
     window: int,
     value: float,
     latest_s: int,
+    customer: str | None,
     stamp: datetime,
 ) -> None:
-    session.execute(
-        delete(UpstreamUsageRow).where(
-            _U.source == SOURCE,
-            _U.meter == meter,
-            _U.customer_key == key,
-            _U.window_s == per,
-            _U.window_start == window,
-        )
+    """Insert or update one figure. An update keeps the row's customer: a subject's figure is
+    bound once; a period meter's row is the customer's own."""
+    key = (
+        _U.source == SOURCE,
+        _U.meter == meter,
+        _U.subject == (customer if per == 0 and customer else subject),
+        _U.window_s == per,
+        _U.window_start == window,
     )
+    found = session.execute(
+        update(UpstreamUsageRow)
+        .where(*key)
+        .values(value=value, latest_us=latest_s * 1_000_000, changed_at=stamp)
+    )
+    if int(found.rowcount or 0):  # type: ignore[attr-defined]
+        return
     session.add(
         UpstreamUsageRow(
             source=SOURCE,
             meter=meter,
-            customer_key=key,
+            subject=customer if per == 0 and customer else subject,
             window_s=per,
             window_start=window,
             value=value,
             latest_us=latest_s * 1_000_000,
+            customer_key=customer,
             changed_at=stamp,
         )
     )
 
 
-def _stored_window(store: Store, meter: str) -> int | None:
-    with store.read_session() as session:
-        found = session.execute(
-            select(func.max(_U.window_s)).where(_U.source == SOURCE, _U.meter == meter)
-        ).scalar()
-    return int(found) if found else None
-
-
 # -- state ---------------------------------------------------------------------------------------
 
 
-def _state(store: Store) -> SyncStateRow | None:
+def _last_success(store: Store, name: str) -> datetime | None:
     with store.read_session() as session:
-        return session.get(SyncStateRow, STATE)
+        row = session.get(SyncStateRow, name)
+        when = row.last_success_at if row else None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when
 
 
-def _record(store: Store, *, ok: bool, summary: Mapping[str, Any]) -> None:
-    """The pull's outcome, for status: when it last ran and succeeded, and what it saw."""
+def _record(store: Store, name: str, *, ok: bool, summary: Mapping[str, Any]) -> None:
+    """A pull's outcome, for status and for the next pull: when it ran and last succeeded,
+    and what it saw (or the error)."""
     now = utcnow()
     with store.session() as session:
-        row = session.get(SyncStateRow, STATE) or SyncStateRow(target=STATE)
+        row = session.get(SyncStateRow, name) or SyncStateRow(target=name)
         row.last_tick_at = now
-        merged = dict(row.last_summary or {})
-        merged.pop("error", None)
+        merged = {k: v for k, v in (row.last_summary or {}).items() if k != "error"}
         merged.update(summary)
         if ok:
             row.last_success_at = now
@@ -608,21 +784,30 @@ def _record(store: Store, *, ok: bool, summary: Mapping[str, Any]) -> None:
 
 
 def source_status(store: Store) -> dict[str, Any]:
-    state = _state(store)
     now = utcnow()
-    success = state.last_success_at if state else None
-    if success is not None and success.tzinfo is None:
-        success = success.replace(tzinfo=UTC)
-    summary = (state.last_summary if state else None) or {}
+    parts: dict[str, Any] = {}
+    errors = []
+    for part, name in (("catalog", CATALOG_STATE), ("usage", USAGE_STATE)):
+        with store.read_session() as session:
+            row = session.get(SyncStateRow, name)
+        success = _last_success(store, name)
+        summary = (row.last_summary if row else None) or {}
+        if summary.get("error"):
+            errors.append(f"{part}: {summary['error']}")
+        parts[part] = {
+            "lastPullAt": row.last_tick_at.isoformat(timespec="seconds")
+            if row and row.last_tick_at
+            else None,
+            "lastSuccessAt": success.isoformat(timespec="seconds") if success else None,
+            "lagSeconds": round((now - success).total_seconds(), 1) if success else None,
+            "error": summary.get("error"),
+        }
+    lags = [p["lagSeconds"] for p in parts.values() if p["lagSeconds"] is not None]
     return {
         "source": SOURCE,
-        "lastPullAt": state.last_tick_at.isoformat(timespec="seconds")
-        if state and state.last_tick_at
-        else None,
-        "lastSuccessAt": success.isoformat(timespec="seconds") if success else None,
-        "lagSeconds": round((now - success).total_seconds(), 1) if success else None,
-        "error": summary.get("error"),
-        "last": {k: v for k, v in summary.items() if k != "error"},
+        "lagSeconds": max(lags) if lags else None,
+        "error": "; ".join(errors) or None,
+        **parts,
     }
 
 

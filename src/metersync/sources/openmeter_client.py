@@ -113,18 +113,24 @@ class OpenMeterClient:
         self,
         meter: str,
         *,
-        customer_ids: Sequence[str],
         start: str,
         end: str,
         window_size: str | None,
+        subjects: Sequence[str] = (),
+        customer_ids: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """The meter's rows for these customers over [start, end): per window of
-        `window_size` (HOUR, DAY), or one row per customer for the whole range (None)."""
+        """The meter's rows over [start, end), per window of `window_size` (HOUR, DAY) or one
+        per group for the whole range (None): per subject when `subjects` are given, per
+        customer when `customer_ids` are."""
         params: list[tuple[str, str]] = [("from", start), ("to", end)]
         if window_size is not None:
             params += [("windowSize", window_size), ("windowTimeZone", "UTC")]
-        params += [("filterCustomerId", i) for i in customer_ids]
-        params.append(("groupBy", "customer_id"))
+        if subjects:
+            params += [("subject", s) for s in subjects]
+            params.append(("groupBy", "subject"))
+        if customer_ids:
+            params += [("filterCustomerId", i) for i in customer_ids]
+            params.append(("groupBy", "customer_id"))
         answer = await self._get(f"/api/v1/meters/{meter}/query", params)
         return list(answer.get("data", [])) if isinstance(answer, dict) else []
 

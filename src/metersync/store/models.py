@@ -390,20 +390,27 @@ class UpstreamCustomerRow(SQLModel, table=True):
 
 
 class UpstreamUsageRow(SQLModel, table=True):
-    """A meter's value for a customer and window as the upstream source aggregated it: what
-    the usage push reads instead of local events when a source aggregates. window_s is the
-    window's length (3600, 86400), or 0 for a calendar month to date (period meters)."""
+    """A meter's value for one subject and window as the upstream source aggregated it, and
+    the customer it counts for. Bound like local usage (aggregate.bind_usage): to the
+    subject's customer when first pushed, and never moved after, so a subject re-attributed
+    upstream does not carry its billed history to the new customer. window_s is the window's
+    length (3600, 86400), or 0 for a calendar month to date: period meters are read per
+    customer (`subject` is then PER_CUSTOMER and customer_key the customer)."""
 
     __tablename__ = "upstream_usage"
-    __table_args__ = (Index("ix_upstream_usage_changed", "source", "changed_at"),)
+    __table_args__ = (
+        Index("ix_upstream_usage_changed", "source", "changed_at"),
+        Index("ix_upstream_usage_customer", "source", "meter", "customer_key", "window_start"),
+    )
 
     source: str = Field(primary_key=True, max_length=32)
     meter: str = Field(sa_column=Column(String(64), primary_key=True))
-    customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    subject: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
     window_s: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     window_start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     value: float = Field(sa_column=Column(Float(precision=53), nullable=False))
-    latest_us: int = Field(sa_column=Column(BigInteger, nullable=False))  # fetch time, µs
+    latest_us: int = Field(sa_column=Column(BigInteger, nullable=False))  # µs
+    customer_key: str | None = Field(default=None, sa_column=Column(String(KEY_MAX)))
     changed_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
 
 

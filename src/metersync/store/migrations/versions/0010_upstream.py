@@ -31,16 +31,17 @@ def upgrade() -> None:
         "upstream_usage",
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("meter", sa.String(length=64), nullable=False),
-        sa.Column("customer_key", sa.String(length=256), nullable=False),
+        sa.Column("subject", sa.String(length=256), nullable=False),
         sa.Column("window_s", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("window_start", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("value", sa.Float(precision=53), nullable=False),
         sa.Column("latest_us", sa.BigInteger(), nullable=False),
+        sa.Column("customer_key", sa.String(length=256), nullable=True),
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint(
             "source",
             "meter",
-            "customer_key",
+            "subject",
             "window_s",
             "window_start",
             name=op.f("pk_upstream_usage"),
@@ -48,10 +49,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("upstream_usage") as batch:
         batch.create_index("ix_upstream_usage_changed", ["source", "changed_at"], unique=False)
+        batch.create_index(
+            "ix_upstream_usage_customer",
+            ["source", "meter", "customer_key", "window_start"],
+            unique=False,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("upstream_usage") as batch:
+        batch.drop_index("ix_upstream_usage_customer")
         batch.drop_index("ix_upstream_usage_changed")
     op.drop_table("upstream_usage")
     op.drop_table("upstream_customer")
