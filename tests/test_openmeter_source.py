@@ -205,6 +205,9 @@ def test_upstream_changes_and_usage_reach_stripe_exactly(
     refused = cli(env, "events", "ingest", str(events))
     assert refused.exit_code == 2
     assert "OpenMeter" in refused.output
+    # So are catalog writes: the next pull would undo them (a customer made here, deleted).
+    made_here = cli(env, "customers", "create", "--key", "local", "--name", "Local")
+    assert made_here.exit_code == 2 and "OpenMeter" in made_here.output
 
     status = cli(env, "status", "--json")
     assert status.exit_code == 0, status.output

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DatabaseError
 
 from metersync.catalog import Catalog
 from metersync.errors import (
+    ConfigError,
     DatabaseUnavailable,
     ExitCode,
     InvalidInput,
@@ -60,6 +61,18 @@ def app_context(ctx: typer.Context) -> AppContext:
     if obj is None:  # a command invoked without the root callback (only in embedding)
         obj = ctx.ensure_object(AppContext)
     return obj
+
+
+def writable_catalog(ctx: typer.Context) -> Catalog:
+    """The catalog, for a command that writes to it; refused (exit 2) when an upstream source
+    owns it: the next pull would undo the write (a customer created here, deleted by it)."""
+    app = app_context(ctx)
+    if app.settings.openmeter.enabled:
+        raise ConfigError(
+            "the catalog and usage come from OpenMeter (openmeter.url is set): make this "
+            "change in OpenMeter; metersync's next pull brings it here"
+        )
+    return app.catalog
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 
 from metersync.catalog import CustomerCreate, CustomerUpdate, parse
-from metersync.cli.context import app_context, name_cli_options, tombstone_hint
+from metersync.cli.context import app_context, name_cli_options, tombstone_hint, writable_catalog
 from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
 from metersync.cli.output import print_customer, print_customers, print_notes
 from metersync.store.lock import run_lock
@@ -155,7 +155,7 @@ def create(
         # line it is a mistake.
         raise typer.BadParameter("must not be empty", param_hint="--key")
     data["key"] = key
-    result = app_context(ctx).catalog.create_customer(parse(CustomerCreate, data))
+    result = writable_catalog(ctx).create_customer(parse(CustomerCreate, data))
     print_notes(result.notes)
     if not as_json:
         typer.echo(f"customer {key!r}: {result.outcome.value}", err=True)
@@ -210,7 +210,7 @@ def update(
         raise typer.BadParameter(
             "nothing to change: give at least one option", param_hint="options"
         )
-    result = app_context(ctx).catalog.update_customer(key, parse(CustomerUpdate, data))
+    result = writable_catalog(ctx).update_customer(key, parse(CustomerUpdate, data))
     print_notes(result.notes)
     if not as_json:
         typer.echo(f"customer {key!r}: {result.outcome.value}", err=True)
@@ -245,7 +245,7 @@ def list_(
 def delete(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """Delete a customer: a tombstone stays until every target has deleted its copy; its
     subjects stay, without a customer."""
-    result = app_context(ctx).catalog.delete_customer(key)
+    result = writable_catalog(ctx).delete_customer(key)
     print_notes(result.notes)
     if as_json:
         print_customer(result.record, as_json=True)

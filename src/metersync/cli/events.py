@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from metersync.cli.context import app_context
+from metersync.cli.context import app_context, writable_catalog
 from metersync.cli.options import input_name, read_input
 from metersync.cli.output import print_json, print_notes, print_table
-from metersync.errors import ConfigError, ExitCode, InvalidInput
-from metersync.settings import Settings
+from metersync.errors import ExitCode, InvalidInput
 from metersync.usage.ingest import IngestReport, ingest_json
 from metersync.usage.meters import Meter
 
@@ -18,14 +17,6 @@ app = typer.Typer(
 
 # Subjects named in the note about subjects an ingest created; the JSON output lists them all.
 _SUBJECTS_SHOWN = 10
-
-
-def refuse_with_source(settings: Settings) -> None:
-    if settings.openmeter.enabled:
-        raise ConfigError(
-            "events ingest is off: usage comes from OpenMeter (openmeter.url is set); send "
-            "events to OpenMeter instead"
-        )
 
 
 @app.command("ingest")
@@ -45,8 +36,8 @@ def ingest_command(
     already stored is a duplicate and changes nothing, so ingesting the same file again is safe.
     Subjects the catalog does not know are created. Exit 1 if any event was rejected.
     """
+    writable_catalog(ctx)  # usage from an upstream source: local events would never count
     context = app_context(ctx)
-    refuse_with_source(context.settings)
     content = read_input(file)
     meters = [Meter.of(settings) for settings in context.settings.meters]
     try:

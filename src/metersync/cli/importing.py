@@ -7,7 +7,7 @@ import typer
 from metersync.catalog import import_records, read_records
 from metersync.catalog.importer import RecordKind
 from metersync.catalog.views import Outcome
-from metersync.cli.context import app_context
+from metersync.cli.context import writable_catalog
 from metersync.cli.options import input_name, read_input
 from metersync.cli.output import print_json, print_notes, print_table
 from metersync.errors import ExitCode, InvalidInput
@@ -28,7 +28,7 @@ def import_command(
         records = read_records(text)
     except InvalidInput as exc:
         raise InvalidInput(exc.problems, record=f"{file}: {exc.record}") from None
-    report = import_records(app_context(ctx).catalog, records)
+    report = import_records(writable_catalog(ctx), records)
     for rejection in report.rejected:
         typer.echo(f"rejected: {rejection}", err=True)
     print_notes(report.notes)

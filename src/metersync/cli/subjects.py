@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from metersync.catalog import SubjectUpsert, parse
-from metersync.cli.context import app_context, name_cli_options, tombstone_hint
+from metersync.cli.context import app_context, name_cli_options, tombstone_hint, writable_catalog
 from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
 from metersync.cli.output import print_notes, print_subject, print_subjects
 
@@ -35,7 +35,7 @@ def upsert(
         raise typer.BadParameter("give either --meta or --clear-meta", param_hint="--clear-meta")
     if metadata is not None or clear_meta:
         data["metadata"] = metadata or {}
-    result = app_context(ctx).catalog.upsert_subject(parse(SubjectUpsert, data))
+    result = writable_catalog(ctx).upsert_subject(parse(SubjectUpsert, data))
     print_notes(result.notes)
     if not as_json:
         typer.echo(f"subject {key!r}: {result.outcome.value}", err=True)
@@ -69,7 +69,7 @@ def list_(
 @app.command("delete")
 def delete(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """Delete a subject: it leaves its customer; its usage is kept."""
-    result = app_context(ctx).catalog.delete_subject(key)
+    result = writable_catalog(ctx).delete_subject(key)
     print_notes(result.notes)
     if as_json:
         print_subject(result.record, as_json=True)

@@ -53,7 +53,7 @@ def api_routes(
     tokens: Callable[[], list[str]],
     *,
     loaded_at: datetime | None = None,
-    ingest_elsewhere: str | None = None,
+    upstream: str | None = None,
 ) -> list[Route]:
     """`loaded_at`: when the meters' configuration was read (their createdAt and updatedAt:
     meters live in the configuration, not in the database)."""
@@ -154,9 +154,6 @@ def api_routes(
     # -- events and meters -------------------------------------------------------------------
 
     async def ingest(request: Request) -> Response:
-        if ingest_elsewhere is not None:
-            # Usage comes from an upstream (OpenMeter): events sent here would never count.
-            return problem(request, 409, "Conflict", ingest_elsewhere)
         body = json.loads(await request.body())
         events = body if isinstance(body, list) else [body]
         report = await call(ingest_events, catalog, list(meters), events)
@@ -218,7 +215,21 @@ def api_routes(
         ("/api/v1/meters", list_meters, ["GET"]),
         ("/api/v1/meters/{slug}/query", query, ["GET"]),
     ]
+    if upstream is not None:
+        # The catalog and usage come from an upstream (OpenMeter): what is written here would
+        # be overwritten by the next pull (a customer created here, deleted by it).
+        routes = [
+            (path, _refused(upstream) if methods != ["GET"] else handler, methods)
+            for path, handler, methods in routes
+        ]
     return _merge(routes, guarded)
+
+
+def _refused(reason: str) -> Handler:
+    async def refuse(request: Request) -> Response:
+        return problem(request, 409, "Conflict", reason)
+
+    return refuse
 
 
 RecordT = TypeVar("RecordT", Subject, Customer)

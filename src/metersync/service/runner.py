@@ -147,8 +147,9 @@ class Service:
             self.catalog,
             [Meter.of(m) for m in self.settings.meters],
             self.settings.http.token_values,
-            ingest_elsewhere=(
-                "usage comes from OpenMeter (openmeter.url is set): send events there"
+            upstream=(
+                "subjects, customers and usage come from OpenMeter (openmeter.url is set): "
+                "write them there"
                 if self.settings.openmeter.enabled
                 else None
             ),
