@@ -19,6 +19,7 @@ from metersync.catalog import Catalog
 from metersync.cli import app
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
+from metersync.sync.context import ContextNeeds, ContextReader
 from metersync.sync.model import DeletePolicy
 from metersync.sync.reconcile import RunResult, SyncOptions, TargetUnusable, sync_customers
 from metersync.targets.hubspot import MANAGED_KEY, STRIPE_ID, HubSpotTarget, usage_property
@@ -357,3 +358,30 @@ def test_a_refused_contact_fails_only_its_own_company(
     assert result.counts == {"created": 5, "failed": 1}
     assert result.applied is not None
     assert [f["key"] for f in result.applied.failures] == ["c3"]
+
+
+def test_a_new_month_re_renders_every_company_with_usage_figures(
+    catalog: Catalog, hubspot: HubSpotEmulator
+) -> None:
+    """Usage properties say "this month": on the first tick of a month each company is looked
+    at again, with or without new usage (and a figure from last month is cleared)."""
+    seed(catalog, 3)
+    run(catalog, hubspot, meters=(Meter.of(TOKENS),))
+    reader = ContextReader(
+        catalog.store,
+        ContextNeeds(usage=True),
+        [Meter.of(TOKENS)],
+        datetime(2026, 12, 1, 0, 5, tzinfo=UTC),
+    )
+    assert reader.changed_since(datetime(2026, 11, 30, 23, 0, tzinfo=UTC), "hubspot") == {
+        "c0",
+        "c1",
+        "c2",
+    }
+    within = ContextReader(
+        catalog.store,
+        ContextNeeds(usage=True),
+        [Meter.of(TOKENS)],
+        datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
+    )
+    assert within.changed_since(datetime(2026, 11, 30, 23, 0, tzinfo=UTC), "hubspot") == set()

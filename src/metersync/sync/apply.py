@@ -375,7 +375,22 @@ class Applier:
         idem = idempotency_key(
             self.target.name, "archive", action.key, link.generation if link else 1, external_id
         )
-        marker = await self._call(lambda: self.target.archive(external_id, idem))
+        try:
+            marker = await self._call(lambda: self.target.archive(external_id, idem))
+        except ItemFailed as failure:
+            if link is not None and link.external_id == external_id:
+                # On the link row, so that status shows it and the next tick tries again
+                # (the tick's cursor moves past the catalog change that asked for it).
+                await self._record(
+                    self.journal.failed,
+                    action.key,
+                    failure.error.message,
+                    state=None,
+                    forget_intent=False,
+                    failed_hash=None,
+                    retry_soon=failure.error.kind is ErrorKind.RETRYABLE,
+                )
+            raise
         if link is not None and link.external_id not in (None, external_id):
             self.result.count("archived")  # a duplicate: archived, the link stays where it is
             return

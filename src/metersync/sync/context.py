@@ -114,7 +114,21 @@ class ContextReader:
             )
         if self.meters:
             keys.update(self.aggregates.changed_customers(self.store, self.meters, after))
+            if month_start(int(since.timestamp())) != month_start(int(self.now.timestamp())):
+                # A new month: every "this month" figure starts again, with or without usage.
+                keys.update(self._linked(own_target))
         return keys
+
+    def _linked(self, target: str) -> set[str]:
+        link = LinkRow.__table__.c  # type: ignore[attr-defined]
+        with self.store.read_session() as session:
+            return set(
+                session.execute(
+                    select(link.local_key).where(
+                        link.target == target, link.kind == LinkKind.CUSTOMER
+                    )
+                ).scalars()
+            )
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -442,8 +442,11 @@ class HubSpotTarget:
             ]
         }
         answer = await self._request("POST", f"{COMPANIES}/batch/upsert", json=body, paced=True)
+        # Each result by the trace id it echoes (the key we sent), else by its key property.
         ids = {
-            str(r.get("properties", {}).get(MANAGED_KEY) or ""): str(r["id"])
+            str(r.get("objectWriteTraceId") or r.get("properties", {}).get(MANAGED_KEY) or ""): str(
+                r["id"]
+            )
             for r in answer.get("results", [])
         }
         errors = _record_errors(answer)
