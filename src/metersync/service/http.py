@@ -11,12 +11,14 @@ served by uvicorn in a thread of the service process.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -224,13 +226,26 @@ def build_app(
     )
 
 
+API_THREADS = 8
+
+
 class HttpServer:
     """uvicorn in a daemon thread; `stop()` asks it to finish and waits."""
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            # The API's handlers run in anyio's thread pool (40 threads by default). Each
+            # thread that allocates keeps caches of its own, and the catalog's writes take
+            # turns anyway: a few threads serve as many requests, in less memory.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
+            await self.server.serve()
+
+        asyncio.run(serve())
 
     def start(self) -> None:
         self.thread.start()

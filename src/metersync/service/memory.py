@@ -55,7 +55,7 @@ def limit_arenas() -> bool:
 # SQLite's page caches, all connections together (the service holds several pools of them:
 # the API's thread pool, the jobs, the read engine). Without a bound each connection's cache
 # grows towards its own 2 MB as the database grows, which is RSS growth for hours.
-SQLITE_HEAP_LIMIT = 16 * 1024 * 1024
+SQLITE_HEAP_LIMIT = 8 * 1024 * 1024
 
 
 def limit_sqlite_heap(store: Store) -> None:
