@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from freezegun import freeze_time
 
 from metersync.store import Store
 from metersync.store.lease import Lease
@@ -30,13 +31,15 @@ def test_one_holder_at_a_time_until_release(store: Store) -> None:
 
 
 def test_an_expired_lease_is_taken_over(store: Store) -> None:
-    stalled = Lease(store, "job", duration=timedelta(seconds=0.2))
-    assert stalled.try_acquire()
-    other = Lease(store, "job")
-    assert not other.try_acquire()
-    time.sleep(0.3)  # the holder never renewed
-    assert other.try_acquire()
-    assert not stalled.renew()
+    # Frozen time: a loaded machine must not expire the lease between two lines.
+    with freeze_time("2026-11-21 10:00:00") as clock:
+        stalled = Lease(store, "job", duration=timedelta(seconds=5))
+        assert stalled.try_acquire()
+        other = Lease(store, "job")
+        assert not other.try_acquire()
+        clock.tick(timedelta(seconds=6))  # the holder never renewed
+        assert other.try_acquire()
+        assert not stalled.renew()
 
 
 def test_keep_renews_while_the_work_runs(store: Store) -> None:
