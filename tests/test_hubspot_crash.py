@@ -26,7 +26,7 @@ from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
 
 TOKEN = "pat-na1-11111111-1111-1111-1111-111111111111"
-TRIALS = {"sqlite": 12, "postgresql": 6}
+TRIALS = {"sqlite": 8, "postgresql": 4}
 
 
 @pytest.fixture

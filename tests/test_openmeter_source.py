@@ -256,7 +256,7 @@ def test_sigkill_mid_run_then_rerun_converges(
         openmeter.create_customer(f"c{i}", f"C{i}", subject_keys=[f"s{i}"])
     assert cli(env, "meters", "ensure").exit_code == 0
     stripe.configure(latency_ms=30, jitter_ms=15)
-    trials = 6 if "sqlite" in request.node.name else 3
+    trials = 4 if "sqlite" in request.node.name else 2
     for trial in range(trials):
         openmeter.ingest(
             [
