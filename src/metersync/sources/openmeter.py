@@ -48,7 +48,6 @@ from metersync.logs import get_logger
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter_client import OpenMeterClient, SourceUnavailable
 from metersync.store import (
-    AttributionRow,
     LinkKind,
     LinkRow,
     Store,
@@ -57,7 +56,12 @@ from metersync.store import (
     UpstreamCustomerRow,
     UpstreamUsageRow,
 )
-from metersync.usage.aggregate import ROUTABLE, WindowValue, month_start
+from metersync.usage.aggregate import (
+    WindowValue,
+    month_start,
+    routable_subjects,
+    subject_owner,
+)
 from metersync.usage.meters import Meter
 from metersync.usage.reports import push_window_s
 
@@ -82,7 +86,6 @@ _CUSTOMER_FIELDS = (
     "usageAttribution",
 )
 _U = UpstreamUsageRow.__table__.c  # type: ignore[attr-defined]
-_A = AttributionRow.__table__.c  # type: ignore[attr-defined]
 _L = LinkRow.__table__.c  # type: ignore[attr-defined]
 _S = SubjectRow.__table__.c  # type: ignore[attr-defined]
 
@@ -343,17 +346,8 @@ class OpenMeterAggregates:
     def bind(self, store: Store, target: str) -> int:
         """Bind unbound subject figures to their subject's customer where it has a live link
         in `target`, as local usage is bound (aggregate.bind_usage)."""
-        routable = (
-            select(_A.subject_key)
-            .join(_L.local_key.table, _L.local_key == _A.customer_key)
-            .where(
-                _L.target == target,
-                _L.kind == LinkKind.CUSTOMER,
-                _L.external_id.is_not(None),
-                _L.state.in_([s.value for s in ROUTABLE]),
-            )
-        )
-        owner = select(_A.customer_key).where(_A.subject_key == _U.subject).scalar_subquery()
+        routable = routable_subjects(target)
+        owner = subject_owner(_U.subject)
         with store.session() as session:
             done = session.execute(
                 update(UpstreamUsageRow)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, literal, select, update
+from sqlalchemy import Select, Table, and_, func, literal, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, UsageRow
 from metersync.usage.meters import Aggregation, Meter
@@ -34,10 +35,9 @@ _l = LinkRow.__table__.c  # type: ignore[attr-defined]
 ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
 
 
-def bind_usage(store: Store, target: str) -> int:
-    """Bind unbound usage rows to their subject's customer where that customer has a live
-    link in `target`. Rows of subjects without such a customer stay unbound and wait."""
-    routable = (
+def routable_subjects(target: str) -> Select[Any]:
+    """Subjects whose customer has a live link in `target`: the ones usage can bind for."""
+    return (
         select(_a.subject_key)
         .join(_l.local_key.table, _l.local_key == _a.customer_key)
         .where(
@@ -47,11 +47,21 @@ def bind_usage(store: Store, target: str) -> int:
             _l.state.in_([s.value for s in ROUTABLE]),
         )
     )
-    owner = select(_a.customer_key).where(_a.subject_key == _u.subject).scalar_subquery()
+
+
+def subject_owner(subject: ColumnElement[Any]) -> ScalarSelect[Any]:
+    """The customer `subject` (a column of the row being bound) is attributed to now."""
+    return select(_a.customer_key).where(_a.subject_key == subject).scalar_subquery()
+
+
+def bind_usage(store: Store, target: str) -> int:
+    """Bind unbound usage rows to their subject's customer where that customer has a live
+    link in `target`. Rows of subjects without such a customer stay unbound and wait."""
+    owner = subject_owner(_u.subject)
     with store.session() as session:
         result = session.execute(
             update(UsageRow)
-            .where(_u.customer_key.is_(None), _u.subject.in_(routable))
+            .where(_u.customer_key.is_(None), _u.subject.in_(routable_subjects(target)))
             .values(customer_key=owner)
             .execution_options(synchronize_session=False)
         )
