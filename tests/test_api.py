@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
-from openapi_core import Config, OpenAPI
+from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from openmeter import Client
 from sqlalchemy import select
@@ -26,9 +25,9 @@ from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
 from metersync.store import UsageRow
 from metersync.usage.meters import Meter, MeterSettings
+from specs import openmeter_openapi
 from test_service import free_port, get, start, wait_for
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "openmeter" / "openapi.yaml"
 TOKEN = "om_test_token"
 TOKENS = {"Authorization": f"Bearer {TOKEN}"}
 TOKENS_METER = Meter.of(
@@ -44,19 +43,8 @@ TOKENS_METER = Meter.of(
 
 @cache
 def openapi(base_url: str) -> OpenAPI:
-    if not SPEC.exists():
-        pytest.fail(f"{SPEC} is missing: the shared/ folder must sit beside the repository")
-    spec = yaml.safe_load(SPEC.read_text())
     # The test server's own address; any port.
-    spec["servers"] = [{"url": base_url + ":{port}", "variables": {"port": {"default": "8888"}}}]
-    # These are JSON: tell the validator so (it reads media types it does not know as bytes).
-    json_types = (
-        "application/problem+json",
-        "application/cloudevents+json",
-        "application/cloudevents-batch+json",
-    )
-    config = Config(extra_media_type_deserializers=dict.fromkeys(json_types, json.loads))
-    return OpenAPI.from_dict(spec, config=config)
+    return openmeter_openapi(base_url + ":{port}", {"port": {"default": "8888"}})
 
 
 class Api:

@@ -1,28 +1,22 @@
 """The emulator's objects have exactly the field names and `object` values of Stripe's own
-fixtures (stripe/openapi fixtures3.json, copied to shared/specs/stripe)."""
+fixtures (stripe/openapi fixtures3.json, kept in tests/fixtures/stripe)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import stripe
 
 from metersync.testing import StripeEmulator
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "specs" / "stripe" / "fixtures3.json"
+from specs import stripe_fixture_resources
 
 
 @pytest.fixture(scope="module")
 def fixtures() -> dict[str, Any]:
-    if not FIXTURES.exists():
-        pytest.fail(f"{FIXTURES} is missing: the shared/ folder must sit beside the repository")
-    resources: dict[str, Any] = json.loads(FIXTURES.read_text())["resources"]
-    return resources
+    return stripe_fixture_resources()
 
 
 @pytest.fixture(scope="module")

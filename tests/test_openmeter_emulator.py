@@ -10,18 +10,16 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
-from openapi_core import Config, OpenAPI
+from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from metersync.testing import OpenMeterEmulator
+from specs import openmeter_openapi
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "openmeter" / "openapi.yaml"
 ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 QUERY = "/api/v1/meters/{}/query"
@@ -52,18 +50,8 @@ def api(om: OpenMeterEmulator) -> Iterator[httpx.Client]:
 
 @cache
 def openapi(base_url: str) -> OpenAPI:
-    """OpenMeter's spec, served from the emulator's address (as tests/test_api.py loads it)."""
-    if not SPEC.exists():
-        pytest.fail(f"{SPEC} is missing: the shared/ folder must sit beside the repository")
-    spec = yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    spec["servers"] = [{"url": base_url}]
-    json_types = (
-        "application/problem+json",
-        "application/cloudevents+json",
-        "application/cloudevents-batch+json",
-    )
-    config = Config(extra_media_type_deserializers=dict.fromkeys(json_types, json.loads))
-    return OpenAPI.from_dict(spec, config=config)
+    """OpenMeter's spec, served from the emulator's address."""
+    return openmeter_openapi(base_url)
 
 
 def check(om: OpenMeterEmulator, response: httpx.Response, *, request: bool = True) -> Any:
@@ -468,7 +456,8 @@ def test_events_are_deduplicated_on_source_and_id(
         om.ingest([{**again, "id": "x", "time": "not a time"}])
 
 
-def test_a_month_of_100k_events_queries_fast(om: OpenMeterEmulator, api: httpx.Client) -> None:
+@pytest.mark.slow  # a load case; bench/emulator_load.py times it
+def test_a_month_of_100k_events_queries_exactly(om: OpenMeterEmulator, api: httpx.Client) -> None:
     om.add_meter("tokens_total", event_type="prompt")
     customer = om.create_customer("big", "Big", subject_keys=["big-1", "big-2"])
     step = timedelta(days=31) / 100_000
@@ -480,9 +469,7 @@ def test_a_month_of_100k_events_queries_fast(om: OpenMeterEmulator, api: httpx.C
         "to": z(T0 + timedelta(days=31)),
     }
     query(api, "tokens_total", **params)  # builds the value columns
-    started = time.perf_counter()
     result = query(api, "tokens_total", **params)
-    assert time.perf_counter() - started < 0.25
     assert len(result["data"]) == 31 * 24
     assert sum(r["value"] for r in result["data"]) == sum(i % 7 for i in range(100_000))
 
@@ -506,15 +493,14 @@ def test_injected_faults(om: OpenMeterEmulator, api: httpx.Client) -> None:
 
 
 def test_a_timeout_answers_after_the_client_gave_up(om: OpenMeterEmulator) -> None:
-    om.configure(timeout_delay_s=2.0)
+    om.configure(timeout_delay_s=10.0)
     om.fail_next("timeout", path_prefix="/api/v1/meters")
     headers = {"Authorization": f"Bearer {om.token}"}
-    started = time.perf_counter()
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(f"{om.url}/api/v1/meters", headers=headers, timeout=0.3)
-    # The server goes on answering while the slow answer waits.
-    assert httpx.get(f"{om.url}/api/v1/subjects", headers=headers, timeout=1).status_code == 200
-    assert time.perf_counter() - started < 1.5
+    # The server goes on answering while the slow answer waits: a server held by it would
+    # leave this request unanswered past its own timeout, half the held answer's delay.
+    assert httpx.get(f"{om.url}/api/v1/subjects", headers=headers, timeout=5).status_code == 200
     assert om.requests("/api/v1/meters")[-1]["fault"] == "timeout"
 
 
