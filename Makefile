@@ -1,10 +1,13 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create .venv when missing.
+# `make test-slow` runs the long scenarios (full crash trials, the large fuzz budget, load cases).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR := demo
+# pytest-xdist workers: one per core.
+WORKERS ?= auto
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test test-slow lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +33,12 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) -m "not slow"
 
 test: lint typecheck pytest
 
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/pytest -n $(WORKERS) -m slow
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -102,3 +102,25 @@ def store(database_url: str) -> Iterator[Store]:
 @pytest.fixture
 def catalog(store: Store) -> Catalog:
     return Catalog(store)
+
+
+# -- crash trials: a smoke count in `make test`, the full count in `make test-slow` -----------
+# The full counts are the ones the crash-safety work was shown with: at least 20 SIGKILLs per
+# sync path on SQLite and 10 on PostgreSQL. The smoke count keeps every path exercised on every
+# run without spending the normal suite's time budget on it.
+SMOKE_KILLS = 3
+FULL_KILLS = {"sqlite": 20, "postgresql": 10}
+
+
+def database_kind(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture(
+    params=["smoke", pytest.param("full", marks=[pytest.mark.slow, pytest.mark.timeout(1200)])]
+)
+def kill_trials(request: pytest.FixtureRequest, database_url: str) -> int:
+    """How many SIGKILL trials a crash test runs: smoke, or (marked slow) the full count."""
+    if request.param == "smoke":
+        return SMOKE_KILLS
+    return FULL_KILLS[database_kind(database_url)]

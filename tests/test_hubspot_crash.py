@@ -26,7 +26,6 @@ from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
 
 TOKEN = "pat-na1-11111111-1111-1111-1111-111111111111"
-TRIALS = {"sqlite": 8, "postgresql": 4}
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def rerun(catalog: Catalog, hubspot: HubSpotEmulator) -> None:
 
 
 def test_sigkill_at_random_moments_then_rerun_leaves_one_company_per_customer(
-    catalog: Catalog, hubspot: HubSpotEmulator, database_url: str, request: pytest.FixtureRequest
+    catalog: Catalog, hubspot: HubSpotEmulator, database_url: str, kill_trials: int
 ) -> None:
     rng = random.Random(20261121)
     for i in range(60):
@@ -86,7 +85,7 @@ def test_sigkill_at_random_moments_then_rerun_leaves_one_company_per_customer(
         "METERSYNC_HUBSPOT_REQUESTS_PER_10S": "1000",
         "METERSYNC_LOG_LEVEL": "error",
     }
-    for trial in range(TRIALS[request.node.callspec.params["database_url"]]):
+    for trial in range(kill_trials):
         if trial:
             mutate(catalog, rng, trial)
         kill_mid_run(env, hubspot, rng)

@@ -21,8 +21,6 @@ from metersync.testing.chaos import (
     unmanaged,
 )
 
-TRIALS = {"sqlite": 20, "postgresql": 10}
-
 
 @pytest.fixture
 def emulator() -> Iterator[StripeEmulator]:
@@ -31,7 +29,7 @@ def emulator() -> Iterator[StripeEmulator]:
 
 
 def test_sigkill_at_random_moments_then_rerun_converges(
-    catalog: Catalog, emulator: StripeEmulator, database_url: str, request: pytest.FixtureRequest
+    catalog: Catalog, emulator: StripeEmulator, database_url: str, kill_trials: int
 ) -> None:
     rng = random.Random(20261121)
     emulator.client().v1.customers.create({"name": "Not ours", "metadata": {"crm": "1"}})
@@ -45,7 +43,7 @@ def test_sigkill_at_random_moments_then_rerun_converges(
             }
         )
     env = reconcile_env(database_url, emulator)
-    for trial in range(TRIALS[request.node.callspec.params["database_url"]]):
+    for trial in range(kill_trials):
         if trial:
             mutate(catalog, rng, trial)
         kill_mid_apply(env, emulator, rng)

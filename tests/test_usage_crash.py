@@ -26,8 +26,6 @@ from metersync.testing.chaos_usage import (
     window_range,
 )
 
-TRIALS = {"sqlite": 20, "postgresql": 8}
-
 
 @pytest.fixture
 def emulator() -> Iterator[StripeEmulator]:
@@ -40,7 +38,7 @@ def test_sigkill_during_the_push_then_rerun_converges_exactly(
     emulator: StripeEmulator,
     database_url: str,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
+    kill_trials: int,
 ) -> None:
     rng = random.Random(20261121)
     config = tmp_path / "metersync.toml"
@@ -52,7 +50,7 @@ def test_sigkill_during_the_push_then_rerun_converges_exactly(
         "METERSYNC_USAGE_CONCURRENCY": "4",
     }
     start, end = window_range()
-    for trial in range(TRIALS[request.node.callspec.params["database_url"]]):
+    for trial in range(kill_trials):
         add_random_usage(catalog, rng, events=30)
         kill_mid_apply(
             env,
