@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from freezegun import freeze_time
 from sqlmodel import delete, update
 from typer.testing import CliRunner
 
@@ -364,9 +365,13 @@ def test_a_new_month_re_renders_every_company_with_usage_figures(
     catalog: Catalog, hubspot: HubSpotEmulator
 ) -> None:
     """Usage properties say "this month": on the first tick of a month each company is looked
-    at again, with or without new usage (and a figure from last month is cleared)."""
-    seed(catalog, 3)
-    run(catalog, hubspot, meters=(Meter.of(TOKENS),))
+    at again, with or without new usage (and a figure from last month is cleared).
+
+    The run happens on the clock of the month's last evening, so its rows are stamped before
+    23:00 whatever the real date is (tick: the run's event loop needs time to pass)."""
+    with freeze_time("2026-11-30 22:00:00", tick=True):
+        seed(catalog, 3)
+        run(catalog, hubspot, meters=(Meter.of(TOKENS),))
     reader = ContextReader(
         catalog.store,
         ContextNeeds(usage=True),
