@@ -577,13 +577,13 @@ def test_request_log_calls_and_reset(api: httpx.Client, hs: HubSpotEmulator) -> 
     assert KEY not in {p["name"] for p in hs.properties()}
 
 
-def test_ten_thousand_companies_in_batches_of_a_hundred_is_quick(
+@pytest.mark.slow  # a load case; bench/emulator_load.py times it
+def test_ten_thousand_companies_in_batches_of_a_hundred(
     api: httpx.Client, hs: HubSpotEmulator
 ) -> None:
-    started = time.perf_counter()
     for batch in range(100):
         records = [(f"c{batch}-{n}", {"name": f"Company {n}", "seats": n}) for n in range(100)]
         assert upsert(api, *records).status_code == 200
-    elapsed = time.perf_counter() - started
-    assert len(hs.companies()) == 10_000
-    assert elapsed < 10, f"10,000 upserts took {elapsed:.1f} s"
+    companies = hs.companies()
+    assert len(companies) == 10_000
+    assert len({c["properties"][KEY] for c in companies}) == 10_000

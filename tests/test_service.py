@@ -235,7 +235,7 @@ def test_health_readiness_and_metrics(
 def test_past_the_shutdown_deadline_the_service_leaves_and_the_next_run_finishes(
     catalog: Catalog, emulator: StripeEmulator, env: dict[str, str], tmp_path: Path
 ) -> None:
-    emulator.configure(latency_ms=3000, jitter_ms=0)  # every call in flight for 3 s
+    emulator.configure(latency_ms=8000, jitter_ms=0)  # every call in flight for 8 s
     for i in range(3):
         catalog.create_customer({"key": f"slow{i}", "name": f"Slow {i}"})
     slow = {**env, "METERSYNC_SERVICE_SHUTDOWN_DEADLINE_S": "0.5"}
@@ -243,10 +243,10 @@ def test_past_the_shutdown_deadline_the_service_leaves_and_the_next_run_finishes
     try:
         # The request log holds finished calls only: wait for one still in flight.
         wait_for(lambda: emulator.in_flight() > 0)
-        stopped = time.monotonic()
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=30) == 0
-        assert time.monotonic() - stopped < 2.5  # did not wait for the 3 s call
+        # It left at its 0.5 s deadline: the calls it abandoned are still being answered.
+        assert emulator.in_flight() > 0, "the service waited for its slow calls to end"
     finally:
         service.kill()
         service.wait()

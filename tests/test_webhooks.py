@@ -188,9 +188,8 @@ def test_a_customer_deleted_in_stripe_is_recreated_within_seconds(
         )
         [acme] = emulator.customers()
         emulator.client().v1.customers.delete(acme["id"])
-        started = time.monotonic()
+        # Ticks are an hour apart: only the webhook can bring the customer back.
         wait_for(lambda: [c["id"] for c in emulator.customers()] not in ([], [acme["id"]]))
-        assert time.monotonic() - started < 10
         [recreated] = emulator.customers()
         assert recreated["metadata"][MANAGED_KEY] == "acme"
         service.send_signal(signal.SIGTERM)
