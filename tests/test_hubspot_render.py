@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import pytest
-
 from metersync.catalog.views import BillingAddress, Customer
 from metersync.sync.batching import Batcher
 from metersync.sync.context import NO_CONTEXT, PeriodUsage, RenderContext
@@ -161,10 +159,3 @@ def test_a_lone_submit_leaves_after_the_linger() -> None:
         return await asyncio.wait_for(batcher.submit(7), timeout=1)
 
     assert asyncio.run(go()) == 7
-
-
-@pytest.mark.parametrize("size", [1, 100])
-def test_hubspot_batches_never_exceed_one_hundred(size: int) -> None:
-    target = HubSpotTarget("pat-na1-test", batch_size=size * 5)
-    assert target._upserts.max_size == min(size * 5, 100)
-    asyncio.run(target.close())

@@ -51,6 +51,7 @@ def run(
     full: bool = False,
     meters: tuple[Meter, ...] = (),
     contacts: bool = False,
+    batch_size: int | None = None,
     requests_per_10s: int = 1000,
     daily_reserve: int = 0,
     **policy: Any,
@@ -72,6 +73,7 @@ def run(
             requests_per_10s=requests_per_10s,
             daily_reserve=daily_reserve,
             contacts=contacts,
+            **({} if batch_size is None else {"batch_size": batch_size}),
         )
         try:
             return await sync_customers(catalog, target, options)
@@ -128,6 +130,16 @@ def test_create_update_delete_in_batches(catalog: Catalog, hubspot: HubSpotEmula
     calls = hubspot.calls()
     assert run(catalog, hubspot).counts == {}
     assert hubspot.calls() == calls
+
+
+@pytest.mark.parametrize(("batch_size", "largest"), [(5, 5), (500, 100)])
+def test_batches_carry_at_most_the_batch_size_and_never_over_one_hundred(
+    catalog: Catalog, hubspot: HubSpotEmulator, batch_size: int, largest: int
+) -> None:
+    seed(catalog, 120)
+    assert run(catalog, hubspot, batch_size=batch_size).counts == {"created": 120}
+    sizes = [r["inputs"] for r in hubspot.requests("companies.batch_upsert")]
+    assert sum(sizes) == 120 and max(sizes) == largest  # HubSpot's batch limit is 100
 
 
 def test_properties_are_created_once_in_their_group(

@@ -68,14 +68,11 @@ def test_a_429_halves_the_whole_rate_and_it_recovers() -> None:
     limiter.throttled()
     assert limiter.current == 5.0
     clock.now += 0.5  # within a second of the last halving: no recovery yet
-    limiter._refill()
-    assert limiter.current == 5.0
+    assert limiter.current_rate() == 5.0
     clock.now += 3.0
-    limiter._refill()
-    assert limiter.current == pytest.approx(20.0)  # +25% of 20/s for each second since
+    assert limiter.current_rate() == pytest.approx(20.0)  # +25% of 20/s for each second since
     clock.now += 10.0
-    limiter._refill()
-    assert limiter.current == 20.0  # capped at the configured rate
+    assert limiter.current_rate() == 20.0  # capped at the configured rate
 
 
 def test_default_rates_follow_the_key_mode() -> None:

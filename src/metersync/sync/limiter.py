@@ -1,4 +1,4 @@
-"""Client-side rate limiting: respected, not discovered (DESIGN sync rule 8).
+"""Client-side rate limiting: respected, not discovered (docs/design.md, "Sync rules", 8).
 
 A token bucket per endpoint class (writes, search, meter events), shared by every request of a
 run. A 429 from the target halves the class's rate for everyone (multiplicative decrease); it
@@ -77,6 +77,12 @@ class AdaptiveLimiter:
         count of zero, a 429 naming a window) and when it frees up."""
         self._paused_until = max(self._paused_until, self.clock() + seconds)
         self._tokens = min(self._tokens, 0.0)
+
+    def current_rate(self) -> float:
+        """The rate in force now: the configured one, or what a 429 left of it, recovered by a
+        quarter of the configured rate for each second since."""
+        self._refill()
+        return self.current
 
     def _refill(self) -> None:
         now = self.clock()

@@ -177,6 +177,19 @@ class StripeEmulator(ServedEmulator):
             ]
         )
 
+    def lose_meter_events(self, value: int) -> int:
+        """Fault injection: accepted meter events of this value vanish from the summaries, as if
+        Stripe dropped them after accepting them (the v2 stream validates later). Returns how
+        many were lost; `meter_events(include_cancelled=True)` still lists them."""
+
+        def lose() -> int:
+            lost = [r for r in self._require_app().state.meter_events if r.value == value]
+            for record in lost:
+                record.cancelled = True
+            return len(lost)
+
+        return self._on_loop(lose)
+
     def meter_event_errors(self) -> list[dict[str, Any]]:
         """Events of the v2 stream rejected after acceptance (Stripe reports these by webhook)."""
         return self._on_loop(lambda: list(self._require_app().state.meter_event_errors))
