@@ -9,7 +9,10 @@ process is gone, otherwise within one lease period). While a service holds the l
 The leader runs APScheduler 3.x jobs, one at a time (one worker thread: they all talk to Stripe
 and share its rate limit), each with max one instance and coalescing, so a long job delays the
 next instead of stacking them: the incremental customer sync, the usage push, and the full
-reconcile on a crontab schedule; a sweep of stored webhook events; daily retention.
+reconcile on a crontab schedule; HubSpot's companies when HubSpot is configured (a tick, and a
+full reconcile after Stripe's); a sweep of stored webhook events; daily retention. With
+OpenMeter as the source, the customer tick and the full reconcile pull the catalog first, and
+the usage tick (and the full reconcile, 35 days back) pulls usage first.
 
 SIGTERM or SIGINT: no new job starts; the running one starts no new action or round (those in
 flight finish, so nothing is half-written), and the process exits 0.
@@ -59,7 +62,8 @@ _log = get_logger("metersync.service")
 
 @dataclass
 class JobOutcome:
-    """The last run of a job, for the log (and later /readyz and /metrics)."""
+    """The last run of a job (Service.last). /readyz and /metrics keep their own figures
+    (last_tick_success, ServiceMetrics)."""
 
     ok: bool
     counts: dict[str, int]

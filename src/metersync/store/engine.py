@@ -25,7 +25,7 @@ _SQLITE_BEGIN_OPTION = "sqlite_begin"
 
 
 class Store:
-    """The database behind the catalog, the link table and (later) the ledger."""
+    """The database behind the catalog, the link table, usage events and the ledger."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -1,6 +1,6 @@
 """A customer sync run: read the catalog (all of it, or what changed since the last run), read
 the links, list the target only for a full reconcile, plan, and unless it is a dry run apply and
-advance the cursor. The CLI's `reconcile` and (later) the service's jobs both call this.
+advance the cursor. The CLI's `reconcile` and the service's jobs both call this.
 """
 
 from __future__ import annotations

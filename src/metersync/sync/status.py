@@ -1,4 +1,4 @@
-"""Link health for `metersync status` (and, later, /readyz and /metrics)."""
+"""Link health for `metersync status`, per target (Stripe, and HubSpot when configured)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Targets: the external systems metersync writes to (Stripe now, HubSpot later)."""
+"""Targets: the external systems metersync writes to (Stripe: customers and billing meters;
+HubSpot: companies and their contacts)."""

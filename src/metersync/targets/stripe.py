@@ -1,10 +1,10 @@
-"""Stripe as a sync target: customers through stripe-python's StripeClient (httpx, async).
+"""Stripe as a sync target: customers through stripe-python's StripeClient (async).
 
-Facts this relies on (DESIGN.md): test keys get 25 ops/s and live keys 100; search has its own
-20/s and is eventually consistent; metadata holds 50 keys of ≤ 40 characters (no brackets) with
-values ≤ 500, and "" unsets a key; name ≤ 256, email ≤ 512, phone ≤ 20; idempotency keys live
-≥ 24 h. The SDK's own retries are switched off: they would bypass our rate limiter, so the
-engine retries, and every attempt waits its turn.
+Facts this relies on (docs/design.md, "Stripe semantics we rely on"): test keys get 25 ops/s
+and live keys 100; search has its own 20/s and is eventually consistent; metadata holds 50 keys
+of ≤ 40 characters (no brackets) with values ≤ 500, and "" unsets a key; name ≤ 256, email
+≤ 512, phone ≤ 20; idempotency keys live ≥ 24 h. The SDK's own retries are switched off: they
+would bypass our rate limiter, so the engine retries, and every attempt waits its turn.
 
 HTTP goes through the SDK's aiohttp client by default, its httpx client on request
 (`stripe.http_client`). Both are the SDK's own; aiohttp costs ~0.6 ms of CPU per request here
@@ -239,7 +239,7 @@ class StripeTarget:
         return found[0] if found else None
 
     async def close(self) -> None:
-        # StripeClient has no close; its httpx client does.
+        # StripeClient has no close; its HTTP client (aiohttp or httpx) does.
         http = self.client._requestor._get_http_client()
         closer = getattr(http, "close_async", None)
         if closer is not None:

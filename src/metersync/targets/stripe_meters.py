@@ -51,8 +51,9 @@ _log = get_logger("metersync.stripe.meters")
 CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 
-# Meter event budgets (DESIGN.md): v1 takes 1,000 calls/s on a live key; a test key gets a
-# tenth of that here, as customer calls get 25/s against 100/s live.
+# Meter event budgets: v1 takes 1,000 calls/s on a live key (docs/design.md, "Stripe semantics
+# we rely on"); a test key gets a tenth of that here, as customer calls get 25/s against 100/s
+# live.
 TEST_METER_EVENT_RATE, LIVE_METER_EVENT_RATE = 100.0, 1000.0
 STREAM_BATCH_MAX = 100  # the v2 stream takes at most 100 events per request
 # Characters, on both APIs (Stripe's API reference; the emulator enforces the same).

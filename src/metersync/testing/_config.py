@@ -40,8 +40,9 @@ class FaultRule:
         return cls(FaultKind(data["kind"]), probability, str(data.get("endpoint", "*")))
 
 
-# Stripe's rate limits per endpoint class (DESIGN.md): test mode 25/s, search 20/s; meter
-# events have their own budget. None means unlimited (the default, for fast tests).
+# Stripe's rate limits per endpoint class: test mode 25/s, search 20/s; meter events have their
+# own budget (docs/design.md, "Stripe semantics we rely on"). None means unlimited (the
+# default, for fast tests).
 ENDPOINT_CLASSES = ("default", "search", "meter_events", "meter_event_stream")
 
 

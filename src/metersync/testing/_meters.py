@@ -55,7 +55,8 @@ EVENT_NOT_FOUND = "meter_event_not_found"
 EVENT_ALREADY_CANCELLED = "meter_event_already_cancelled"
 CANCEL_WINDOW_EXPIRED = "meter_event_cancel_window_expired"
 
-# Whole numbers only: no sign, no decimals (DESIGN.md: "value: whole number as string").
+# Whole numbers only: no sign, no decimals (a meter event's payload value is a whole number as a
+# string; docs/design.md, "Stripe semantics we rely on").
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 _BASE62 = string.digits + string.ascii_letters
 _CREATE_PARAMS = {

@@ -9,7 +9,7 @@ Two doors, one pipeline:
   per line), a JSON array of events (a CloudEvents batch), or one JSON object. A rejection names
   the NDJSON line (from 1) or the array index (from 0); a single object is "line 1".
 
-Rules (DESIGN.md, "Usage rules"):
+Rules (docs/design.md, "Usage rules"):
 
 - CloudEvents 1.0: `specversion` "1.0"; `id`, `source`, `type` and `subject` non-empty strings
   (`subject` a valid subject key); `time` RFC 3339 with a time zone, or absent (the ingestion

@@ -1,5 +1,5 @@
-"""Usage health for `metersync status` (and, later, /readyz and /metrics): the ledger by state,
-its lag, usage waiting for a customer link, and usage held as late."""
+"""Usage health for `metersync status` and the service's /metrics: the ledger by state, its
+lag, usage waiting for a customer link, and usage held as late."""
 
 from __future__ import annotations
 
