@@ -26,8 +26,8 @@ demo: $(VENV)/.installed
 	DEMO_DIR=$(DEMO_DIR) $(BIN)/python examples/demo.py
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

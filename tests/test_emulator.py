@@ -267,7 +267,7 @@ def test_idempotent_replay_returns_the_same_customer(
 
 
 def test_same_key_in_flight_is_409(emulator: StripeEmulator) -> None:
-    emulator.configure(latency_ms=400)
+    emulator.configure(latency_ms=1000)
     client = emulator.client()  # no retries: the 409 surfaces
     outcomes: list[object] = []
 
@@ -281,7 +281,11 @@ def test_same_key_in_flight_is_409(emulator: StripeEmulator) -> None:
 
     threads = [threading.Thread(target=create) for _ in range(2)]
     threads[0].start()
-    time.sleep(0.1)
+    # The second call goes once the first is being handled (on a loaded machine the first
+    # thread can take longer than any fixed pause to send it).
+    deadline = time.monotonic() + 10
+    while emulator.in_flight() == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
     threads[1].start()
     for thread in threads:
         thread.join()

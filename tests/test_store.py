@@ -209,12 +209,14 @@ def test_change_numbers_are_handed_out_in_commit_order(store: Store) -> None:
 
     slow = threading.Thread(target=slow_writer)
     slow.start()
-    assert taken.wait(timeout=10)
-    fast = threading.Thread(target=fast_writer)
-    fast.start()
-    fast.join(timeout=0.5)
-    assert fast.is_alive(), "the second writer must wait for the first to commit"
-    release.set()
+    try:
+        assert taken.wait(timeout=10)
+        fast = threading.Thread(target=fast_writer)
+        fast.start()
+        fast.join(timeout=0.5)
+        assert fast.is_alive(), "the second writer must wait for the first to commit"
+    finally:
+        release.set()  # a failed assert must not leave the first writer's transaction open
     slow.join(timeout=10)
     fast.join(timeout=10)
     assert order[0][0] == "slow" and order[1][0] == "fast"
