@@ -19,6 +19,7 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from openmeter import Client
 from sqlalchemy import select
+from ulid import ULID
 
 from metersync.catalog import Catalog
 from metersync.service.api import api_routes
@@ -28,6 +29,7 @@ from metersync.usage.meters import Meter, MeterSettings
 from specs import openmeter_openapi
 from test_service import free_port, get, start, wait_for
 
+PROBLEM = "application/problem+json"
 TOKEN = "om_test_token"
 TOKENS = {"Authorization": f"Bearer {TOKEN}"}
 TOKENS_METER = Meter.of(
@@ -258,3 +260,138 @@ def test_the_official_openmeter_client_works_against_a_running_service(
         service.wait()
     with catalog.store.read_session() as session:
         assert session.execute(select(UsageRow.value)).scalars().all() == [42.0]  # type: ignore[call-overload]
+
+
+# -- bad input: a 4xx problem+json naming what is wrong, never a 5xx ---------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/customers", "/api/v1/subjects", "/api/v1/events"])
+def test_a_body_that_is_not_utf8_is_a_400(api: Api, path: str) -> None:
+    refused = api.call(
+        "POST",
+        path,
+        data=b'{"key": "caf\xe9", "name": "Caf\xe9"}',  # Latin-1, not UTF-8
+        headers={"Content-Type": "application/json"},
+        check="response",
+    )
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "UTF-8" in refused.json()["detail"]
+
+
+def test_bodies_that_are_not_json_are_4xx(api: Api) -> None:
+    cases: list[tuple[bytes, str, int, str]] = [
+        (b"", "application/json", 400, "a JSON body is required"),
+        (b"{", "application/json", 400, "not JSON"),
+        (b'{"n": NaN}', "application/json", 400, "NaN is not a JSON value"),
+        (b"[" * 100_000, "application/json", 400, "nested too deeply"),
+        (b"1" * 5000, "application/json", 400, "not JSON"),
+        ('{"key": "a"}'.encode("utf-16"), "application/json", 400, "UTF-8"),
+        (b'{"key": "a"}', "text/plain", 415, "'text/plain' is not JSON"),
+        (b'{"key": "a"}', "application/json; charset=latin-1", 415, "JSON bodies are UTF-8"),
+    ]
+    for body, content_type, status, detail in cases:
+        refused = api.call(
+            "POST",
+            "/api/v1/customers",
+            data=body,
+            headers={"Content-Type": content_type},
+            check="response",
+        )
+        assert (refused.status_code, refused.headers["content-type"]) == (status, PROBLEM)
+        assert detail in refused.json()["detail"], (body[:20], refused.json())
+
+
+def test_json_of_the_wrong_shape_is_a_400(api: Api) -> None:
+    subjects = api.call("POST", "/api/v1/subjects", json=[{"key": "a"}, 1], check="response")
+    assert subjects.status_code == 400
+    assert subjects.json()["detail"] == "[1]: must be a subject object"
+    customer = api.call("POST", "/api/v1/customers", json=["acme"], check="response")
+    assert customer.status_code == 400
+    assert customer.json()["detail"] == "body: must be a customer object"
+    events = api.call("POST", "/api/v1/events", json=[7], check="response")
+    assert events.status_code == 400
+    assert "must be a JSON object, got a number" in events.json()["detail"]
+
+
+def test_absurd_query_values_are_400s(api: Api) -> None:
+    refusals = [
+        ("/api/v1/customers", {"page": "²"}, "page: a whole number"),  # isdigit() says yes
+        ("/api/v1/customers", {"page": "9" * 5000}, "page: a whole number"),
+        ("/api/v1/customers", {"pageSize": "0"}, "pageSize: a whole number"),
+        ("/api/v1/customers", {"pageSize": "1001"}, "pageSize: at most 1000"),
+        ("/api/v1/meters/tokens/query", {"to": "0001-01-01T00:00:00Z"}, "to: '0001-01-01"),
+        ("/api/v1/meters/tokens/query", {"from": "9999-12-31T23:59:59-14:00"}, "from: '9999"),
+        ("/api/v1/meters/tokens/query", {"from": "2024-01-01T00:00:00"}, "not an RFC 3339"),
+        ("/api/v1/meters/tokens/query", {"from": "2024-01-01T00:00:00\x00Z"}, "not an RFC 3339"),
+        (
+            "/api/v1/meters/tokens/query",
+            {"from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"},
+            "from: must not be after to",
+        ),
+        ("/api/v1/meters/tokens/query", {"filterCustomerId": "a\x00"}, "filterCustomerId: key"),
+    ]
+    for path, params, detail in refusals:
+        # The meter query's request cannot be checked by openapi-core (test_events_and_...).
+        refused = api.call("GET", path, params=params, check="response")
+        assert (refused.status_code, refused.headers["content-type"]) == (400, PROBLEM)
+        assert detail in refused.json()["detail"], (params, refused.json())
+    fine = api.call(
+        "GET",
+        "/api/v1/meters/tokens/query",
+        params={"from": "2024-01-01T00:00:00.123456789+02:00", "to": "2024-01-02T00:00:00z"},
+        check="response",
+    )
+    assert fine.status_code == 200
+
+
+def test_a_token_of_any_bytes_is_a_401(api: Api) -> None:
+    for header in (b"Bearer \xe9t\xe9", f"Bearer {TOKEN}\xff".encode("latin-1"), b"\xff"):
+        refused = api.call(
+            "GET",
+            "/api/v1/subjects",
+            token=None,
+            headers={"Authorization": header},
+            check="response",
+        )
+        assert (refused.status_code, refused.headers["content-type"]) == (401, PROBLEM)
+
+
+def test_problems_name_their_request(api: Api) -> None:
+    missing = api.call("GET", "/api/v1/customers/nobody")
+    assert missing.status_code == 404
+    request_id = missing.headers["x-request-id"]
+    assert missing.json()["instance"] == f"urn:request:{request_id}"
+    assert str(ULID.from_str(request_id)) == request_id
+    # A caller's (or its proxy's) id is kept when it is a plain token, replaced otherwise.
+    given = api.call("GET", "/api/v1/customers/nobody", headers={"X-Request-Id": "lb-42.a_b~c"})
+    assert given.json()["instance"] == "urn:request:lb-42.a_b~c"
+    odd = api.call("GET", "/api/v1/customers/nobody", headers={"X-Request-Id": "a b/c"})
+    assert odd.headers["x-request-id"] != "a b/c"
+    assert odd.json()["instance"] == f"urn:request:{odd.headers['x-request-id']}"
+    assert "x-request-id" in requests.get(api.base + "/healthz", timeout=5).headers
+
+
+def test_unknown_paths_and_methods_are_problems(api: Api) -> None:
+    # Neither is in OpenMeter's spec (for the second, not this method): nothing to check by it.
+    nowhere = api.call("GET", "/api/v1/nowhere", check=False)
+    assert (nowhere.status_code, nowhere.headers["content-type"]) == (404, PROBLEM)
+    assert nowhere.json()["detail"] == "no such path: /api/v1/nowhere"
+    patch = api.call("PATCH", "/api/v1/customers/acme", json={}, check=False)
+    assert (patch.status_code, patch.headers["content-type"]) == (405, PROBLEM)
+    assert patch.json()["detail"].startswith("PATCH is not allowed here (allowed: ")
+    assert set(patch.headers["allow"].replace(" ", "").split(",")) >= {"GET", "PUT", "DELETE"}
+
+
+def test_an_unexpected_error_is_a_500_problem(
+    api: Api, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(catalog, "list_subjects", broken)
+    failed = api.call("GET", "/api/v1/subjects")  # a 500 problem is in the spec too
+    assert (failed.status_code, failed.headers["content-type"]) == (500, PROBLEM)
+    problem = failed.json()
+    assert "fire" not in problem["detail"]  # the log has it, not the client
+    assert failed.headers["x-request-id"] in problem["detail"]

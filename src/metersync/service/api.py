@@ -3,7 +3,12 @@ OpenMeter clients work against metersync unchanged: subjects, customers, events 
 
 Thin: each route parses the request, calls the catalog, ingest or aggregation function the CLI
 calls too, and renders OpenMeter's JSON. Errors are problem+json (RFC 7807) with OpenMeter's
-status codes. Every route needs a bearer token from `http.tokens`.
+status codes, and 415 for a body that is not JSON; each names its request (`instance`,
+service/problems.py). Bad input of any kind is a 4xx naming the field or the problem: bodies
+are read by `json_body` alone, query values are matched in full before they are converted.
+Every route needs a bearer token from `http.tokens`. With OpenMeter as the source (`upstream`),
+only the GETs serve: every write answers 409 naming OpenMeter, since the next pull would undo
+it. The meter query reads local events, not OpenMeter's figures.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,28 +30,87 @@ from ulid import ULID
 
 from metersync.catalog import Catalog
 from metersync.catalog.views import Customer, Subject
-from metersync.errors import Conflict, InvalidInput, MetersyncError, NotFound
+from metersync.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    FieldProblem,
+    InvalidInput,
+    MetersyncError,
+    NotFound,
+)
+from metersync.logs import get_logger
+from metersync.service.problems import problem
 from metersync.usage.aggregate import query_meter
 from metersync.usage.ingest import ingest_events
 from metersync.usage.meters import Meter
 
-PROBLEM = "application/problem+json"
+_log = get_logger("metersync.api")
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def problem(request: Request, status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "instance": request.url.path,
-        },
-        status_code=status,
-        media_type=PROBLEM,
+class UnsupportedMediaType(MetersyncError):
+    """A request body in a media type the API does not read (415)."""
+
+
+def _is_json_media_type(media_type: str) -> bool:
+    # application/json, and its structured-syntax suffix: OpenMeter's
+    # application/cloudevents+json and application/cloudevents-batch+json.
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+async def json_body(request: Request) -> Any:
+    """The request's body as JSON: the one place the API reads a body, so that every malformed
+    one is a 4xx naming what is wrong. JSON is UTF-8 (RFC 8259): the bytes are decoded as such
+    and nothing else (json.loads alone would guess UTF-16 or UTF-32, and its UnicodeDecodeError
+    on bad bytes is not a JSONDecodeError: that was a 500)."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None:  # a body without a Content-Type is read as JSON
+        media_type, _, parameters = content_type.partition(";")
+        media_type = media_type.strip().lower()
+        if not _is_json_media_type(media_type):
+            raise UnsupportedMediaType(
+                f"Content-Type {media_type or content_type!r} is not JSON: send application/json"
+            )
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.partition("=")
+            charset = value.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+                raise UnsupportedMediaType(f"charset {charset!r}: JSON bodies are UTF-8")
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidInput([FieldProblem("body", "a JSON body is required")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            [FieldProblem("body", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")]
+        ) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput([FieldProblem("body", "not JSON: nested too deeply")]) from None
+    except ValueError as exc:  # JSONDecodeError, NaN or Infinity, an integer too long to read
+        raise InvalidInput([FieldProblem("body", f"not JSON: {exc}")]) from None
+
+
+def _objects(body: Any, what: str) -> list[dict[str, Any]]:
+    """One JSON object or a list of them (upsert's batch form)."""
+    items = body if isinstance(body, list) else [body]
+    wrong = [
+        FieldProblem(f"[{i}]" if isinstance(body, list) else "body", f"must be {what} object")
+        for i, item in enumerate(items)
+        if not isinstance(item, dict)
+    ]
+    if wrong:
+        raise InvalidInput(wrong)
+    return items
 
 
 def api_routes(
@@ -65,7 +131,10 @@ def api_routes(
         async def run(request: Request) -> Response:
             header = request.headers.get("authorization", "")
             given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-            if not given or not any(hmac.compare_digest(given, t) for t in tokens()):
+            # As bytes: compare_digest refuses non-ASCII str (a TypeError, that was a 500), and
+            # Starlette reads header bytes as Latin-1, so this gets back what was sent.
+            sent = given.encode("latin-1")
+            if not sent or not any(hmac.compare_digest(sent, t.encode()) for t in tokens()):
                 return problem(request, 401, "Unauthorized", "a valid bearer token is required")
             try:
                 return await handler(request)
@@ -75,10 +144,17 @@ def api_routes(
                 return problem(request, 404, "Not Found", str(exc))
             except Conflict as exc:
                 return problem(request, 409, "Conflict", str(exc))
-            except json.JSONDecodeError as exc:
-                return problem(request, 400, "Bad Request", f"the body is not JSON: {exc}")
+            except UnsupportedMediaType as exc:
+                return problem(request, 415, "Unsupported Media Type", str(exc))
+            except DatabaseUnavailable as exc:
+                return problem(request, 503, "Service Unavailable", str(exc))
+            except OperationalError as exc:  # unreachable, or (SQLite) locked for too long
+                _log.warning("api.database_unavailable", error=str(exc.orig or exc))
+                return problem(request, 503, "Service Unavailable", "the database is unavailable")
             except MetersyncError as exc:
+                _log.error("api.error", error=str(exc), kind=type(exc).__name__)
                 return problem(request, 500, "Internal Server Error", str(exc))
+            # Anything else is answered by RequestContext (service/problems.py): a logged 500.
 
         return run
 
@@ -92,8 +168,7 @@ def api_routes(
         return JSONResponse([s.to_openmeter() for s in subjects])
 
     async def upsert_subjects(request: Request) -> Response:
-        body = json.loads(await request.body())
-        items = body if isinstance(body, list) else [body]
+        items = _objects(await json_body(request), "a subject")
         written = [await call(catalog.upsert_subject, item) for item in items]
         return JSONResponse([w.record.to_openmeter() for w in written])
 
@@ -118,7 +193,7 @@ def api_routes(
         page = _positive(request, "page", 1)
         size = _positive(request, "pageSize", 100)
         if size > 1000:
-            raise InvalidInput([], record="pageSize: at most 1000")
+            raise InvalidInput([FieldProblem("pageSize", f"at most 1000, got {size}")])
         customers = await call(catalog.list_customers)
         start = (page - 1) * size
         return JSONResponse(
@@ -131,7 +206,10 @@ def api_routes(
         )
 
     async def create_customer(request: Request) -> Response:
-        written = await call(catalog.create_customer, json.loads(await request.body()))
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput([FieldProblem("body", "must be a customer object")])
+        written = await call(catalog.create_customer, body)
         return JSONResponse(written.record.to_openmeter(), status_code=201)
 
     async def get_customer(request: Request) -> Response:
@@ -140,9 +218,9 @@ def api_routes(
 
     async def replace_customer(request: Request) -> Response:
         existing = await call(find_customer, request.path_params["id_or_key"])
-        body = json.loads(await request.body())
+        body = await json_body(request)
         if not isinstance(body, dict):
-            raise InvalidInput([], record="the body must be a customer object")
+            raise InvalidInput([FieldProblem("body", "must be a customer object")])
         written = await call(catalog.put_customer, {**body, "key": existing.key})
         return JSONResponse(written.record.to_openmeter())
 
@@ -154,7 +232,8 @@ def api_routes(
     # -- events and meters -------------------------------------------------------------------
 
     async def ingest(request: Request) -> Response:
-        body = json.loads(await request.body())
+        body = await json_body(request)
+        # Each event is checked on its own (ingest_events rejects a non-object, naming it).
         events = body if isinstance(body, list) else [body]
         report = await call(ingest_events, catalog, list(meters), events)
         if report.rejections:
@@ -177,10 +256,16 @@ def api_routes(
         now = int(datetime.now(UTC).timestamp())
         end = _time(request, "to", now)
         start = _time(request, "from", end - 86400)
+        if start > end:
+            given = "to" if "to" in request.query_params else "to (now, when not given)"
+            raise InvalidInput([FieldProblem("from", f"must not be after {given}")])
         customer = None
         customer_id = request.query_params.get("filterCustomerId")
         if customer_id:
-            found = await call(find_customer, customer_id)
+            try:
+                found = await call(find_customer, customer_id)
+            except InvalidInput as exc:
+                raise InvalidInput([FieldProblem("filterCustomerId", str(exc))]) from None
             customer = (found.key, list(found.subject_keys))
         rows = await call(
             query_meter,
@@ -293,12 +378,32 @@ def _meter_json(meter: Meter, configured: datetime) -> dict[str, Any]:
     return out
 
 
+# Query parameters arrive as any text at all: each is matched in full before it is converted
+# (str.isdigit() says yes to "²", which int() refuses; int() refuses 5,000 digits; a date near
+# year 1 or 9999 is readable but its window, or the day before it, is not).
+_WHOLE = re.compile(r"[0-9]{1,9}")  # at most 999,999,999: pages and sizes have no use for more
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"  # date and time
+    r"(?:\.[0-9]{1,9})?"  # fraction
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"  # offset (a "+" must be sent as %2B in a query)
+)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # no usage is older (ingest refuses it)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)  # leaves room for a window and a day either side
+
+
+def _shown(raw: str) -> str:
+    """A query value quoted in a problem's detail, cut short when it is long."""
+    return repr(raw) if len(raw) <= 40 else repr(raw[:40]) + "…"
+
+
 def _positive(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidInput([], record=f"{name}: a whole number of at least 1, got {raw!r}")
+    if not _WHOLE.fullmatch(raw) or int(raw) < 1:
+        raise InvalidInput(
+            [FieldProblem(name, f"a whole number from 1 to 999999999, got {_shown(raw)}")]
+        )
     return int(raw)
 
 
@@ -306,12 +411,20 @@ def _time(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
+    if not _RFC3339.fullmatch(raw):
+        raise InvalidInput(
+            [FieldProblem(name, f"{_shown(raw)} is not an RFC 3339 time (2024-01-31T00:00:00Z)")]
+        )
+    # fromisoformat reads at most 6 fractional digits; RFC 3339 allows more.
+    trimmed = re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", raw.upper().replace("Z", "+00:00"))
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput([], record=f"{name}: {raw!r} is not an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise InvalidInput([], record=f"{name}: {raw!r} has no time zone")
+        moment = datetime.fromisoformat(trimmed)
+        if not EARLIEST <= moment < LATEST:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            [FieldProblem(name, f"{_shown(raw)} is not a time between 1970 and 9999")]
+        ) from None
     return int(moment.timestamp())
 
 

@@ -1,12 +1,18 @@
-"""The service's HTTP face: /healthz, /readyz, /metrics (Prometheus) and POST /webhooks/stripe,
-served by uvicorn in a thread of the service process.
+"""The service's HTTP face: /healthz, /readyz, /metrics (Prometheus), POST /webhooks/stripe and
+the OpenMeter-compatible API's routes (metersync.service.api), served by uvicorn in a thread of
+the service process.
 
 - /healthz: the process answers (liveness).
 - /readyz: the database answers, the role (leader or standby), and for a leader the age of the
   last successful customer tick: 503 when the database is unreachable or the leader's ticks
   have not succeeded for longer than `stale_after_s`.
 - /metrics: job runs by result, last success times, sync actions by target, kind and result,
-  usage reports, the ledger's pending reports and lag, and whether this process leads.
+  usage reports by outcome, webhook deliveries, rate-limiter waits and 429s, the ledger's
+  reports by state and its lag, usage waiting for a customer link, and whether this process
+  leads.
+
+Errors outside a handler's own answers (no such path, wrong method, an unexpected exception) are
+problem+json, each naming its request id (service/problems.py).
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from metersync.service.problems import RequestContext, http_problem
 from metersync.service.webhooks import BadDelivery, receive
 from metersync.store import Store
 from metersync.usage.status import usage_status
@@ -222,7 +231,11 @@ def build_app(
             Route("/metrics", prometheus),
             Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
             *(api or []),
-        ]
+        ],
+        # Every request gets an id (X-Request-Id, its log lines, a problem's `instance`); an
+        # unknown path or method, or an exception nothing handled, answers problem+json.
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={HTTPException: http_problem},
     )
 
 
