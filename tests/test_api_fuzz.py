@@ -370,9 +370,15 @@ content_types = st.one_of(
     st.sampled_from(JSON_TYPES + OTHER_TYPES),
     st.from_regex(r"[a-z]{1,10}/[a-z0-9.+-]{1,20}(; ?[a-z]{1,8}=[a-z0-9-]{1,10})?", fullmatch=True),
 )
+
+
+def _containers_of(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    _containers_of,
     max_leaves=12,
 )
 # Objects with the fields the API reads, holding anything at all.
