@@ -122,10 +122,12 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.value.upper())
     # SQLAlchemy repeats every statement and Alembic its context set-up at INFO, on every
-    # command, and APScheduler every job start and end; keep them for --log-level debug.
+    # command (and its plugin set-up when it is imported after this, as the CLI's commands
+    # import it), and APScheduler every job start and end; keep them for --log-level debug.
     chatty_loggers = (
         "sqlalchemy.engine",
         "alembic.runtime.migration",
+        "alembic.runtime.plugins",
         "stripe",
         "httpx",
         "apscheduler",

@@ -1,20 +1,34 @@
-"""The `metersync` command: a thin door into the catalog, the store and (later) the sync."""
+"""The `metersync` command: a thin door into the catalog, the usage pipeline, the sync and the
+service.
+
+Start-up cost: cron jobs and scripts run `metersync` once per call, and `--version` or `--help`
+must not pay for what the commands use. So the modules of this package import only typer and
+light helpers at their top; a command imports its heavy dependencies (the settings with
+pydantic, the catalog and store with SQLAlchemy, the Stripe SDK, the service, the emulator,
+rich) in its body, when it runs. Names needed only by type hints go under TYPE_CHECKING.
+tests/test_cli_startup.py fails when `--version` or `--help` imports one of them again.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from metersync import __version__
 from metersync.cli import config, customers, db, events, meters, subjects, usage, webhooks
 from metersync.cli.context import AppContext, MetersyncGroup
 from metersync.cli.emulator import emulator_command
 from metersync.cli.importing import import_command
 from metersync.cli.run import run_command
 from metersync.cli.sync import reconcile_command, status_command
-from metersync.logs import configure_logging
-from metersync.settings import CONFIG_ENV, LogFormat, LogLevel
+
+# metersync.settings' CONFIG_ENV and the values of its LogLevel and LogFormat, spelt out here:
+# importing the settings module (pydantic, SQLAlchemy) just to list them would cost --help and
+# --version most of their start-up. tests/test_cli_startup.py checks that they agree.
+CONFIG_ENV = "METERSYNC_CONFIG"
+LogLevelName = Literal["debug", "info", "warning", "error"]
+LogFormatName = Literal["auto", "json", "console"]
 
 app = typer.Typer(
     name="metersync",
@@ -22,6 +36,7 @@ app = typer.Typer(
     help="Keeps Stripe (and a CRM) in step with a metering catalog.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, as command_group says why
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(subjects.app, name="subjects")
@@ -41,6 +56,8 @@ app.command("emulator")(emulator_command)
 
 def _version(value: bool) -> None:
     if value:
+        from metersync import __version__
+
         typer.echo(f"metersync {__version__}")
         raise typer.Exit()
 
@@ -56,8 +73,8 @@ def root(
         dir_okay=False,
         help=f"TOML settings file (or {CONFIG_ENV}).",
     ),
-    log_level: LogLevel | None = typer.Option(None, "--log-level", help="Overrides log.level."),
-    log_format: LogFormat | None = typer.Option(
+    log_level: LogLevelName | None = typer.Option(None, "--log-level", help="Overrides log.level."),
+    log_format: LogFormatName | None = typer.Option(
         None, "--log-format", help="Overrides log.format (auto: JSON unless stderr is a TTY)."
     ),
     version: bool = typer.Option(
@@ -66,8 +83,13 @@ def root(
 ) -> None:
     # Logging works from the first line on, to stderr, even if the settings then fail to load;
     # loading them reconfigures it with their level and format.
-    configure_logging(log_level or LogLevel.INFO, log_format or LogFormat.AUTO)
-    obj = AppContext(config_path=config_path, log_level=log_level, log_format=log_format)
+    from metersync.logs import configure_logging
+    from metersync.settings import LogFormat, LogLevel
+
+    level = LogLevel(log_level) if log_level else None
+    format_ = LogFormat(log_format) if log_format else None
+    configure_logging(level or LogLevel.INFO, format_ or LogFormat.AUTO)
+    obj = AppContext(config_path=config_path, log_level=level, log_format=format_)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 

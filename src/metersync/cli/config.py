@@ -7,9 +7,10 @@ import json
 import typer
 
 from metersync.cli.context import app_context
+from metersync.cli.options import command_group
 from metersync.cli.output import print_json, print_table
 
-app = typer.Typer(help="Configuration.", no_args_is_help=True)
+app = command_group("Configuration.")
 
 
 @app.command("show")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import typer
-from sqlalchemy.exc import DatabaseError
 
-from metersync.catalog import Catalog
+from metersync.cli.options import PlainHelpGroup
 from metersync.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -21,9 +21,12 @@ from metersync.errors import (
     MetersyncError,
     NotFound,
 )
-from metersync.logs import configure_logging, get_logger, redact_text
-from metersync.settings import LogFormat, LogLevel, Settings, load_settings
-from metersync.store.engine import first_line
+
+if TYPE_CHECKING:  # imported when first used: see the start-up note in metersync.cli
+    from sqlalchemy.exc import DatabaseError
+
+    from metersync.catalog import Catalog
+    from metersync.settings import LogFormat, LogLevel, Settings
 
 
 @dataclass
@@ -37,6 +40,9 @@ class AppContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from metersync.logs import configure_logging
+            from metersync.settings import load_settings
+
             self._settings = load_settings(self.config_path)
             configure_logging(
                 self.log_level or self._settings.log.level,
@@ -47,6 +53,8 @@ class AppContext:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            from metersync.catalog import Catalog
+
             self._catalog = Catalog.open(self.settings)
         return self._catalog
 
@@ -91,7 +99,7 @@ def name_cli_options(ctx: typer.Context, options: dict[str, str]) -> None:
     ctx.meta["metersync.field_options"] = options
 
 
-class MetersyncGroup(typer.core.TyperGroup):
+class MetersyncGroup(PlainHelpGroup):
     """The root group: turns the errors a user can cause into one line and an exit code."""
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
@@ -99,9 +107,20 @@ class MetersyncGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except MetersyncError as exc:
             _fail(_message(ctx, exc), exc.exit_code)
-        except DatabaseError as exc:
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            from metersync.store.engine import first_line
+
             # The database went away or is not one (its file, its server) mid-command.
             _fail(f"database error: {first_line(exc)}", DatabaseUnavailable.exit_code)
+
+
+def _is_database_error(exc: Exception) -> TypeGuard[DatabaseError]:
+    # SQLAlchemy is imported by the commands that use a database, not by the CLI's start-up:
+    # until one has, no exception can be one of its errors.
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.DatabaseError)
 
 
 def _message(ctx: typer.Context, exc: MetersyncError) -> str:
@@ -120,6 +139,8 @@ def _message(ctx: typer.Context, exc: MetersyncError) -> str:
 
 
 def _fail(message: str, code: ExitCode) -> None:
+    from metersync.logs import get_logger, redact_text
+
     get_logger("metersync.cli").debug("command failed", error=message, exit_code=int(code))
     typer.echo(f"error: {redact_text(message)}", err=True)
     raise typer.Exit(int(code))

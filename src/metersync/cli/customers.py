@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from metersync.catalog import CustomerCreate, CustomerUpdate, parse
 from metersync.cli.context import app_context, name_cli_options, tombstone_hint, writable_catalog
-from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
+from metersync.cli.options import (
+    INCLUDE_DELETED_OPTION,
+    JSON_OPTION,
+    META_OPTION,
+    command_group,
+    parse_meta,
+)
 from metersync.cli.output import print_customer, print_customers, print_notes
-from metersync.store.lock import run_lock
-from metersync.sync.manual import link_customer, unlink_customer
-from metersync.targets.factory import stripe_target
-from metersync.targets.stripe import StripeTarget
+
+if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.targets.stripe import StripeTarget
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="Customers: the entities that pay, each with its subjects.", no_args_is_help=True
-)
+app = command_group("Customers: the entities that pay, each with its subjects.")
 
 # Which option sets which OpenMeter field, so errors can name both.
 FIELD_OPTIONS = {
@@ -130,6 +131,8 @@ def create(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a customer and attribute its subjects to it."""
+    from metersync.catalog import CustomerCreate, parse
+
     name_cli_options(ctx, FIELD_OPTIONS)
     data = _record(
         name=name,
@@ -186,6 +189,8 @@ def update(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Change the fields given; "" clears an optional field."""
+    from metersync.catalog import CustomerUpdate, parse
+
     name_cli_options(ctx, FIELD_OPTIONS | {"key": "KEY"})
     data = _record(
         name=name,
@@ -261,6 +266,11 @@ def link(
 ) -> None:
     """Link a customer to an existing Stripe customer (checked: it exists, it is not linked to
     another key). The next reconcile pushes the catalog's fields to it."""
+    import asyncio
+
+    from metersync.store.lock import run_lock
+    from metersync.sync.manual import link_customer
+
     app = app_context(ctx)
     with run_lock(app.catalog.store):
         asyncio.run(_with_target(app, lambda t: link_customer(app.catalog, t, key, external_id)))
@@ -272,6 +282,11 @@ def unlink(ctx: typer.Context, key: str = typer.Argument(..., help="The local cu
     """Stop managing the Stripe customer linked to KEY: the Stripe record stays, without
     metersync's marker, and the local customer has no Stripe customer until the next reconcile
     creates one (or you link another)."""
+    import asyncio
+
+    from metersync.store.lock import run_lock
+    from metersync.sync.manual import unlink_customer
+
     app = app_context(ctx)
     with run_lock(app.catalog.store):
         external_id = asyncio.run(_with_target(app, lambda t: unlink_customer(app.catalog, t, key)))
@@ -279,6 +294,8 @@ def unlink(ctx: typer.Context, key: str = typer.Argument(..., help="The local cu
 
 
 async def _with_target(app: Any, work: Callable[[StripeTarget], Awaitable[T]]) -> T:
+    from metersync.targets.factory import stripe_target
+
     target = stripe_target(app.settings)
     try:
         return await work(target)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import typer
-from alembic.util.exc import CommandError
 
 from metersync.cli.context import app_context
+from metersync.cli.options import command_group
 from metersync.errors import FieldProblem, InvalidInput
-from metersync.store import Store
-from metersync.store.engine import build_engine
-from metersync.store.migrate import head_revision
 
-app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app = command_group("The database schema.")
 
 
 @app.command("upgrade")
@@ -20,6 +17,11 @@ def upgrade(
     revision: str = typer.Option("head", "--revision", help="Target revision."),
 ) -> None:
     """Migrate the database to the schema this version needs (safe to run again)."""
+    from alembic.util.exc import CommandError
+
+    from metersync.store import Store
+    from metersync.store.engine import build_engine
+
     store = Store(build_engine(app_context(ctx).settings.database.url))
     try:
         try:
@@ -37,6 +39,10 @@ def upgrade(
 @app.command("current")
 def current(ctx: typer.Context) -> None:
     """Show the database's schema revision and the one this version needs."""
+    from metersync.store import Store
+    from metersync.store.engine import build_engine
+    from metersync.store.migrate import head_revision
+
     store = Store(build_engine(app_context(ctx).settings.database.url))
     try:
         typer.echo(f"database: {store.safe_url}")

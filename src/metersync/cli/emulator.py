@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from metersync.testing import DEFAULT_TEST_KEY, StripeEmulator
+if TYPE_CHECKING:  # imported when the command runs: see the start-up note in metersync.cli
+    from metersync.testing import StripeEmulator
 
 
 def emulator_command(
@@ -26,6 +29,8 @@ def emulator_command(
     Point stripe-python (or metersync, with METERSYNC_STRIPE_API_BASE) at the printed URL with
     any sk_test_ key. Faults and every other knob: POST JSON to /_emulator/config.
     """
+    from metersync.testing import DEFAULT_TEST_KEY, StripeEmulator
+
     emulator = StripeEmulator(
         host=host,
         port=port,

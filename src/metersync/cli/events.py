@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from metersync.cli.context import app_context, writable_catalog
-from metersync.cli.options import input_name, read_input
+from metersync.cli.options import command_group, input_name, read_input
 from metersync.cli.output import print_json, print_notes, print_table
 from metersync.errors import ExitCode, InvalidInput
-from metersync.usage.ingest import IngestReport, ingest_json
-from metersync.usage.meters import Meter
 
-app = typer.Typer(
-    help="Usage events: CloudEvents ingested into the local store.", no_args_is_help=True
-)
+if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.usage.ingest import IngestReport
+
+app = command_group("Usage events: CloudEvents ingested into the local store.")
 
 # Subjects named in the note about subjects an ingest created; the JSON output lists them all.
 _SUBJECTS_SHOWN = 10
@@ -36,6 +37,9 @@ def ingest_command(
     already stored is a duplicate and changes nothing, so ingesting the same file again is safe.
     Subjects the catalog does not know are created. Exit 1 if any event was rejected.
     """
+    from metersync.usage.ingest import ingest_json
+    from metersync.usage.meters import Meter
+
     writable_catalog(ctx)  # usage from an upstream source: local events would never count
     context = app_context(ctx)
     content = read_input(file)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from metersync.catalog import import_records, read_records
-from metersync.catalog.importer import RecordKind
-from metersync.catalog.views import Outcome
 from metersync.cli.context import writable_catalog
 from metersync.cli.options import input_name, read_input
 from metersync.cli.output import print_json, print_notes, print_table
@@ -23,6 +20,10 @@ def import_command(
     Each rejected record is reported on its own line with its reason; the others are imported.
     Importing the same file again changes nothing. Exit 1 if any record was rejected.
     """
+    from metersync.catalog import import_records, read_records
+    from metersync.catalog.importer import RecordKind
+    from metersync.catalog.views import Outcome
+
     text = _read(file)
     try:
         records = read_records(text)

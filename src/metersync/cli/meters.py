@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from metersync.cli.context import app_context
+from metersync.cli.options import command_group
 from metersync.cli.output import print_json, print_table
-from metersync.targets.factory import stripe_target
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import MeterCheck, ensure_meters
-from metersync.usage.meters import MeterSettings
 
-app = typer.Typer(
-    help="Meters: the configured meters and their Stripe billing meters.", no_args_is_help=True
-)
+if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.targets.stripe import StripeTarget
+    from metersync.targets.stripe_meters import MeterCheck
+    from metersync.usage.meters import MeterSettings
+
+app = command_group("Meters: the configured meters and their Stripe billing meters.")
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
@@ -56,6 +55,10 @@ def ensure_command(
     """Create the Stripe billing meters the config names, reactivate inactive ones, and check
     existing ones. Exit 2 when a Stripe meter's formula or payload keys differ from what
     metersync sends (Stripe cannot change them), or when the Stripe key is missing."""
+    import asyncio
+
+    from metersync.targets.factory import stripe_target
+
     settings = app_context(ctx).settings
     meters = [m for m in settings.meters if m.stripe is not None]
     if not meters:
@@ -77,6 +80,8 @@ def ensure_command(
 async def _ensure(
     target: StripeTarget, meters: Sequence[MeterSettings], *, dry_run: bool
 ) -> list[MeterCheck]:
+    from metersync.targets.stripe_meters import ensure_meters
+
     try:
         return await ensure_meters(target, meters, dry_run=dry_run)
     finally:

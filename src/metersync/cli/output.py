@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from metersync.catalog import Customer, Subject
+if TYPE_CHECKING:  # imported when first used: see the start-up note in metersync.cli
+    from rich.console import Console
+
+    from metersync.catalog import Customer, Subject
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Wide enough for keys and emails when piped; a terminal uses its own width.
     return Console(soft_wrap=False, width=None if typer.get_text_stream("stdout").isatty() else 200)
 
@@ -28,6 +31,8 @@ def print_notes(notes: Iterable[str]) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -37,6 +42,8 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 
 def print_details(title: str, fields: Sequence[tuple[str, Any]]) -> None:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")

@@ -6,12 +6,17 @@ from typing import Any
 
 import typer
 
-from metersync.catalog import SubjectUpsert, parse
 from metersync.cli.context import app_context, name_cli_options, tombstone_hint, writable_catalog
-from metersync.cli.options import INCLUDE_DELETED_OPTION, JSON_OPTION, META_OPTION, parse_meta
+from metersync.cli.options import (
+    INCLUDE_DELETED_OPTION,
+    JSON_OPTION,
+    META_OPTION,
+    command_group,
+    parse_meta,
+)
 from metersync.cli.output import print_notes, print_subject, print_subjects
 
-app = typer.Typer(help="Subjects: the entities that produce usage.", no_args_is_help=True)
+app = command_group("Subjects: the entities that produce usage.")
 
 
 @app.command("upsert")
@@ -26,6 +31,8 @@ def upsert(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a subject, or change the fields given (the others are kept)."""
+    from metersync.catalog import SubjectUpsert, parse
+
     name_cli_options(ctx, {"key": "KEY", "displayName": "--display-name", "metadata": "--meta"})
     data: dict[str, Any] = {"key": key}
     if display_name is not None:

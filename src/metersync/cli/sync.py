@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from metersync.cli.context import app_context
 from metersync.cli.output import print_json, print_table
-from metersync.logs import get_logger
-from metersync.runs import check_targets, reconcile
-from metersync.sources.openmeter import source_status
-from metersync.store.lock import run_lock
-from metersync.sync.model import IN_SYNC, Action, ActionKind, Plan
-from metersync.sync.reconcile import RunResult
-from metersync.sync.status import link_status
-from metersync.usage.push import PushResult
-from metersync.usage.status import usage_status
 
-_log = get_logger("metersync.cli")
+if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from rich.progress import Progress
+
+    from metersync.sync.model import Action, Plan
+    from metersync.sync.reconcile import RunResult
+    from metersync.usage.push import PushResult
+
 SUMMARY_COLUMNS = ("created", "updated", "deleted", "adopted", "failed", "blocked")
 
 
@@ -50,10 +45,16 @@ def reconcile_command(
         None, "--target", help="stripe or hubspot (default: every configured target)."
     ),
 ) -> None:
-    """Make Stripe (and HubSpot, when configured) match the catalog: Stripe's customers, the
-    usage push, then HubSpot's companies. Exit 0 all good, 1 some items
+    """Pull from OpenMeter when it is the source, then make Stripe (and HubSpot, when
+    configured) match the catalog: Stripe's customers, the usage push, then HubSpot's
+    companies. Exit 0 all good, 1 some items
     failed or were blocked, 2 bad config or input, 3 another run holds the lock, 4 the
     mass-delete guard tripped."""
+    import asyncio
+
+    from metersync.runs import check_targets, reconcile
+    from metersync.store.lock import run_lock
+
     if only not in (None, "customers", "usage"):
         raise typer.BadParameter(f"{only!r}: use customers or usage", param_hint="--only")
     app = app_context(ctx)
@@ -114,6 +115,14 @@ class _Progress:
         if self.quiet:
             return None
         if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("applying"),
                 BarColumn(),
@@ -129,8 +138,10 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=done, total=total)
         elif time.monotonic() - self.last_log > 5 or done == total:
+            from metersync.logs import get_logger
+
             self.last_log = time.monotonic()
-            _log.info("progress", done=done, total=total)
+            get_logger("metersync.cli").info("progress", done=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
@@ -161,6 +172,8 @@ def _print_result(result: RunResult, *, dry_run: bool) -> None:
 
 
 def _print_plan(plan: Plan) -> None:
+    from metersync.sync.model import IN_SYNC, ActionKind
+
     shown = [a for a in plan.actions if a.kind != ActionKind.SKIP or a.reason != IN_SYNC]
     in_sync = len(plan.actions) - len(shown)
     mode = "full" if plan.full else "incremental"
@@ -187,7 +200,13 @@ def status_command(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Link health: counts by state, failing items with their last error, last runs, lag."""
+    """Link health per target (Stripe, and HubSpot when configured): counts by state, failing
+    items with their last error, last runs, lag; the usage ledger when meters are configured;
+    the OpenMeter source's last pulls, lag and error when it is the source."""
+    from metersync.sources.openmeter import source_status
+    from metersync.sync.status import link_status
+    from metersync.usage.status import usage_status
+
     app = app_context(ctx)
     report = link_status(app.catalog, "stripe")
     if app.settings.meters:

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import typer
 
 from metersync.cli.context import app_context
+from metersync.cli.options import command_group
 from metersync.cli.output import print_json, print_table
 from metersync.errors import ConfigError, NotFound
-from metersync.settings import duration_seconds
-from metersync.store import Store
-from metersync.store.lock import run_lock
-from metersync.targets.factory import stripe_target, usage_pusher
-from metersync.targets.stripe import StripeTarget
-from metersync.usage.aggregate import query_meter
-from metersync.usage.meters import Meter
-from metersync.usage.push import UsagePusher
-from metersync.usage.verify import Difference, VerifyResult, verify_usage
 
-app = typer.Typer(help="Usage: aggregates per customer, meter and window.", no_args_is_help=True)
+if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.store import Store
+    from metersync.targets.stripe import StripeTarget
+    from metersync.usage.meters import Meter
+    from metersync.usage.push import UsagePusher
+    from metersync.usage.verify import Difference, VerifyResult
+
+app = command_group("Usage: aggregates per customer, meter and window.")
 
 
 def parse_time(value: str, option: str) -> datetime:
@@ -67,6 +66,10 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="OpenMeter's meter query result shape."),
 ) -> None:
     """Usage per window, as OpenMeter's meter query shows it."""
+    from metersync.settings import duration_seconds
+    from metersync.usage.aggregate import query_meter
+    from metersync.usage.meters import Meter
+
     app = app_context(ctx)
     settings = app.settings
     meter = configured_meter([Meter.of(m) for m in settings.meters], meter_slug)
@@ -131,8 +134,15 @@ def verify_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Stripe's event summaries vs the ledger vs local aggregates, every difference named.
+    """Stripe's event summaries vs the ledger vs the usage figures (local aggregates, or
+    OpenMeter's when it is the source), every difference named.
     Exit 0 when they agree, 1 when differences remain."""
+    import asyncio
+
+    from metersync.store.lock import run_lock
+    from metersync.targets.factory import stripe_target, usage_pusher
+    from metersync.usage.meters import Meter
+
     app = app_context(ctx)
     settings = app.settings
     until = parse_time(end, "--to") if end else datetime.now(UTC)
@@ -196,6 +206,8 @@ async def _verify(
     until: datetime,
     repair: bool,
 ) -> _Verified:
+    from metersync.usage.verify import verify_usage
+
     start, end = int(since.timestamp()), int(until.timestamp())
 
     async def check(*, fix: bool) -> VerifyResult:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from metersync.cli.context import app_context
+from metersync.cli.options import command_group
 from metersync.cli.usage import parse_time
-from metersync.service.webhooks import process_pending, replay
-from metersync.store.lock import LockHeld, run_lock
-from metersync.targets.factory import stripe_target, sync_options
 
-app = typer.Typer(help="Stripe webhook events received by the service.", no_args_is_help=True)
+app = command_group("Stripe webhook events received by the service.")
 
 
 @app.command("replay")
@@ -22,6 +18,12 @@ def replay_command(
     since: str | None = typer.Option(None, "--since", help="Every event received since then."),
 ) -> None:
     """Process stored webhook events again: now, or by the running service within a minute."""
+    import asyncio
+
+    from metersync.service.webhooks import process_pending, replay
+    from metersync.store.lock import LockHeld, run_lock
+    from metersync.targets.factory import stripe_target, sync_options
+
     if not event_ids and since is None:
         raise typer.BadParameter("name events with --id, or give --since", param_hint="--id")
     app = app_context(ctx)
