@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import pytest
@@ -61,9 +62,9 @@ def require_postgres() -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL whose search_path is a fresh, empty schema."""
+@contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """A URL whose search_path is a new, empty schema, dropped afterwards."""
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:16]}"
     admin = sa.create_engine(PG_URL)
@@ -86,6 +87,13 @@ def postgres_url() -> Iterator[str]:
             )
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a fresh, empty schema."""
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=DATABASES)

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -42,7 +41,6 @@ from urllib.parse import quote
 import pytest
 import requests
 import schemathesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -53,9 +51,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy.engine import make_url
 
-from conftest import DATABASES, PG_URL, require_postgres
+from conftest import DATABASES, fresh_postgres_schema
 from metersync.catalog import Catalog
 from metersync.service.api import api_routes, meter_id
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
@@ -184,21 +181,13 @@ def _migrated_store(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         finally:
             store.dispose()
         return
-    require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    store = Store(build_engine(url.render_as_string(hide_password=False)))
-    try:
-        store.upgrade()
-        yield store
-    finally:
-        store.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with fresh_postgres_schema() as url:
+        store = Store(build_engine(url))
+        try:
+            store.upgrade()
+            yield store
+        finally:
+            store.dispose()
 
 
 @contextmanager
