@@ -156,6 +156,20 @@ def test_properties_are_created_once_in_their_group(
     assert len(hubspot.requests("properties.batch_create")) == created == 1
 
 
+def test_properties_deleted_in_hubspot_are_created_again_within_the_process(
+    catalog: Catalog, hubspot: HubSpotEmulator
+) -> None:
+    """The once-per-process property check must not outlive the properties: after the portal
+    loses them (deleted by someone, or another portal at the same address), the next run of
+    the same process creates them again instead of failing every record."""
+    seed(catalog, 2)
+    assert run(catalog, hubspot).counts == {"created": 2}
+    hubspot.reset()  # every company and every custom property gone
+    assert run(catalog, hubspot, full=True).counts == {"recreated": 2}
+    assert MANAGED_KEY in {p["name"] for p in hubspot.properties()}
+    assert hubspot_converged(catalog, hubspot) == []
+
+
 def test_lost_link_table_adopts_instead_of_duplicating(
     catalog: Catalog, hubspot: HubSpotEmulator
 ) -> None:

@@ -148,6 +148,11 @@ def property_definitions(meters: Sequence[Meter]) -> list[dict[str, Any]]:
 # -- errors --------------------------------------------------------------------------------------
 
 
+# HubSpot's answer for a property it does not have: 'Property "metersync_key" does not exist'
+# (quotes escaped when it is nested in a JSON message).
+_MISSING_PROPERTY = re.compile(r'Property \\?"([A-Za-z0-9_]+)\\?" does not exist')
+
+
 class HubSpotError(Exception):
     """An answer from HubSpot, for the whole request or for one record of a batch."""
 
@@ -309,6 +314,12 @@ class HubSpotTarget:
     # -- the protocol ----------------------------------------------------------------------------
 
     def classify(self, error: BaseException) -> TargetError:
+        if isinstance(error, HubSpotError) and self._names_a_missing_property(error):
+            # Someone deleted one of our properties in HubSpot (or this is another portal
+            # behind the same address): the once-per-process check is stale. Forget it, so the
+            # retry creates the properties again instead of failing every record until restart.
+            self._checked.discard(self._portal)
+            return TargetError(ErrorKind.RETRYABLE, str(error), request_id=error.correlation_id)
         if isinstance(error, HubSpotError):
             return TargetError(
                 error.kind,
@@ -319,6 +330,10 @@ class HubSpotTarget:
         if isinstance(error, httpx.TransportError):
             return TargetError(ErrorKind.RETRYABLE, f"{type(error).__name__}: {error}")
         return TargetError(ErrorKind.PERMANENT, f"{type(error).__name__}: {error}")
+
+    def _names_a_missing_property(self, error: HubSpotError) -> bool:
+        missing = _MISSING_PROPERTY.findall(str(error))
+        return bool(missing) and bool(set(missing) & set(self._portal[2]))
 
     async def list_customers(self) -> list[External]:
         await self._ready()
