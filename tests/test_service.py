@@ -254,7 +254,14 @@ def test_past_the_shutdown_deadline_the_service_leaves_and_the_next_run_finishes
     emulator.configure(latency_ms=10, jitter_ms=5)
     again = start(env, tmp_path / "again.log")
     try:
-        wait_for(lambda: {f"slow{i}" for i in range(3)} <= stripe_keys(emulator))
+        # Finished: every customer in Stripe and no link left mid-create. (The abandoned calls
+        # may still be in flight when it starts: its own creates meet a 409 and retry.)
+        wait_for(
+            lambda: (
+                {f"slow{i}" for i in range(3)} <= stripe_keys(emulator)
+                and half_written(catalog) == []
+            )
+        )
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=30) == 0
     finally:
