@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulator import machine
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import Store
 from metersync.store.engine import build_engine
 from metersync.usage.ingest import DEFAULT_BATCH_SIZE, IngestReport, ingest_json
-from metersync.usage.meters import Meter, MeterSettings
 
 TARGETS = {"sqlite": 50_000.0, "postgresql": 30_000.0}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

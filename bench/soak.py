@@ -37,13 +37,13 @@ import httpx
 from chaos_customers import machine
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import ensure_meters
 from metersync.testing import StripeEmulator
-from metersync.usage.meters import Meter, MeterSettings
 from metersync.usage.verify import verify_usage
 
 RESULTS = Path(__file__).resolve().parent / "results"

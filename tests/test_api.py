@@ -22,10 +22,10 @@ from sqlalchemy import select
 from ulid import ULID
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
 from metersync.store import UsageRow
-from metersync.usage.meters import Meter, MeterSettings
 from specs import openmeter_openapi
 from test_service import free_port, get, start, wait_for
 

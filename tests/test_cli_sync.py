@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from metersync.cli import app
 from metersync.store import Store
 from metersync.store.lock import run_lock
-from metersync.targets.stripe import MANAGED_KEY
+from metersync.sync.ports import MANAGED_KEY
 from metersync.testing import StripeEmulator
 
 runner = CliRunner()

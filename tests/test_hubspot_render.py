@@ -6,16 +6,16 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.catalog.views import BillingAddress, Customer
-from metersync.sync.batching import Batcher
-from metersync.sync.context import NO_CONTEXT, PeriodUsage, RenderContext
+from metersync.mechanics.batching import Batcher
+from metersync.sync.ports import NO_CONTEXT, PeriodUsage, RenderContext
 from metersync.targets.hubspot import (
     MANAGED_KEY,
     HubSpotTarget,
     property_definitions,
     usage_property,
 )
-from metersync.usage.meters import Meter, MeterSettings
 
 TOKENS = Meter.of(
     MeterSettings(

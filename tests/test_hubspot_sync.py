@@ -17,17 +17,18 @@ from sqlmodel import delete, update
 from typer.testing import CliRunner
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.cli import app
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
-from metersync.sync.context import ContextNeeds, ContextReader
+from metersync.sync.context import ContextReader
 from metersync.sync.model import DeletePolicy
+from metersync.sync.ports import MANAGED_KEY, ContextNeeds
 from metersync.sync.reconcile import RunResult, SyncOptions, TargetUnusable, sync_customers
-from metersync.targets.hubspot import MANAGED_KEY, STRIPE_ID, HubSpotTarget, usage_property
+from metersync.targets.hubspot import STRIPE_ID, HubSpotTarget, usage_property
 from metersync.testing import StripeEmulator
 from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
-from metersync.usage.meters import Meter, MeterSettings
 
 TOKEN = "pat-na1-00000000-0000-0000-0000-000000000000"
 FAST_RETRY = RetryPolicy(attempts=8, base_delay_s=0.01, max_delay_s=0.05)

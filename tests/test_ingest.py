@@ -15,11 +15,11 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.cli import app
 from metersync.errors import InvalidInput
 from metersync.store import EventRow, Store, UsageRow
 from metersync.usage.ingest import IngestReport, Rejection, ingest_events, ingest_json
-from metersync.usage.meters import Meter, MeterSettings
 
 TOKENS = MeterSettings.model_validate(
     {

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 from metersync.catalog import Catalog
 from metersync.cli import app
 from metersync.store import LedgerRow
-from metersync.targets.stripe import MANAGED_KEY, StripeTarget
+from metersync.sync.ports import MANAGED_KEY
+from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import event_summaries, meters_by_event_name
 from metersync.targets.stripe_meters import list_meters as list_stripe_meters
 from metersync.testing import OpenMeterEmulator, StripeEmulator

@@ -27,7 +27,8 @@ from metersync.sync.model import (
     fingerprint,
 )
 from metersync.sync.plan import TargetRules, confirm_in_sync, plan_customers
-from metersync.targets.stripe import MANAGED_KEY, StripeTarget
+from metersync.sync.ports import MANAGED_KEY
+from metersync.targets.stripe import StripeTarget
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ADDRESS = {

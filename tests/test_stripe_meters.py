@@ -17,10 +17,11 @@ import stripe
 from freezegun import freeze_time
 from typer.testing import CliRunner
 
+from metersync.catalog.meters import MeterSettings
 from metersync.cli import app
 from metersync.errors import ConfigError
 from metersync.settings import load_settings
-from metersync.targets.base import ErrorKind
+from metersync.sync.ports import ErrorKind
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import (
     Delivery,
@@ -41,7 +42,6 @@ from metersync.targets.stripe_meters import (
     meters_by_event_name,
 )
 from metersync.testing import FaultKind, FaultRule, StripeEmulator
-from metersync.usage.meters import MeterSettings
 
 T = TypeVar("T")
 HOUR = 3600

@@ -11,12 +11,11 @@ import pytest
 import stripe
 
 from metersync.catalog.views import BillingAddress, Customer
-from metersync.sync.limiter import AdaptiveLimiter
-from metersync.targets.base import ErrorKind
+from metersync.mechanics.limiter import AdaptiveLimiter
+from metersync.stripe_facts import LIVE_REQUEST_RATE as LIVE_RATE
+from metersync.stripe_facts import TEST_REQUEST_RATE as TEST_RATE
+from metersync.sync.ports import MANAGED_KEY, ErrorKind
 from metersync.targets.stripe import (
-    LIVE_RATE,
-    MANAGED_KEY,
-    TEST_RATE,
     StripeTarget,
     _decode_page,
     _external,
@@ -42,7 +41,7 @@ def test_limiter_spaces_requests_at_the_rate(monkeypatch: pytest.MonkeyPatch) ->
         clock.now += seconds
         await real_sleep(0)
 
-    monkeypatch.setattr("metersync.sync.limiter.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("metersync.mechanics.limiter.asyncio.sleep", fake_sleep)
 
     async def take(n: int) -> list[float]:
         stamps = []

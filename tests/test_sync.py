@@ -16,8 +16,9 @@ from metersync.store import LinkKind, LinkRow, LinkState, Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.manual import link_customer, unlink_customer
 from metersync.sync.model import ActionKind, DeletePolicy
+from metersync.sync.ports import MANAGED_KEY
 from metersync.sync.reconcile import RunResult, SyncOptions, sync_customers
-from metersync.targets.stripe import MANAGED_KEY, StripeTarget
+from metersync.targets.stripe import StripeTarget
 from metersync.testing import FaultKind, FaultRule, StripeEmulator
 from metersync.testing.chaos import converged, unmanaged
 

@@ -9,16 +9,16 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import UsageRow
 from metersync.sync.journal import Journal
+from metersync.times import month_start
 from metersync.usage.aggregate import (
     bind_usage,
     customer_windows,
-    month_start,
     query_meter,
     unbound_subjects,
 )
-from metersync.usage.meters import Meter, MeterSettings
 
 HOUR = 3600
 T = calendar.timegm((2024, 5, 20, 10, 0, 0))

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from metersync.usage.aggregate import WindowValue, month_start
-from metersync.usage.meters import Meter, MeterSettings
+from metersync.catalog.meters import Meter, MeterSettings
+from metersync.times import month_start
+from metersync.usage.aggregate import WindowValue
 from metersync.usage.reports import Base, identifier, plan_reports, push_window_s, scaled
 
 NOW = datetime(2024, 5, 20, 12, 30, tzinfo=UTC)

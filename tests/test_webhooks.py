@@ -22,8 +22,9 @@ from metersync.service.webhooks import process_pending, replay
 from metersync.store import WebhookEventRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.model import DeletePolicy
+from metersync.sync.ports import MANAGED_KEY
 from metersync.sync.reconcile import SyncOptions, sync_customers
-from metersync.targets.stripe import MANAGED_KEY, StripeTarget
+from metersync.targets.stripe import StripeTarget
 from metersync.testing import StripeEmulator
 from metersync.testing._webhooks import sign
 from test_service import env as service_env  # noqa: F401 - the fixture, reused

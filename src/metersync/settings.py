@@ -35,8 +35,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from metersync.catalog.meters import MeterSettings, check_unique
 from metersync.errors import ConfigError
-from metersync.usage.meters import MeterSettings, check_unique
 
 ENV_PREFIX = "METERSYNC_"
 CONFIG_ENV = "METERSYNC_CONFIG"

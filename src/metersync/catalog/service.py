@@ -38,7 +38,6 @@ from metersync.catalog.schemas import (
 from metersync.catalog.views import ChangeSet, Customer, Outcome, Subject, WriteResult
 from metersync.clock import utcnow
 from metersync.errors import Conflict, NotFound
-from metersync.settings import Settings
 from metersync.store import (
     AttributionRow,
     CatalogSequenceRow,
@@ -99,10 +98,6 @@ class Catalog:
     def __init__(self, store: Store, *, auto_customer: bool = True) -> None:
         self.store = store
         self.auto_customer = auto_customer
-
-    @classmethod
-    def open(cls, settings: Settings) -> Catalog:
-        return cls(Store.open(settings.database.url), auto_customer=settings.catalog.auto_customer)
 
     def close(self) -> None:
         self.store.dispose()

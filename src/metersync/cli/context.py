@@ -54,8 +54,12 @@ class AppContext:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             from metersync.catalog import Catalog
+            from metersync.store import Store
 
-            self._catalog = Catalog.open(self.settings)
+            self._catalog = Catalog(
+                Store.open(self.settings.database.url),
+                auto_customer=self.settings.catalog.auto_customer,
+            )
         return self._catalog
 
     def close(self) -> None:

@@ -37,8 +37,8 @@ def ingest_command(
     already stored is a duplicate and changes nothing, so ingesting the same file again is safe.
     Subjects the catalog does not know are created. Exit 1 if any event was rejected.
     """
+    from metersync.catalog.meters import Meter
     from metersync.usage.ingest import ingest_json
-    from metersync.usage.meters import Meter
 
     writable_catalog(ctx)  # usage from an upstream source: local events would never count
     context = app_context(ctx)

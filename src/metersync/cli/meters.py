@@ -12,9 +12,9 @@ from metersync.cli.options import command_group
 from metersync.cli.output import print_json, print_table
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.catalog.meters import MeterSettings
     from metersync.targets.stripe import StripeTarget
     from metersync.targets.stripe_meters import MeterCheck
-    from metersync.usage.meters import MeterSettings
 
 app = command_group("Meters: the configured meters and their Stripe billing meters.")
 

@@ -14,9 +14,9 @@ from metersync.cli.output import print_json, print_table
 from metersync.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
+    from metersync.catalog.meters import Meter
     from metersync.store import Store
     from metersync.targets.stripe import StripeTarget
-    from metersync.usage.meters import Meter
     from metersync.usage.push import UsagePusher
     from metersync.usage.verify import Difference, VerifyResult
 
@@ -66,9 +66,9 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="OpenMeter's meter query result shape."),
 ) -> None:
     """Usage per window, as OpenMeter's meter query shows it."""
+    from metersync.catalog.meters import Meter
     from metersync.settings import duration_seconds
     from metersync.usage.aggregate import query_meter
-    from metersync.usage.meters import Meter
 
     app = app_context(ctx)
     settings = app.settings
@@ -139,9 +139,9 @@ def verify_command(
     Exit 0 when they agree, 1 when differences remain."""
     import asyncio
 
+    from metersync.catalog.meters import Meter
     from metersync.store.lock import run_lock
     from metersync.targets.factory import stripe_target, usage_pusher
-    from metersync.usage.meters import Meter
 
     app = app_context(ctx)
     settings = app.settings

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from ulid import ULID
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter
 from metersync.catalog.views import Customer, Subject
 from metersync.errors import (
     Conflict,
@@ -42,7 +43,6 @@ from metersync.logs import get_logger
 from metersync.service.problems import problem
 from metersync.usage.aggregate import query_meter
 from metersync.usage.ingest import ingest_events
-from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.api")
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}

@@ -38,6 +38,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter
 from metersync.logs import get_logger
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
@@ -55,7 +56,6 @@ from metersync.targets.factory import (
     sync_options,
     usage_pusher,
 )
-from metersync.usage.meters import Meter
 
 _log = get_logger("metersync.service")
 

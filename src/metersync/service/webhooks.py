@@ -29,8 +29,8 @@ from metersync.clock import utcnow
 from metersync.logs import get_logger
 from metersync.store import Store, WebhookEventRow
 from metersync.sync.journal import Journal
+from metersync.sync.ports import Target
 from metersync.sync.reconcile import SyncOptions, sync_customer_keys
-from metersync.targets.base import Target
 
 _log = get_logger("metersync.webhooks")
 TOLERANCE_S = 300

@@ -42,6 +42,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter
 from metersync.clock import utcnow
 from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
@@ -56,13 +57,13 @@ from metersync.store import (
     UpstreamCustomerRow,
     UpstreamUsageRow,
 )
+from metersync.stripe_facts import METER_EVENT_PAST_LIMIT_S
+from metersync.times import epoch_seconds, month_start, rfc3339_seconds
 from metersync.usage.aggregate import (
     WindowValue,
-    month_start,
     routable_subjects,
     subject_owner,
 )
-from metersync.usage.meters import Meter
 from metersync.usage.reports import push_window_s
 
 _log = get_logger("metersync.sources.openmeter")
@@ -72,7 +73,7 @@ SOURCE = "openmeter"
 CATALOG_STATE = "source:openmeter:catalog"
 USAGE_STATE = "source:openmeter:usage"
 PER_CUSTOMER = ""  # the subject of a period meter's figure, which is per customer
-BACKFILL_S = 35 * 86400  # Stripe takes meter events up to 35 days old
+BACKFILL_S = METER_EVENT_PAST_LIMIT_S  # as far back as Stripe takes meter events
 WINDOW_SIZES = {3600: "HOUR", 86400: "DAY"}
 # The customer fields a pull copies (OpenMeter's names); the rest of its record is its own.
 _CUSTOMER_FIELDS = (
@@ -326,8 +327,8 @@ class OpenMeterSource:
             part = keys[i : i + chunk]
             rows += await self.client.query(
                 meter,
-                start=_rfc3339(start),
-                end=_rfc3339(end),
+                start=rfc3339_seconds(start),
+                end=rfc3339_seconds(end),
                 window_size=WINDOW_SIZES.get(per) if per else None,
                 subjects=part if by_subject else (),
                 customer_ids=() if by_subject else part,
@@ -672,7 +673,10 @@ def _store_figures(
             subject = str(row.get("subject") or "")
             if not subject:
                 continue
-            figures[(subject, _epoch(row["windowStart"]))] = (float(row.get("value") or 0), None)
+            figures[(subject, epoch_seconds(row["windowStart"]))] = (
+                float(row.get("value") or 0),
+                None,
+            )
         else:
             key = by_id.get(str(row.get("customerId") or ""))
             if key is not None:
@@ -803,11 +807,3 @@ def source_status(store: Store) -> dict[str, Any]:
         "error": "; ".join(errors) or None,
         **parts,
     }
-
-
-def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(text: Any) -> int:
-    return int(datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp())

@@ -18,25 +18,25 @@ import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from metersync.clock import utcnow
 from metersync.logs import get_logger
+from metersync.mechanics.batching import Batcher
 from metersync.store import LinkState
-from metersync.sync.batching import Batcher
+from metersync.stripe_facts import IDEMPOTENCY_KEY_TRUST
 from metersync.sync.journal import Journal
 from metersync.sync.model import Action, ActionKind, Change, Desired, Plan, digest
 from metersync.sync.plan import changes_from_pushed
-from metersync.targets.base import ErrorKind, Target, TargetError
+from metersync.sync.ports import ErrorKind, Target, TargetError
 
 T = TypeVar("T")
 _log = get_logger("metersync.sync.apply")
 
-# How long a target's idempotency key can be trusted to replay a create (Stripe keeps them at
-# least 24 h; a target without keys, such as HubSpot's upsert on a unique property, replays
-# safely at any age). Past this, the record is looked for before a create is sent again.
-INTENT_KEY_TRUST = timedelta(hours=23)
+# How long a target's idempotency key can be trusted to replay a create (a target without
+# keys, such as HubSpot's upsert on a unique property, replays safely at any age). Past this,
+# the record is looked for before a create is sent again.
+INTENT_KEY_TRUST = IDEMPOTENCY_KEY_TRUST
 # Journal writes per transaction, at most.
 _GROUP_MAX = 256
 

@@ -1,6 +1,6 @@
-"""What a target's rendering may need beyond the customer itself: other targets' external ids
-and the period's usage. A CRM company carries the Stripe customer id and current usage; the
-Stripe customer needs neither.
+"""Loads what a target's rendering may need beyond the customer itself (the types are in
+sync.ports): other targets' external ids and the period's usage. A CRM company carries the
+Stripe customer id and current usage; the Stripe customer needs neither.
 
 A target names its needs (`ContextNeeds`); the sync run loads a `RenderContext` for the
 customers it renders (a few queries for the whole batch, never one per customer) and finds
@@ -10,59 +10,26 @@ re-renders those whose catalog record did not change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from metersync.catalog.meters import Meter
 from metersync.store import (
     LinkKind,
     LinkRow,
     Store,
 )
-from metersync.usage.aggregate import month_start
-from metersync.usage.meters import Meter
-from metersync.usage.source import LOCAL, UsageAggregates
+from metersync.sync.ports import NO_CONTEXT, ContextNeeds, PeriodUsage, RenderContext
+from metersync.times import month_start
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import UsageAggregates
 
 # Rows committed out of order (a transaction that started before our last run and committed
 # after it) carry timestamps before that run: re-reading this much of the past catches them.
 # A customer looked at twice costs a render, never a write (its fingerprint is unchanged).
 CONTEXT_OVERLAP = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class ContextNeeds:
-    links: tuple[str, ...] = ()  # other targets whose external ids the rendering shows
-    usage: bool = False  # period-to-date usage per meter
-
-    @property
-    def any(self) -> bool:
-        return bool(self.links) or self.usage
-
-
-@dataclass(frozen=True)
-class PeriodUsage:
-    """A meter's value for a customer over the current calendar month (UTC), from the same
-    aggregation as the usage push, and the time of the latest event it counts."""
-
-    value: float
-    latest: datetime
-
-
-@dataclass(frozen=True)
-class RenderContext:
-    external_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # target → key
-    usage: Mapping[str, Mapping[str, PeriodUsage]] = field(default_factory=dict)  # key → slug
-
-    def external_id(self, target: str, key: str) -> str | None:
-        return self.external_ids.get(target, {}).get(key)
-
-    def usage_of(self, key: str) -> Mapping[str, PeriodUsage]:
-        return self.usage.get(key, {})
-
-
-NO_CONTEXT = RenderContext()
 
 
 class ContextReader:

@@ -8,11 +8,10 @@ key, UPDATING, DELETING) and finishes it.
 from __future__ import annotations
 
 import functools
-import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, or_, update
@@ -21,6 +20,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from metersync.clock import utcnow
+from metersync.mechanics.backoff import backoff
 from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, SubjectRow
 from metersync.store.models import CustomerRow, SyncStateRow
 from metersync.sync.model import Desired, LinkView, digest, fingerprint
@@ -31,12 +31,6 @@ _ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
 # Looked at again by every tick until resolved: intents whose outcome is unknown, and records
 # found deleted out of band (recreated, or reported, by policy).
 _UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING, LinkState.MISSING)
-
-
-def backoff(attempts: int, *, base_s: float = 30.0, cap_s: float = 3600.0) -> timedelta:
-    """Exponential, capped, with jitter so that failures do not retry in lockstep."""
-    seconds = min(cap_s, base_s * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))  # noqa: S311 - jitter only
 
 
 class Journal:

@@ -7,7 +7,7 @@ from metersync.errors import Conflict, NotFound
 from metersync.sync.apply import idempotency_key
 from metersync.sync.journal import Journal
 from metersync.sync.model import digest
-from metersync.targets.base import Target
+from metersync.sync.ports import Target
 
 
 async def link_customer(catalog: Catalog, target: Target, key: str, external_id: str) -> None:

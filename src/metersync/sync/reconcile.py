@@ -10,12 +10,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
 from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
 from metersync.sync.apply import Applier, ApplyResult, FatalTargetError, RetryPolicy
-from metersync.sync.context import ContextReader, RenderContext
+from metersync.sync.context import ContextReader
 from metersync.sync.journal import Journal
 from metersync.sync.model import (
     IN_SYNC,
@@ -27,9 +28,9 @@ from metersync.sync.model import (
     Snapshot,
 )
 from metersync.sync.plan import confirm_in_sync, plan_customers
-from metersync.targets.base import Target
-from metersync.usage.meters import Meter
-from metersync.usage.source import LOCAL, UsageAggregates
+from metersync.sync.ports import RenderContext, Target
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import UsageAggregates
 
 _log = get_logger("metersync.sync")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from metersync.catalog.meters import Meter
 from metersync.errors import ConfigError
 from metersync.settings import Settings
 from metersync.sources.openmeter import OpenMeterAggregates, OpenMeterSource
@@ -12,9 +13,9 @@ from metersync.sync.reconcile import SyncOptions
 from metersync.targets.hubspot import HubSpotTarget
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import meter_event_sender
-from metersync.usage.meters import Meter
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import UsageAggregates
 from metersync.usage.push import UsagePusher
-from metersync.usage.source import LOCAL, UsageAggregates
 
 
 def stripe_target(settings: Settings) -> StripeTarget:

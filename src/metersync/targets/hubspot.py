@@ -39,21 +39,29 @@ from urllib.parse import quote
 
 import httpx
 
+from metersync.catalog.meters import Meter
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
 from metersync.logs import get_logger
-from metersync.sync.batching import Batcher
-from metersync.sync.context import NO_CONTEXT, ContextNeeds, PeriodUsage, RenderContext
-from metersync.sync.limiter import AdaptiveLimiter
+from metersync.mechanics.batching import Batcher
+from metersync.mechanics.limiter import AdaptiveLimiter
+from metersync.mechanics.retry import kind_of_status
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
-from metersync.targets.base import ErrorKind, TargetError
-from metersync.usage.meters import Meter
+from metersync.sync.ports import (
+    ARCHIVED_KEY,
+    MANAGED_KEY,
+    NO_CONTEXT,
+    ContextNeeds,
+    ErrorKind,
+    PeriodUsage,
+    RenderContext,
+    TargetError,
+)
+from metersync.times import epoch_seconds_or_zero
 
 _log = get_logger("metersync.targets.hubspot")
 
-MANAGED_KEY = "metersync_key"
-ARCHIVED_KEY = "metersync_archived_at"
 STRIPE_ID = "stripe_customer_id"
 EMAIL = "metersync_primary_email"
 GROUP = "metersync"
@@ -177,11 +185,9 @@ class HubSpotError(Exception):
 def _kind(status: int, category: str | None) -> ErrorKind:
     if category == "OBJECT_NOT_FOUND" or status == 404:
         return ErrorKind.GONE
-    if status in (401, 403) or category in ("INVALID_AUTHENTICATION", "MISSING_SCOPES"):
+    if category in ("INVALID_AUTHENTICATION", "MISSING_SCOPES"):
         return ErrorKind.FATAL
-    if status == 429 or status >= 500 or status in (408, 409, 423):
-        return ErrorKind.RETRYABLE
-    return ErrorKind.PERMANENT
+    return kind_of_status(status)
 
 
 # -- the daily allowance -------------------------------------------------------------------------
@@ -686,7 +692,7 @@ def _external(company: Mapping[str, Any]) -> External:
         key=key,
         fields=fields,
         metadata=metadata,
-        created=_epoch(company.get("createdAt")),
+        created=epoch_seconds_or_zero(company.get("createdAt")),
         archived=bool(archived_at),
     )
 
@@ -729,15 +735,6 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
         f"{moment.microsecond // 1000:03d}Z"
     )
-
-
-def _epoch(text: Any) -> int:
-    if not text:
-        return 0
-    try:
-        return int(datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return 0
 
 
 def _int(text: str | None) -> int | None:

@@ -24,18 +24,30 @@ import stripe
 
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
-from metersync.sync.context import NO_CONTEXT, ContextNeeds, RenderContext
-from metersync.sync.limiter import AdaptiveLimiter
+from metersync.mechanics.limiter import AdaptiveLimiter
+from metersync.stripe_facts import (
+    CUSTOMER_ADDRESS_FIELDS,
+    CUSTOMER_EMAIL_MAX,
+    CUSTOMER_NAME_MAX,
+    CUSTOMER_PHONE_MAX,
+    LIVE_REQUEST_RATE,
+    METADATA_KEY_MAX,
+    METADATA_KEYS_MAX,
+    METADATA_VALUE_MAX,
+    SEARCH_REQUEST_RATE,
+    TEST_REQUEST_RATE,
+)
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
-from metersync.targets.base import ErrorKind, TargetError
-
-MANAGED_KEY = "metersync_key"  # every managed customer carries its local key here
-ARCHIVED_KEY = "metersync_archived_at"
-NAME_MAX, EMAIL_MAX, PHONE_MAX = 256, 512, 20
-METADATA_KEYS_MAX, METADATA_KEY_MAX, METADATA_VALUE_MAX = 50, 40, 500
-ADDRESS_FIELDS = ("line1", "line2", "city", "state", "postal_code", "country")
-TEST_RATE, LIVE_RATE, SEARCH_RATE = 25.0, 100.0, 20.0
+from metersync.sync.ports import (
+    ARCHIVED_KEY,
+    MANAGED_KEY,
+    NO_CONTEXT,
+    ContextNeeds,
+    ErrorKind,
+    RenderContext,
+    TargetError,
+)
 
 T = TypeVar("T")
 
@@ -71,7 +83,7 @@ _decode_page = msgspec.json.Decoder(_CustomerPage).decode
 
 
 def default_rate(api_key: str) -> float:
-    return LIVE_RATE if api_key.startswith(("sk_live_", "rk_live_")) else TEST_RATE
+    return LIVE_REQUEST_RATE if api_key.startswith(("sk_live_", "rk_live_")) else TEST_REQUEST_RATE
 
 
 class StripeTarget:
@@ -86,7 +98,7 @@ class StripeTarget:
         *,
         api_base: str | None = None,
         rate: float | None = None,
-        search_rate: float = SEARCH_RATE,
+        search_rate: float = SEARCH_REQUEST_RATE,
         timeout: float = 30.0,
         http_client: str = "aiohttp",
     ) -> None:
@@ -317,7 +329,11 @@ def _http_client(kind: str, timeout: float) -> stripe.HTTPClient:
 
 def _limits(fields: Mapping[str, Any], metadata: Mapping[str, str]) -> list[str]:
     reasons = []
-    for name, limit in (("name", NAME_MAX), ("email", EMAIL_MAX), ("phone", PHONE_MAX)):
+    for name, limit in (
+        ("name", CUSTOMER_NAME_MAX),
+        ("email", CUSTOMER_EMAIL_MAX),
+        ("phone", CUSTOMER_PHONE_MAX),
+    ):
         value = fields.get(name)
         if value is not None and len(value) > limit:
             reasons.append(f"{name} has {len(value)} characters; Stripe allows {limit}")
@@ -348,7 +364,7 @@ def _external(customer: Mapping[str, Any]) -> External:
             "email": customer.get("email"),
             "description": customer.get("description"),
             "phone": customer.get("phone"),
-            "address": {f: address.get(f) for f in ADDRESS_FIELDS} if address else None,
+            "address": {f: address.get(f) for f in CUSTOMER_ADDRESS_FIELDS} if address else None,
         },
         metadata=metadata,
         created=int(customer.get("created") or 0),
@@ -407,7 +423,9 @@ def _update_params(changes: tuple[Change, ...], state: Mapping[str, Any]) -> dic
         elif change.field == "address":
             address = state["fields"].get("address")
             params["address"] = (
-                {f: (address or {}).get(f) or "" for f in ADDRESS_FIELDS} if address else ""
+                {f: (address or {}).get(f) or "" for f in CUSTOMER_ADDRESS_FIELDS}
+                if address
+                else ""
             )
         else:
             params[change.field] = "" if change.after is None else change.after

@@ -36,37 +36,33 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import stripe
 
+from metersync.catalog.meters import MeterSettings
 from metersync.errors import ConfigError, ExitCode, MetersyncError
 from metersync.logs import get_logger
+from metersync.mechanics.limiter import AdaptiveLimiter
 from metersync.settings import Settings
-from metersync.sync.limiter import AdaptiveLimiter
-from metersync.targets.base import ErrorKind, TargetError
+from metersync.stripe_facts import (
+    LIVE_METER_EVENT_RATE,
+    METER_EVENT_CUSTOMER_KEY,
+    METER_EVENT_FUTURE_LIMIT_S,
+    METER_EVENT_IDENTIFIER_MAX,
+    METER_EVENT_NAME_MAX,
+    METER_EVENT_PAST_LIMIT_S,
+    METER_EVENT_STREAM_BATCH_MAX,
+    METER_EVENT_VALUE_KEY,
+    SEND_PAST_MARGIN_S,
+    TEST_METER_EVENT_RATE,
+)
+from metersync.sync.ports import ErrorKind, TargetError
 from metersync.targets.stripe import StripeTarget
-from metersync.usage.meters import MeterSettings
+from metersync.usage.ports import Delivery, MeterEvent
 
 T = TypeVar("T")
 _log = get_logger("metersync.stripe.meters")
 
-# The payload keys of every meter metersync creates, and of every event it sends.
-CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
-VALUE_PAYLOAD_KEY = "value"
-
-# Meter event budgets: v1 takes 1,000 calls/s on a live key (docs/design.md, "Stripe semantics
-# we rely on"); a test key gets a tenth of that here, as customer calls get 25/s against 100/s
-# live.
-TEST_METER_EVENT_RATE, LIVE_METER_EVENT_RATE = 100.0, 1000.0
-STREAM_BATCH_MAX = 100  # the v2 stream takes at most 100 events per request
-# Characters, on both APIs (Stripe's API reference; the emulator enforces the same).
-IDENTIFIER_MAX = EVENT_NAME_MAX = 100
 # Refresh a v2 session this long before Stripe says it expires, so that no batch leaves with a
 # token that dies on the way.
 SESSION_MARGIN_S = 60.0
-# Stripe accepts events timestamped within the past 35 days and ≤ 5 minutes ahead. The stream
-# validates asynchronously and drops an event outside that window without telling the request,
-# so both are checked here first; the margin covers the time the stream takes to process.
-PAST_WINDOW_S = 35 * 86400
-FUTURE_WINDOW_S = 5 * 60
-PAST_MARGIN_S = 60
 
 # Error codes Stripe (or the emulator) gives these answers.
 DUPLICATE_EVENT_CODE = "duplicate_meter_event"
@@ -217,8 +213,11 @@ def meter_mismatches(meter: MeterSettings, found: StripeMeter) -> list[str]:
     """What a Stripe meter has that metersync's events for `meter` cannot work with (pure)."""
     needed = {
         "default_aggregation.formula": (found.formula, meter.stripe_formula),
-        "customer_mapping.event_payload_key": (found.customer_payload_key, CUSTOMER_PAYLOAD_KEY),
-        "value_settings.event_payload_key": (found.value_payload_key, VALUE_PAYLOAD_KEY),
+        "customer_mapping.event_payload_key": (
+            found.customer_payload_key,
+            METER_EVENT_CUSTOMER_KEY,
+        ),
+        "value_settings.event_payload_key": (found.value_payload_key, METER_EVENT_VALUE_KEY),
     }
     return [
         f"meter {meter.slug!r}: Stripe meter {found.id} (event_name {found.event_name!r}) has "
@@ -295,8 +294,8 @@ def create_params(meter: MeterSettings) -> dict[str, Any]:
         "display_name": meter.stripe.display_name or meter.slug,
         "event_name": meter.stripe.event_name,
         "default_aggregation": {"formula": meter.stripe_formula},
-        "customer_mapping": {"type": "by_id", "event_payload_key": CUSTOMER_PAYLOAD_KEY},
-        "value_settings": {"event_payload_key": VALUE_PAYLOAD_KEY},
+        "customer_mapping": {"type": "by_id", "event_payload_key": METER_EVENT_CUSTOMER_KEY},
+        "value_settings": {"event_payload_key": METER_EVENT_VALUE_KEY},
     }
 
 
@@ -454,28 +453,6 @@ async def event_summaries(
 # -- meter events -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MeterEvent:
-    event_name: str
-    customer_id: str
-    value: int
-    timestamp: int  # unix seconds
-    identifier: str  # unique per usage report: Stripe counts it once within 24 h
-
-    @property
-    def payload(self) -> dict[str, str]:
-        # Stripe's payload values are strings; the value a whole number.
-        return {CUSTOMER_PAYLOAD_KEY: self.customer_id, VALUE_PAYLOAD_KEY: str(self.value)}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    identifier: str
-    delivered: bool
-    duplicate: bool = False  # Stripe already had this identifier: delivered earlier
-    error: TargetError | None = None  # why it was not delivered
-
-
 @dataclass
 class _Session:
     token: str
@@ -591,7 +568,7 @@ class MeterEventSender:
             await self.target.client.v1.billing.meter_events.create_async(
                 {
                     "event_name": event.event_name,
-                    "payload": event.payload,
+                    "payload": _payload(event),
                     "identifier": event.identifier,
                     "timestamp": event.timestamp,
                 }
@@ -606,7 +583,8 @@ class MeterEventSender:
 
     async def _send_v2(self, events: list[MeterEvent]) -> list[Delivery]:
         batches = [
-            events[i : i + STREAM_BATCH_MAX] for i in range(0, len(events), STREAM_BATCH_MAX)
+            events[i : i + METER_EVENT_STREAM_BATCH_MAX]
+            for i in range(0, len(events), METER_EVENT_STREAM_BATCH_MAX)
         ]
         slots = asyncio.Semaphore(self.concurrency)
 
@@ -710,20 +688,20 @@ def refuse_locally(event: MeterEvent, *, now: float) -> TargetError | None:
     The v2 stream would accept the request and drop such an event silently; refusing it here
     makes it a visible, permanent failure on both APIs."""
     problem = None
-    if not 1 <= len(event.identifier) <= IDENTIFIER_MAX:
+    if not 1 <= len(event.identifier) <= METER_EVENT_IDENTIFIER_MAX:
         # On the stream one malformed event fails its whole batch of 100: catch it here.
-        problem = f"identifier must have 1 to {IDENTIFIER_MAX} characters"
-    elif not 1 <= len(event.event_name) <= EVENT_NAME_MAX:
-        problem = f"event_name must have 1 to {EVENT_NAME_MAX} characters"
+        problem = f"identifier must have 1 to {METER_EVENT_IDENTIFIER_MAX} characters"
+    elif not 1 <= len(event.event_name) <= METER_EVENT_NAME_MAX:
+        problem = f"event_name must have 1 to {METER_EVENT_NAME_MAX} characters"
     elif not event.customer_id:
-        problem = f"payload.{CUSTOMER_PAYLOAD_KEY} is empty"
+        problem = f"payload.{METER_EVENT_CUSTOMER_KEY} is empty"
     elif event.value < 0:
         problem = f"value {event.value} is negative; Stripe takes whole numbers ≥ 0"
-    elif event.timestamp < now - PAST_WINDOW_S + PAST_MARGIN_S:
+    elif event.timestamp < now - METER_EVENT_PAST_LIMIT_S + SEND_PAST_MARGIN_S:
         problem = (
             f"timestamp {event.timestamp} is older than Stripe's 35-day window for meter events"
         )
-    elif event.timestamp > now + FUTURE_WINDOW_S:
+    elif event.timestamp > now + METER_EVENT_FUTURE_LIMIT_S:
         problem = f"timestamp {event.timestamp} is more than 5 minutes in the future"
     if problem is None:
         return None
@@ -761,7 +739,7 @@ def _session_rejected(exc: BaseException) -> bool:
 def _stream_event(event: MeterEvent) -> dict[str, Any]:
     return {
         "event_name": event.event_name,
-        "payload": event.payload,
+        "payload": _payload(event),
         "identifier": event.identifier,
         # The stream takes RFC 3339 times, not v1's unix seconds.
         "timestamp": datetime.fromtimestamp(event.timestamp, UTC)
@@ -778,3 +756,8 @@ def meter_event_sender(settings: Settings, target: StripeTarget) -> MeterEventSe
         key = settings.stripe.resolved_api_key()
         rate = default_meter_event_rate(key.get_secret_value() if key else "")
     return MeterEventSender(target, api=usage.stripe_api, rate=rate, concurrency=usage.concurrency)
+
+
+def _payload(event: MeterEvent) -> dict[str, str]:
+    # Stripe's payload values are strings; the value a whole number.
+    return {METER_EVENT_CUSTOMER_KEY: event.customer_id, METER_EVENT_VALUE_KEY: str(event.value)}

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from metersync.catalog import Catalog
-from metersync.targets.hubspot import EMAIL, MANAGED_KEY, STRIPE_ID
-from metersync.targets.stripe import MANAGED_KEY as STRIPE_MANAGED_KEY
+from metersync.sync.ports import MANAGED_KEY
+from metersync.targets.hubspot import EMAIL, STRIPE_ID
 from metersync.testing.emulator import StripeEmulator
 from metersync.testing.hubspot import HubSpotEmulator
 
@@ -32,7 +32,7 @@ def hubspot_converged(
     stripe_ids: dict[str, str] = {}
     if stripe is not None:
         for record in stripe.customers():
-            key = (record.get("metadata") or {}).get(STRIPE_MANAGED_KEY)
+            key = (record.get("metadata") or {}).get(MANAGED_KEY)
             if key:
                 stripe_ids[key] = record["id"]
     problems: list[str] = []

@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy import insert
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import UsageRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.reconcile import SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
 from metersync.testing import StripeEmulator
-from metersync.usage.meters import Meter, MeterSettings
 from metersync.usage.push import UsagePusher
 from metersync.usage.verify import verify_usage
 

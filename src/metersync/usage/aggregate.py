@@ -10,11 +10,9 @@ after a re-attribution follows the new customer.
 
 from __future__ import annotations
 
-import calendar
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, func, literal, select, update
@@ -22,8 +20,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, UsageRow
-from metersync.usage.meters import Aggregation, Meter
+from metersync.times import month_start, rfc3339_seconds
 
 US = 1_000_000
 # Core columns: this module is SQL through and through.
@@ -84,18 +83,6 @@ def window_start_expr(window_s: int) -> ColumnElement[Any]:
     """Window start in seconds: integer division on both databases (bigint / bigint)."""
     size = literal(window_s * US)
     return (_u.time_us // size) * literal(window_s)
-
-
-def month_start(moment: int) -> int:
-    """The calendar month (UTC) that holds `moment` (seconds): its first second."""
-    day = datetime.fromtimestamp(moment, UTC)
-    return calendar.timegm((day.year, day.month, 1, 0, 0, 0))
-
-
-def month_end(start: int) -> int:
-    day = datetime.fromtimestamp(start, UTC)
-    days = calendar.monthrange(day.year, day.month)[1]
-    return start + days * 86400
 
 
 def _value(aggregation: Aggregation) -> Any:
@@ -287,8 +274,8 @@ class UsageWindow:
         # subject and groupBy are required in OpenMeter's MeterQueryRow: null when the value
         # covers every subject, {} when the window is not split.
         out: dict[str, Any] = {
-            "windowStart": _rfc3339(self.window_start),
-            "windowEnd": _rfc3339(self.window_end),
+            "windowStart": rfc3339_seconds(self.window_start),
+            "windowEnd": rfc3339_seconds(self.window_end),
             "value": self.value,
             "subject": None,
             "groupBy": {k: None if v is None else str(v) for k, v in self.group_by.items()},
@@ -296,10 +283,6 @@ class UsageWindow:
         if customer_key is not None:
             out["customerId"] = customer_key
         return out
-
-
-def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def query_meter(

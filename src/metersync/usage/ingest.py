@@ -51,12 +51,12 @@ from sqlalchemy import Connection, select
 from sqlmodel import col
 
 from metersync.catalog import Catalog
+from metersync.catalog.meters import Aggregation, Meter, ValuePath
 from metersync.catalog.schemas import check_key
 from metersync.clock import utcnow
 from metersync.errors import InvalidInput
 from metersync.store import EventRow, SubjectRow
 from metersync.store.models import EVENT_ID_MAX, EVENT_TYPE_MAX, SOURCE_MAX
-from metersync.usage.meters import Aggregation, Meter, ValuePath
 from metersync.usage.reports import STRIPE_VALUE_LIMIT
 
 DEFAULT_BATCH_SIZE = 10_000

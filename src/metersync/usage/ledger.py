@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import Table, case, func, insert, select, update
 
 from metersync.clock import utcnow
+from metersync.mechanics.backoff import backoff
 from metersync.store import LedgerRow, LedgerState, LinkKind, LinkRow, Store
-from metersync.sync.journal import backoff
 from metersync.usage.aggregate import ROUTABLE
 from metersync.usage.reports import Base, Report
 

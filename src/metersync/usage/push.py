@@ -12,27 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
+from metersync.catalog.meters import Aggregation, Meter
 from metersync.clock import utcnow
 from metersync.errors import ConfigError
 from metersync.logs import get_logger
+from metersync.mechanics.retry import ErrorKind
 from metersync.store import Store
-from metersync.targets.base import ErrorKind
-from metersync.targets.stripe_meters import Delivery, MeterEvent
+from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.usage.ledger import Ledger, PendingReport
-from metersync.usage.meters import Aggregation, Meter
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import MeterEvent, MeterEventSink, UsageAggregates
 from metersync.usage.reports import Report, Skipped, plan_reports, push_window_s
-from metersync.usage.source import LOCAL, UsageAggregates
 
 _log = get_logger("metersync.usage")
-# Stripe keeps identifiers at least 24 hours: a PENDING report older than this could be
-# counted twice if re-sent blindly, so it is held for `usage verify` instead.
-IDENTIFIER_TRUST = timedelta(hours=23)
-
-
-class MeterEventSink(Protocol):
-    async def send(self, events: Sequence[MeterEvent]) -> list[Delivery]: ...
 
 
 @dataclass
@@ -186,7 +180,9 @@ async def finish_pending(
     customers: Sequence[str] | None,
 ) -> None:
     pending = ledger.pending(now, customers=customers)
-    fresh = [p for p in pending if now - p.created_at < IDENTIFIER_TRUST]
+    # A report pending past the identifier's trust could be counted twice if re-sent blindly:
+    # it is held for `usage verify` instead.
+    fresh = [p for p in pending if now - p.created_at < METER_EVENT_IDENTIFIER_TRUST]
     result.held = len(pending) - len(fresh)
     if result.held:
         _log.warning(

@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from metersync.usage.aggregate import WindowValue, month_end
-from metersync.usage.meters import Aggregation, Meter
+from metersync.catalog.meters import Aggregation, Meter
+from metersync.stripe_facts import METER_EVENT_PAST_LIMIT_S, PLAN_PAST_MARGIN_S
+from metersync.times import month_end
+from metersync.usage.aggregate import WindowValue
 
-STRIPE_PAST_LIMIT_S = 35 * 86400
 # The largest scaled value a single event may carry (exact in a double), and the largest total
 # a window may reach (ledger columns are 64-bit).
 STRIPE_VALUE_LIMIT = 2**53
 TOTAL_LIMIT = 2**62
-# Stamps this close to the 35-day edge would be refused by the time they arrive.
-PAST_MARGIN_S = 600
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def plan_reports(
     if stripe is None:
         return [], []
     moment = int(now.timestamp())
-    oldest = moment - STRIPE_PAST_LIMIT_S + PAST_MARGIN_S
+    oldest = moment - METER_EVENT_PAST_LIMIT_S + PLAN_PAST_MARGIN_S
     monthly = window_s == 0
     last_meter = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
     reports: list[Report] = []

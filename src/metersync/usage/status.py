@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
 from metersync.usage.ledger import LEDGER, Ledger
-from metersync.usage.source import LOCAL, UsageAggregates
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import UsageAggregates
 
 _g = LEDGER.c
 

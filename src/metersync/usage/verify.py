@@ -19,21 +19,23 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
+from metersync.catalog.meters import Aggregation, Meter
 from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
+from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
-from metersync.usage.aggregate import month_end, month_start
+from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.ledger import LEDGER, Ledger
-from metersync.usage.meters import Aggregation, Meter
-from metersync.usage.push import IDENTIFIER_TRUST, MeterEventSink, PushResult, push_usage
+from metersync.usage.local_aggregates import LOCAL
+from metersync.usage.ports import MeterEventSink, UsageAggregates
+from metersync.usage.push import PushResult, push_usage
 from metersync.usage.reports import push_window_s, scaled
-from metersync.usage.source import LOCAL, UsageAggregates
 
 HOUR = 3600
 # How long after delivery a report missing from Stripe's summaries is taken as lost.
@@ -91,8 +93,8 @@ class Difference:
         return {
             "customer": self.customer_key,
             "meter": self.meter,
-            "from": _rfc3339(self.period_start),
-            "to": _rfc3339(self.period_end),
+            "from": rfc3339_seconds(self.period_start),
+            "to": rfc3339_seconds(self.period_end),
             "local": self.local,
             "ledgerDelivered": self.delivered,
             "ledgerPending": self.pending,
@@ -117,10 +119,6 @@ class VerifyResult:
             "replanned": self.replanned,
             "pushed": self.pushed.counts() if self.pushed else None,
         }
-
-
-def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def verify_usage(
@@ -308,7 +306,7 @@ def _settle_held(
     not (FAILED: the next push plans their value again, under a new identifier). Last meters:
     Stripe shows the newest pending value → it landed; Stripe shows the newest delivered value
     → the newer pending ones did not. Anything ambiguous is left for a person."""
-    cutoff = utcnow() - IDENTIFIER_TRUST
+    cutoff = utcnow() - METER_EVENT_IDENTIFIER_TRUST
     settled = 0
     with store.session() as session:
         for diff in periods:

@@ -1,35 +1,73 @@
 """What the sync engine needs from a target: render, list, apply one write, classify errors.
 
 The engine (plan, apply, journal) sees only this protocol and the records of sync.model, so a
-second target is a second implementation of it, not a change to the engine.
+second target is a second implementation of it, not a change to the engine. The engine owns
+these contracts; targets implement them and the engine imports no target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from metersync.catalog.views import Customer
-from metersync.sync.context import ContextNeeds, RenderContext
+from metersync.mechanics.retry import ErrorKind, TargetError
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
 
+__all__ = [
+    "ARCHIVED_KEY",
+    "MANAGED_KEY",
+    "NO_CONTEXT",
+    "ContextNeeds",
+    "ErrorKind",
+    "PeriodUsage",
+    "RenderContext",
+    "Target",
+    "TargetError",
+]
 
-class ErrorKind(StrEnum):
-    RETRYABLE = "retryable"  # try again soon (connection, timeout, 409, 429, 5xx)
-    PERMANENT = "permanent"  # this item is wrong for the target; retry after backoff
-    FATAL = "fatal"  # nothing will work (bad credentials): stop the run
-    GONE = "gone"  # the record no longer exists (a delete's goal, or an update's end)
+# Every record a target manages carries its local key under MANAGED_KEY (Stripe metadata, a
+# HubSpot property): it is how a record is found again after a crash, and how metersync tells
+# its own records from others. An archived record carries the time under ARCHIVED_KEY.
+MANAGED_KEY = "metersync_key"
+ARCHIVED_KEY = "metersync_archived_at"
 
 
 @dataclass(frozen=True)
-class TargetError:
-    kind: ErrorKind
-    message: str
-    throttled: bool = False  # a 429: the limiter slows down
-    request_id: str | None = None
+class ContextNeeds:
+    links: tuple[str, ...] = ()  # other targets whose external ids the rendering shows
+    usage: bool = False  # period-to-date usage per meter
+
+    @property
+    def any(self) -> bool:
+        return bool(self.links) or self.usage
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """A meter's value for a customer over the current calendar month (UTC), from the same
+    aggregation as the usage push, and the time of the latest event it counts."""
+
+    value: float
+    latest: datetime
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    external_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # target → key
+    usage: Mapping[str, Mapping[str, PeriodUsage]] = field(default_factory=dict)  # key → slug
+
+    def external_id(self, target: str, key: str) -> str | None:
+        return self.external_ids.get(target, {}).get(key)
+
+    def usage_of(self, key: str) -> Mapping[str, PeriodUsage]:
+        return self.usage.get(key, {})
+
+
+NO_CONTEXT = RenderContext()
 
 
 class Target(Protocol):

@@ -1,18 +1,18 @@
-"""Where meter values per customer and window come from: the local events (ingested here and
-aggregated in SQL), or an upstream metering system that aggregates them itself (OpenMeter, see
-metersync.sources.openmeter). The usage push, `usage verify` and the CRM's usage properties
-read windows through this one interface, so the ledger, deltas and identifiers are the same
-whichever side aggregated.
+"""The local side of `UsageAggregates` (usage.ports): events ingested into this store,
+aggregated in SQL. The other side is an upstream metering system that aggregates them itself
+(OpenMeter, in the sources adapters). The usage push, `usage verify` and the CRM's usage
+properties read windows through that one interface, so the ledger, deltas and identifiers are
+the same whichever side aggregated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
 
 from sqlalchemy import Table, or_, select
 
+from metersync.catalog.meters import Meter
 from metersync.store import AttributionRow, EventRow, LedgerRow, Store, UsageRow
 from metersync.usage.aggregate import (
     WindowValue,
@@ -20,37 +20,6 @@ from metersync.usage.aggregate import (
     customer_windows,
     unbound_subjects,
 )
-from metersync.usage.meters import Meter
-
-
-class UsageAggregates(Protocol):
-    name: str
-
-    def bind(self, store: Store, target: str) -> int:
-        """Fix which customer unbound usage counts for (see aggregate.bind_usage); returns
-        how many values were bound."""
-        ...
-
-    def waiting_subjects(self, store: Store) -> dict[str, int]:
-        """Usage waiting for its subject's customer to be linked, by subject."""
-        ...
-
-    def windows(
-        self,
-        store: Store,
-        meter: Meter,
-        window_s: int,
-        *,
-        customers: Sequence[str] | None = None,
-        start: int | None = None,
-        end: int | None = None,
-    ) -> list[WindowValue]:
-        """The meter's value per customer and window (a calendar month when window_s is 0)."""
-        ...
-
-    def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:
-        """Customers whose values may have changed since `after` (a superset is fine)."""
-        ...
 
 
 class LocalAggregates:

@@ -1,0 +1,68 @@
+"""What the usage engine needs from the outside, as contracts it owns: where aggregated values
+come from (`UsageAggregates`: the local events, or an upstream metering system such as OpenMeter)
+and where meter events go (`MeterEventSink`: Stripe's billing meters). Adapters implement these;
+the engine imports no adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from metersync.catalog.meters import Meter
+from metersync.mechanics.retry import TargetError
+from metersync.store import Store
+from metersync.usage.aggregate import WindowValue
+
+
+@dataclass(frozen=True)
+class MeterEvent:
+    event_name: str
+    customer_id: str
+    value: int
+    timestamp: int  # unix seconds
+    identifier: str  # unique per usage report: the meter counts it once (stripe_facts)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    identifier: str
+    delivered: bool
+    duplicate: bool = False  # the meter already had this identifier: delivered earlier
+    error: TargetError | None = None  # why it was not delivered
+
+
+class MeterEventSink(Protocol):
+    async def send(self, events: Sequence[MeterEvent]) -> list[Delivery]: ...
+
+
+class UsageAggregates(Protocol):
+    name: str
+
+    def bind(self, store: Store, target: str) -> int:
+        """Fix which customer unbound usage counts for (see aggregate.bind_usage); returns
+        how many values were bound."""
+        ...
+
+    def waiting_subjects(self, store: Store) -> dict[str, int]:
+        """Usage waiting for its subject's customer to be linked, by subject."""
+        ...
+
+    def windows(
+        self,
+        store: Store,
+        meter: Meter,
+        window_s: int,
+        *,
+        customers: Sequence[str] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[WindowValue]:
+        """The meter's value per customer and window (a calendar month when window_s is 0)."""
+        ...
+
+    def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:
+        """Customers whose values may have changed since `after` (a superset is fine)."""
+        ...
