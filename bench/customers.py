@@ -24,7 +24,7 @@ changes); its verdict is on the median run.
 Seeding the 100,000: customers are bulk-inserted into the catalog (the rows Catalog.create_customer
 writes, checked against it on a sample); each is rendered by StripeTarget.render and created in
 the emulator with the engine's own create parameters (raw HTTP, latency 0); then the link rows
-and the sync cursor are written as Journal.synced/advance would. The recipe is checked against
+and the sync cursor are written as Journal.mark_synced/advance would. The recipe is checked against
 the link rows the engine itself wrote in the cold sync. A failed engine case is re-run under
 cProfile (every thread of the worker) and its top functions go to the report.
 
@@ -338,7 +338,7 @@ def check_bulk_matches_api(bulk: Any, sample: int = 20) -> bool:
 
 
 def expected_link(customer: Any, target: Any) -> dict[str, Any]:
-    """What Journal.synced writes after the create of `customer` (minus ids and times)."""
+    """What Journal.mark_synced writes after the create of `customer` (minus ids and times)."""
     from metersync.sync.model import digest, fingerprint
 
     state = target.render(customer).state()
@@ -1153,7 +1153,7 @@ def run_all(args: argparse.Namespace, emulator: Emulator, scratch: Path) -> dict
     big = args.big
     print(
         f"\n[3] seeding {big} synced customers (bulk catalog insert, emulator creates at "
-        "latency 0, link rows as Journal.synced writes them)",
+        "latency 0, link rows as Journal.mark_synced writes them)",
         flush=True,
     )
     emulator.reset()
@@ -1511,7 +1511,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- **Seeding the {s['customers']}**: bulk insert of the rows `Catalog.create_customer` "
         f"writes (read back equal to its output on a sample: {s['bulk_matches_api']}); "
         f"`StripeTarget.render` → the engine's create parameters → `POST /v1/customers` at "
-        f"latency 0; link rows and cursor as `Journal.synced`/`advance` write them (the recipe "
+        f"latency 0; link rows and cursor as `Journal.mark_synced`/`advance` write them (the recipe "
         f"equals the engine's own rows from the cold sync: "
         f"{s['link_recipe_checked_in_cold_sync']}). Catalog {s['catalog_insert_s']} s, render "
         f"{s['render_s']} s, emulator creates {s['emulator_creates_s']} s, links "

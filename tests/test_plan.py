@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from metersync.catalog.views import BillingAddress, Customer
-from metersync.store.models import LinkState
+from metersync.states import LinkState
 from metersync.sync.model import (
     Action,
     ActionKind,

@@ -443,15 +443,17 @@ def test_a_failed_group_commit_leaves_no_session_behind(
     """The writes of a group that could not even start run alone, and are committed."""
     from functools import partial
 
-    from metersync.sync.journal import Journal
+    from metersync.store import links
+    from metersync.sync.journal import Journal, JournalWrite
 
     journal = Journal(catalog.store, "stripe")
 
     def broken(*_: Any, **__: Any) -> list[Any]:
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(journal, "_in_batches", broken)
-    results = journal.run_group([partial(journal.blocked, "acme", "a reason")])
+    monkeypatch.setattr(links, "_in_batches", broken)
+    write = JournalWrite("acme", partial(journal.mark_blocked, "acme", "a reason"))
+    results = journal.run_group([write])
     assert results == [None]
     monkeypatch.undo()
     link = journal.link("acme")

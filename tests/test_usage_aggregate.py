@@ -69,7 +69,7 @@ def linked(catalog: Catalog, key: str, subjects: list[str]) -> None:
     catalog.create_customer(
         {"key": key, "name": key, "usageAttribution": {"subjectKeys": subjects}}
     )
-    Journal(catalog.store, "stripe").synced(
+    Journal(catalog.store, "stripe").mark_synced(
         key, external_id=f"cus_{key}", pushed={"fields": {}, "metadata": {}}
     )
 
@@ -88,7 +88,7 @@ def test_usage_binds_to_the_subjects_customer_once_it_is_linked(catalog: Catalog
     add(catalog, "s1", T)
     assert bind_usage(catalog.store, "stripe") == 0  # acme has no Stripe link: it waits
     assert unbound_subjects(catalog.store) == {"s1": 1}
-    Journal(catalog.store, "stripe").synced(
+    Journal(catalog.store, "stripe").mark_synced(
         "acme", external_id="cus_acme", pushed={"fields": {}, "metadata": {}}
     )
     assert bind_usage(catalog.store, "stripe") == 1

@@ -57,13 +57,10 @@ from metersync.store import (
     UpstreamCustomerRow,
     UpstreamUsageRow,
 )
+from metersync.store.links import routable_subjects
 from metersync.stripe_facts import METER_EVENT_PAST_LIMIT_S
 from metersync.times import epoch_seconds, month_start, rfc3339_seconds
-from metersync.usage.aggregate import (
-    WindowValue,
-    routable_subjects,
-    subject_owner,
-)
+from metersync.usage.aggregate import WindowValue, subject_owner
 from metersync.usage.reports import push_window_s
 
 _log = get_logger("metersync.sources.openmeter")

@@ -1,5 +1,6 @@
 """The database: SQLModel tables, the engine and sessions, Alembic migrations."""
 
+from metersync.states import LedgerState, LinkKind, LinkState
 from metersync.store.engine import Store
 from metersync.store.models import (
     AttributionRow,
@@ -8,10 +9,7 @@ from metersync.store.models import (
     EventRow,
     LeaseRow,
     LedgerRow,
-    LedgerState,
-    LinkKind,
     LinkRow,
-    LinkState,
     SubjectRow,
     SyncStateRow,
     UpstreamCustomerRow,

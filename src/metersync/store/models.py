@@ -9,7 +9,6 @@ subjects by key too.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -134,25 +133,6 @@ class CatalogSequenceRow(SQLModel, table=True):
     value: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
-class LinkKind(StrEnum):
-    CUSTOMER = "customer"
-    SUBJECT = "subject"
-
-
-class LinkState(StrEnum):
-    """Where the external record stands. Stored as text, so new states need no migration."""
-
-    PENDING = "pending"  # known locally; nothing exists (or is routed) in the target yet
-    CREATING = "creating"  # intent written before the create call; outcome not yet known
-    SYNCED = "synced"  # external record matches synced_hash
-    UPDATING = "updating"  # update intent written; outcome not yet known
-    DELETING = "deleting"  # delete intent written; outcome not yet known
-    DELETED = "deleted"  # we deleted the external record
-    ARCHIVED = "archived"  # marked archived in the target, record kept
-    RELEASED = "released"  # local record deleted under the `keep` policy: no longer managed
-    MISSING = "missing"  # the external record vanished out of band
-
-
 class LinkRow(SQLModel, table=True):
     """The mapping table: one row per (target, kind, local key) → external id."""
 
@@ -267,13 +247,6 @@ _ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
 SOURCE_MAX = 512
 EVENT_ID_MAX = 512
 EVENT_TYPE_MAX = 256
-
-
-class LedgerState(StrEnum):
-    PENDING = "pending"  # written before the call; re-sent with the same identifier until known
-    DELIVERED = "delivered"  # the target took it (or already had it: a duplicate identifier)
-    LATE = "late"  # older than the target accepts, held by late_usage = "report"
-    FAILED = "failed"  # refused for good (last_error says why); the delta stays unpushed
 
 
 class EventRow(SQLModel, table=True):

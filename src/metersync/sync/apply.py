@@ -25,7 +25,7 @@ from metersync.logs import get_logger
 from metersync.mechanics.batching import Batcher
 from metersync.store import LinkState
 from metersync.stripe_facts import IDEMPOTENCY_KEY_TRUST
-from metersync.sync.journal import Journal
+from metersync.sync.journal import Journal, JournalWrite
 from metersync.sync.model import Action, ActionKind, Change, Desired, Plan, digest
 from metersync.sync.plan import changes_from_pushed
 from metersync.sync.ports import ErrorKind, Target, TargetError
@@ -100,7 +100,7 @@ class Applier:
         # answers whether everything was delivered.
         self.before_delete = before_delete
         self.result = ApplyResult()
-        self._writes: Batcher[Callable[[], Any], Any] = Batcher(
+        self._writes: Batcher[JournalWrite, Any] = Batcher(
             self._commit_group, max_size=_GROUP_MAX, serial=True
         )
 
@@ -165,7 +165,7 @@ class Applier:
         payload = desired.state()
         key = idempotency_key(self.target.name, "create", action.key, generation, desired.hash)
         await self._record(
-            self.journal.intend,
+            self.journal.record_intent,
             action.key,
             LinkState.CREATING,
             idempotency_key=key,
@@ -186,7 +186,7 @@ class Applier:
             )
             raise
         await self._record(
-            self.journal.synced,
+            self.journal.mark_synced,
             action.key,
             external_id=external_id,
             pushed=payload,
@@ -223,7 +223,7 @@ class Applier:
                 {"fields": dict(found.fields), "metadata": dict(found.metadata)},
             )
         await self._record(
-            self.journal.synced,
+            self.journal.mark_synced,
             key,
             external_id=external_id,
             pushed=payload or {},
@@ -252,7 +252,7 @@ class Applier:
         generation = link.generation if link else 1
         if action.kind in (ActionKind.ADOPT, ActionKind.RELINK) and not action.changes:
             await self._record(
-                self.journal.synced,
+                self.journal.mark_synced,
                 action.key,
                 external_id=external_id,
                 pushed=desired.state(),
@@ -285,7 +285,7 @@ class Applier:
         content = digest([external_id, payload])
         idem = idempotency_key(self.target.name, "update", key, generation, content)
         await self._record(
-            self.journal.intend,
+            self.journal.record_intent,
             key,
             LinkState.UPDATING,
             idempotency_key=idem,
@@ -298,7 +298,7 @@ class Applier:
         except ItemFailed as failure:
             if failure.error.kind is ErrorKind.GONE:
                 await self._record(
-                    self.journal.set_state,
+                    self.journal.mark_state,
                     key,
                     LinkState.MISSING,
                     note="deleted in the target out of band",
@@ -313,7 +313,7 @@ class Applier:
                 )
             raise
         await self._record(
-            self.journal.synced, key, external_id=external_id, pushed=payload, seq=desired.seq
+            self.journal.mark_synced, key, external_id=external_id, pushed=payload, seq=desired.seq
         )
 
     async def _delete(self, action: Action) -> None:
@@ -321,7 +321,7 @@ class Applier:
         if external_id is None and action.resume:
             external_id = await self._finish_create(action.key)
             if external_id is None:
-                await self._record(self.journal.set_state, action.key, LinkState.DELETED)
+                await self._record(self.journal.mark_state, action.key, LinkState.DELETED)
                 self.result.count("deleted")
                 return
         external_id = _need(external_id)
@@ -331,7 +331,7 @@ class Applier:
             # Deleting now would strand usage the customer still owes: retry the delete later.
             note = "usage for this customer is not yet delivered; the delete waits for it"
             await self._record(
-                self.journal.failed,
+                self.journal.mark_failed,
                 action.key,
                 note,
                 state=None,
@@ -345,7 +345,7 @@ class Applier:
         )
         if ours:
             await self._record(
-                self.journal.intend,
+                self.journal.record_intent,
                 action.key,
                 LinkState.DELETING,
                 idempotency_key=idem,
@@ -366,7 +366,7 @@ class Applier:
                     )
                 raise
         if ours:
-            await self._record(self.journal.set_state, action.key, LinkState.DELETED)
+            await self._record(self.journal.mark_state, action.key, LinkState.DELETED)
         self.result.count("deleted")
 
     async def _archive(self, action: Action) -> None:
@@ -382,7 +382,7 @@ class Applier:
                 # On the link row, so that status shows it and the next tick tries again
                 # (the tick's cursor moves past the catalog change that asked for it).
                 await self._record(
-                    self.journal.failed,
+                    self.journal.mark_failed,
                     action.key,
                     failure.error.message,
                     state=None,
@@ -397,7 +397,7 @@ class Applier:
         pushed = dict((link.synced_state if link else None) or {"fields": {}, "metadata": {}})
         pushed["metadata"] = {**pushed.get("metadata", {}), **marker}
         await self._record(
-            self.journal.synced,
+            self.journal.mark_synced,
             action.key,
             external_id=external_id,
             pushed=pushed,
@@ -406,11 +406,11 @@ class Applier:
         self.result.count("archived")
 
     async def _release(self, action: Action) -> None:
-        await self._record(self.journal.set_state, action.key, LinkState.RELEASED)
+        await self._record(self.journal.mark_state, action.key, LinkState.RELEASED)
         self.result.count("released")
 
     async def _blocked(self, action: Action) -> None:
-        await self._record(self.journal.blocked, action.key, action.reason)
+        await self._record(self.journal.mark_blocked, action.key, action.reason)
         self.result.count("blocked")
 
     async def _failed(
@@ -427,7 +427,7 @@ class Applier:
         happened, so the intent goes and the link returns to `refused`."""
         unknown = failure.error.kind is ErrorKind.RETRYABLE
         await self._record(
-            self.journal.failed,
+            self.journal.mark_failed,
             key,
             failure.error.message,
             state=in_flight if unknown else refused,
@@ -456,14 +456,15 @@ class Applier:
         # Database reads run in a worker thread: the event loop keeps other calls moving.
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def _record(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A journal write, committed together with the writes of other actions in flight
-        (one transaction at a time: those arriving meanwhile form the next group). Returns
-        once committed, so an intent is durable before its call leaves."""
-        result: T = await self._writes.submit(functools.partial(fn, *args, **kwargs))
+    async def _record(self, fn: Callable[..., T], key: str, *args: Any, **kwargs: Any) -> T:
+        """A journal write about customer `key`, committed together with the writes of other
+        actions in flight (one transaction at a time: those arriving meanwhile form the next
+        group). Returns once committed, so an intent is durable before its call leaves."""
+        write = JournalWrite(key, functools.partial(fn, key, *args, **kwargs))
+        result: T = await self._writes.submit(write)
         return result
 
-    async def _commit_group(self, writes: Sequence[Callable[[], Any]]) -> list[Any]:
+    async def _commit_group(self, writes: Sequence[JournalWrite]) -> list[Any]:
         return await asyncio.to_thread(self.journal.run_group, writes)
 
 

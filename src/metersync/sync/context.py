@@ -13,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-
 from metersync.catalog.meters import Meter
-from metersync.store import (
-    LinkKind,
-    LinkRow,
-    Store,
-)
+from metersync.store import Store
+from metersync.store.links import LinkTable, changed_customers
 from metersync.sync.ports import NO_CONTEXT, ContextNeeds, PeriodUsage, RenderContext
 from metersync.times import month_start
 from metersync.usage.local_aggregates import LOCAL
@@ -55,7 +50,9 @@ class ContextReader:
             return NO_CONTEXT
         wanted = None if keys is None else sorted(set(keys))
         return RenderContext(
-            external_ids={t: self._external_ids(t, wanted) for t in self.needs.links},
+            external_ids={
+                t: LinkTable(self.store, t).external_ids(wanted) for t in self.needs.links
+            },
             usage=self._usage(wanted),
         )
 
@@ -67,49 +64,15 @@ class ContextReader:
         if not self.needs.any or since is None:
             return set()
         after = since - CONTEXT_OVERLAP
-        keys: set[str] = set()
-        link = LinkRow.__table__.c  # type: ignore[attr-defined]
-        with self.store.read_session() as session:
-            keys.update(
-                session.execute(
-                    select(link.local_key).where(
-                        link.kind == LinkKind.CUSTOMER,
-                        link.target.in_([*self.needs.links, own_target]),
-                        link.updated_at >= after,
-                    )
-                ).scalars()
-            )
+        keys = changed_customers(self.store, [*self.needs.links, own_target], after)
         if self.meters:
             keys.update(self.aggregates.changed_customers(self.store, self.meters, after))
             if month_start(int(since.timestamp())) != month_start(int(self.now.timestamp())):
                 # A new month: every "this month" figure starts again, with or without usage.
-                keys.update(self._linked(own_target))
+                keys.update(LinkTable(self.store, own_target).linked_keys())
         return keys
 
-    def _linked(self, target: str) -> set[str]:
-        link = LinkRow.__table__.c  # type: ignore[attr-defined]
-        with self.store.read_session() as session:
-            return set(
-                session.execute(
-                    select(link.local_key).where(
-                        link.target == target, link.kind == LinkKind.CUSTOMER
-                    )
-                ).scalars()
-            )
-
     # -- queries ---------------------------------------------------------------------------------
-
-    def _external_ids(self, target: str, keys: list[str] | None) -> dict[str, str]:
-        link = LinkRow.__table__.c  # type: ignore[attr-defined]
-        query = select(link.local_key, link.external_id).where(
-            link.target == target,
-            link.kind == LinkKind.CUSTOMER,
-            link.external_id.is_not(None),
-        )
-        if keys is not None:
-            query = query.where(link.local_key.in_(keys))
-        with self.store.read_session() as session:
-            return {k: str(v) for k, v in session.execute(query)}
 
     def _usage(self, keys: list[str] | None) -> dict[str, dict[str, PeriodUsage]]:
         start = month_start(int(self.now.timestamp()))

@@ -41,7 +41,7 @@ async def link_customer(catalog: Catalog, target: Target, key: str, external_id:
             f"{target.name} customer {external_id} is managed for customer {record.key!r}"
         )
     # What we know it holds: its fields, and none of its metadata as ours yet.
-    journal.synced(
+    journal.mark_synced(
         key, external_id=external_id, pushed={"fields": dict(record.fields), "metadata": {}}
     )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from metersync.store.models import LinkState
+from metersync.states import LinkState
 from metersync.sync.model import (
     IN_SYNC,
     Action,

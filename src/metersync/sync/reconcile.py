@@ -162,7 +162,7 @@ async def sync_customers(
         # matched without our last push): record it, so the next full run takes the fast path.
         confirmed = [a.desired for a in plan.actions if a.in_sync and a.desired is not None]
         if confirmed:
-            journal.confirm(confirmed)
+            journal.confirm_in_sync(confirmed)
 
     applier = Applier(
         target,

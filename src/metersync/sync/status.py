@@ -4,44 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import col, select
-
 from metersync.catalog import Catalog
-from metersync.store import LinkRow
-from metersync.sync.journal import Journal
+from metersync.store.links import LinkTable
+from metersync.store.sync_state import SyncStateTable
 
 
 def link_status(catalog: Catalog, target: str, *, failing_limit: int = 50) -> dict[str, Any]:
-    journal = Journal(catalog.store, target)
-    with catalog.store.read_session() as session:
-        counts: dict[str, dict[str, int]] = {}
-        for kind, state, count in session.exec(
-            select(LinkRow.kind, LinkRow.state, func.count())
-            .where(LinkRow.target == target)
-            .group_by(col(LinkRow.kind), col(LinkRow.state))
-        ):
-            counts.setdefault(kind, {})[state] = int(count)
-        failing = [
-            {
-                "kind": row.kind,
-                "key": row.local_key,
-                "state": row.state,
-                "externalId": row.external_id,
-                "attempts": row.attempts,
-                "nextAttemptAt": row.next_attempt_at.isoformat(timespec="seconds")
-                if row.next_attempt_at
-                else None,
-                "lastError": row.last_error,
-            }
-            for row in session.exec(
-                select(LinkRow)
-                .where(LinkRow.target == target, col(LinkRow.last_error).is_not(None))
-                .order_by(col(LinkRow.updated_at).desc())
-                .limit(failing_limit)
-            )
-        ]
-    sync_state = journal.state()
+    links = LinkTable(catalog.store, target)
+    counts = links.counts()
+    failing = [
+        {
+            "kind": row.kind,
+            "key": row.local_key,
+            "state": row.state,
+            "externalId": row.external_id,
+            "attempts": row.attempts,
+            "nextAttemptAt": row.next_attempt_at.isoformat(timespec="seconds")
+            if row.next_attempt_at
+            else None,
+            "lastError": row.last_error,
+        }
+        for row in links.failing(failing_limit)
+    ]
+    sync_state = SyncStateTable(catalog.store, target).read()
     cursor = sync_state.change_cursor if sync_state else 0
     high_water = catalog.high_water()
 

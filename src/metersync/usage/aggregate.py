@@ -15,13 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, func, literal, select, update
+from sqlalchemy import Table, and_, func, literal, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from metersync.catalog.meters import Aggregation, Meter
-from metersync.store import AttributionRow, LinkKind, LinkRow, LinkState, Store, UsageRow
+from metersync.store import AttributionRow, Store, UsageRow
+from metersync.store.links import routable_subjects
 from metersync.times import month_start, rfc3339_seconds
 
 US = 1_000_000
@@ -29,23 +30,6 @@ US = 1_000_000
 USAGE: Table = UsageRow.__table__  # type: ignore[attr-defined]
 _u = USAGE.c
 _a = AttributionRow.__table__.c  # type: ignore[attr-defined]
-_l = LinkRow.__table__.c  # type: ignore[attr-defined]
-# Customer links usage can be pushed through (as journal._ROUTABLE).
-ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
-
-
-def routable_subjects(target: str) -> Select[Any]:
-    """Subjects whose customer has a live link in `target`: the ones usage can bind for."""
-    return (
-        select(_a.subject_key)
-        .join(_l.local_key.table, _l.local_key == _a.customer_key)
-        .where(
-            _l.target == target,
-            _l.kind == LinkKind.CUSTOMER,
-            _l.external_id.is_not(None),
-            _l.state.in_([s.value for s in ROUTABLE]),
-        )
-    )
 
 
 def subject_owner(subject: ColumnElement[Any]) -> ScalarSelect[Any]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Table, select
 
 from metersync.catalog.meters import Meter
-from metersync.store import AttributionRow, EventRow, LedgerRow, Store, UsageRow
+from metersync.store import AttributionRow, EventRow, Store, UsageRow
+from metersync.store.ledger import customers_pushed_since
 from metersync.usage.aggregate import (
     WindowValue,
     bind_usage,
@@ -52,7 +53,6 @@ class LocalAggregates:
         usages: Table = UsageRow.__table__  # type: ignore[attr-defined]
         attributions: Table = AttributionRow.__table__  # type: ignore[attr-defined]
         event, usage, attribution = events.c, usages.c, attributions.c
-        ledger = LedgerRow.__table__.c  # type: ignore[attr-defined]
         slugs = [m.slug for m in meters]
         ingested = (
             select(usage.customer_key, attribution.customer_key)
@@ -62,19 +62,11 @@ class LocalAggregates:
             .where(usage.meter.in_(slugs), event.ingested_at >= after)
             .distinct()
         )
-        pushed = (
-            select(ledger.customer_key)
-            .where(
-                ledger.meter.in_(slugs),
-                or_(ledger.created_at >= after, ledger.delivered_at >= after),
-            )
-            .distinct()
-        )
         keys: set[str] = set()
         with store.read_session() as session:
             for bound, attributed in session.execute(ingested):
                 keys.update(k for k in (bound, attributed) if k)
-            keys.update(session.execute(pushed).scalars())
+        keys.update(customers_pushed_since(store, slugs, after))
         return keys
 
 

@@ -20,11 +20,12 @@ from metersync.errors import ConfigError
 from metersync.logs import get_logger
 from metersync.mechanics.retry import ErrorKind
 from metersync.store import Store
+from metersync.store.ledger import LedgerTable, PendingReport
+from metersync.store.links import LinkTable
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
-from metersync.usage.ledger import Ledger, PendingReport
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import MeterEvent, MeterEventSink, UsageAggregates
-from metersync.usage.reports import Report, Skipped, plan_reports, push_window_s
+from metersync.usage.reports import Base, Report, Skipped, plan_reports, push_window_s
 
 _log = get_logger("metersync.usage")
 
@@ -92,14 +93,14 @@ async def push_usage(
     customer's delete). `aggregates`: where the meter values come from (local events, or an
     upstream such as OpenMeter)."""
     moment = now or utcnow()
-    ledger = Ledger(store, target)
+    ledger = LedgerTable(store, target)
     result = PushResult()
     if not dry_run:
         result.bound = aggregates.bind(store, target)
     result.waiting_subjects = len(aggregates.waiting_subjects(store))
     if not dry_run:
         await finish_pending(ledger, sink, result, moment, customers)
-    external_ids = ledger.external_ids()
+    external_ids = LinkTable(store, target).routable_external_ids()
     reports: list[Report] = []
     for meter in meters:
         if meter.settings.stripe is None:
@@ -111,7 +112,7 @@ async def push_usage(
         planned, skipped = plan_reports(
             meter,
             windows,
-            ledger.bases(meter.slug, moment, last=last),
+            {k: Base(*v) for k, v in ledger.bases(meter.slug, moment, last=last).items()},
             external_ids,
             window_s=per,
             now=moment,
@@ -151,7 +152,7 @@ async def push_usage(
     return result
 
 
-def _check_unchanged(ledger: Ledger, meter: Meter, window_s: int) -> None:
+def _check_unchanged(ledger: LedgerTable, meter: Meter, window_s: int) -> None:
     """A meter's reports add up only under one window size and one scale: after a change,
     totals would be measured against bases made under the other, and history billed again."""
     assert meter.settings.stripe is not None
@@ -173,7 +174,7 @@ def _check_unchanged(ledger: Ledger, meter: Meter, window_s: int) -> None:
 
 
 async def finish_pending(
-    ledger: Ledger,
+    ledger: LedgerTable,
     sink: MeterEventSink,
     result: PushResult,
     now: datetime,
@@ -194,7 +195,7 @@ async def finish_pending(
 
 
 async def _send(
-    ledger: Ledger,
+    ledger: LedgerTable,
     sink: MeterEventSink,
     reports: list[PendingReport],
     result: PushResult,
@@ -231,15 +232,15 @@ async def _send(
             error = delivery.error
             message = error.message if error else "not delivered"
             known = error is not None and error.kind in (ErrorKind.PERMANENT, ErrorKind.GONE)
-            ledger.failed(report.id, message, outcome_known=known)
+            ledger.mark_failed(report.id, message, outcome_known=known)
             result.failed += 1
             result.failures.append(
                 {"customer": report.customer_key, "meter": report.meter, "error": message}
             )
             if error is not None and error.kind is ErrorKind.FATAL:
-                ledger.delivered(delivered)
+                ledger.mark_delivered(delivered)
                 raise UsageTargetUnusable(message)
-        ledger.delivered(delivered)
+        ledger.mark_delivered(delivered)
         if progress is not None:
             progress(len(batch))
 
@@ -304,7 +305,7 @@ class UsagePusher:
         if not self.configured:
             return True
         result = await self.run(customers=[customer_key])
-        left = Ledger(self.store, self.target).pending(
+        left = LedgerTable(self.store, self.target).pending(
             utcnow() + timedelta(days=3650), customers=[customer_key]
         )
         # Anything skipped (a window waiting out a refusal, usage stamped in the future, a

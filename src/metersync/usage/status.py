@@ -6,15 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from metersync.clock import utcnow
-from metersync.store import LedgerState, Store
-from metersync.usage.ledger import LEDGER, Ledger
+from metersync.store import Store
+from metersync.store.ledger import LedgerTable
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
-
-_g = LEDGER.c
 
 
 def usage_status(
@@ -25,51 +21,27 @@ def usage_status(
     aggregates: UsageAggregates = LOCAL,
 ) -> dict[str, Any]:
     moment = now or utcnow()
-    with store.read_session() as session:
-        oldest_pending = session.execute(
-            select(func.min(_g.created_at)).where(
-                _g.target == target, _g.state == LedgerState.PENDING
-            )
-        ).scalar()
-        last_delivered = session.execute(
-            select(func.max(_g.delivered_at)).where(_g.target == target)
-        ).scalar()
-        late = [
-            {"meter": meter, "reports": int(count), "value": int(value or 0)}
-            for meter, count, value in session.execute(
-                select(_g.meter, func.count(), func.sum(_g.value))
-                .where(_g.target == target, _g.state == LedgerState.LATE)
-                .group_by(_g.meter)
-                .order_by(_g.meter)
-            )
-        ]
-        failing = [
-            {
-                "customer": customer,
-                "meter": meter,
-                "windowStart": int(window),
-                "state": state,
-                "attempts": attempts,
-                "lastError": error,
-            }
-            for customer, meter, window, state, attempts, error in session.execute(
-                select(
-                    _g.customer_key,
-                    _g.meter,
-                    _g.window_start,
-                    _g.state,
-                    _g.attempts,
-                    _g.last_error,
-                )
-                .where(_g.target == target, _g.last_error.is_not(None))
-                .where(_g.state.in_([LedgerState.PENDING, LedgerState.FAILED]))
-                .order_by(_g.id.desc())
-                .limit(50)
-            )
-        ]
+    ledger = LedgerTable(store, target)
+    oldest_pending = ledger.oldest_pending_at()
+    last_delivered = ledger.last_delivered_at()
+    late = [
+        {"meter": meter, "reports": count, "value": value}
+        for meter, count, value in ledger.late_by_meter()
+    ]
+    failing = [
+        {
+            "customer": row.customer_key,
+            "meter": row.meter,
+            "windowStart": int(row.window_start),
+            "state": row.state,
+            "attempts": row.attempts,
+            "lastError": row.last_error,
+        }
+        for row in ledger.failing(50)
+    ]
     waiting = aggregates.waiting_subjects(store)
     return {
-        "ledger": Ledger(store, target).counts(),
+        "ledger": ledger.counts(),
         "lagSeconds": _age(oldest_pending, moment),
         "oldestPendingAt": _stamp(oldest_pending),
         "lastDeliveredAt": _stamp(last_delivered),

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
+from metersync.store.ledger import LedgerTable
+from metersync.store.links import LinkTable
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
 from metersync.times import month_end, month_start, rfc3339_seconds
-from metersync.usage.ledger import LEDGER, Ledger
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import MeterEventSink, UsageAggregates
 from metersync.usage.push import PushResult, push_usage
@@ -40,7 +41,6 @@ from metersync.usage.reports import push_window_s, scaled
 HOUR = 3600
 # How long after delivery a report missing from Stripe's summaries is taken as lost.
 DEFAULT_SETTLE = timedelta(hours=1)
-_g = LEDGER.c
 _LOST = "delivered, but missing from Stripe's event summaries after the settle delay; re-planned"
 _NOT_LANDED = "not in Stripe's event summaries after its identifier window; re-planned"
 
@@ -142,7 +142,7 @@ async def verify_usage(
     # only: it fixes which customer new usage belongs to, and sends nothing).
     aggregates.bind(store, target.name)
     by_name = meters_by_event_name(await list_meters(target))
-    external_ids = Ledger(store, target.name).external_ids()
+    external_ids = LinkTable(store, target.name).routable_external_ids()
     compared: list[Difference] = []  # every period, equal or not
     for meter in meters:
         if meter.settings.stripe is None:
@@ -228,34 +228,24 @@ def _ledger(
 ) -> dict[tuple[str, int], tuple[int, int, int]]:
     """(delivered, pending, delivered to the current Stripe customer) per (customer, period).
     Sum meters add report values; last meters take the newest value by stamp."""
-    query = (
-        select(_g.customer_key, _g.window_start, _g.value, _g.state, _g.external_customer_id)
-        .where(
-            _g.target == target,
-            _g.meter == meter.slug,
-            _g.window_start >= lo,
-            _g.window_start < hi,
-            _g.state.in_([LedgerState.DELIVERED, LedgerState.PENDING]),
-        )
-        .order_by(_g.timestamp, _g.revision)
-    )
     out: dict[tuple[str, int], list[int]] = {}
-    with store.read_session() as session:
-        for customer, window_start, value, state, external_id in session.execute(query):
-            period = int(window_start) if monthly else int(window_start) // HOUR * HOUR
-            figures = out.setdefault((customer, period), [0, 0, 0])
-            here = external_id == external_ids.get(customer)
-            if state == LedgerState.DELIVERED:
-                if last:
-                    figures[0], figures[1] = int(value), 0
-                    figures[2] = int(value) if here else figures[2]
-                else:
-                    figures[0] += int(value)
-                    figures[2] += int(value) if here else 0
-            elif last:
-                figures[1] = int(value)
+    for customer, window_start, value, state, external_id in LedgerTable(store, target).sent_in(
+        meter.slug, lo, hi
+    ):
+        period = int(window_start) if monthly else int(window_start) // HOUR * HOUR
+        figures = out.setdefault((customer, period), [0, 0, 0])
+        here = external_id == external_ids.get(customer)
+        if state == LedgerState.DELIVERED:
+            if last:
+                figures[0], figures[1] = int(value), 0
+                figures[2] = int(value) if here else figures[2]
             else:
-                figures[1] += int(value)
+                figures[0] += int(value)
+                figures[2] += int(value) if here else 0
+        elif last:
+            figures[1] = int(value)
+        else:
+            figures[1] += int(value)
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
@@ -277,23 +267,18 @@ async def _stripe(
     return {s.start_time: int(s.aggregated_value) for s in found if s.aggregated_value}
 
 
-def _period_rows(session: Any, target: str, diff: Difference, external_id: str) -> list[Any]:
+def _period_rows(
+    ledger: LedgerTable, session: Session, diff: Difference, external_id: str
+) -> list[Any]:
     """The period's delivered and pending reports to the current Stripe customer, oldest
     stamp first."""
-    return list(
-        session.execute(
-            select(_g.id, _g.value, _g.state, _g.created_at, _g.delivered_at, _g.timestamp)
-            .where(
-                _g.target == target,
-                _g.customer_key == diff.customer_key,
-                _g.meter == diff.meter,
-                _g.window_start >= diff.period_start,
-                _g.window_start < diff.period_end,
-                _g.external_customer_id == external_id,
-                _g.state.in_([LedgerState.DELIVERED, LedgerState.PENDING]),
-            )
-            .order_by(_g.timestamp, _g.revision)
-        ).all()
+    return ledger.period_reports(
+        session,
+        customer_key=diff.customer_key,
+        meter=diff.meter,
+        start=diff.period_start,
+        end=diff.period_end,
+        external_customer_id=external_id,
     )
 
 
@@ -308,12 +293,13 @@ def _settle_held(
     → the newer pending ones did not. Anything ambiguous is left for a person."""
     cutoff = utcnow() - METER_EVENT_IDENTIFIER_TRUST
     settled = 0
-    with store.session() as session:
+    ledger = LedgerTable(store, target)
+    with ledger.correcting() as session:
         for diff in periods:
             external_id = external_ids.get(diff.customer_key)
             if external_id is None:
                 continue
-            rows = _period_rows(session, target, diff, external_id)
+            rows = _period_rows(ledger, session, diff, external_id)
             pending = [r for r in rows if r.state == LedgerState.PENDING]
             if not pending or any(r.created_at >= cutoff for r in pending):
                 continue  # nothing held, or some still re-sendable: the next push first
@@ -324,14 +310,11 @@ def _settle_held(
                 continue
             for row in pending:
                 ok = row.id in landed
-                session.execute(
-                    update(LEDGER)
-                    .where(_g.id == row.id)
-                    .values(
-                        state=LedgerState.DELIVERED if ok else LedgerState.FAILED,
-                        last_error=None if ok else _NOT_LANDED,
-                        next_attempt_at=None,
-                    )
+                ledger.set_outcome(
+                    session,
+                    row.id,
+                    LedgerState.DELIVERED if ok else LedgerState.FAILED,
+                    None if ok else _NOT_LANDED,
                 )
                 settled += 1
     return settled
@@ -350,14 +333,15 @@ def _replan_lost(
     delivered value, when Stripe shows another."""
     cutoff = utcnow() - settle
     replanned = 0
-    with store.session() as session:
+    ledger = LedgerTable(store, target)
+    with ledger.correcting() as session:
         for diff in differences:
             external_id = external_ids.get(diff.customer_key)
             if external_id is None or diff.stripe == diff.delivered_here:
                 continue
             rows = [
                 r
-                for r in _period_rows(session, target, diff, external_id)
+                for r in _period_rows(ledger, session, diff, external_id)
                 if r.state == LedgerState.DELIVERED
             ]
             if not rows or any(r.delivered_at is None or r.delivered_at >= cutoff for r in rows):
@@ -370,11 +354,7 @@ def _replan_lost(
             else:
                 lost = None  # Stripe holds more: reported, never undone
             for row_id in lost or ():
-                session.execute(
-                    update(LEDGER)
-                    .where(_g.id == row_id)
-                    .values(state=LedgerState.FAILED, last_error=_LOST, next_attempt_at=None)
-                )
+                ledger.set_outcome(session, row_id, LedgerState.FAILED, _LOST)
                 replanned += 1
     return replanned
 

@@ -1,27 +1,65 @@
-"""The usage ledger: one row per report to a target's meter, PENDING before its call and
-DELIVERED after. What the ledger holds is what the next delta is measured against; a PENDING
-row counts as sent (it will be, with its own identifier), a FAILED one does not.
+"""The usage ledger's one owner: every query and write of ledger rows is here.
+
+One row per report to a target's meter, PENDING before its call and DELIVERED after. What the
+ledger holds is what the next delta is measured against; a PENDING row counts as sent (it will
+be, with its own identifier), a FAILED one does not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from metersync.clock import utcnow
 from metersync.mechanics.backoff import backoff
-from metersync.store import LedgerRow, LedgerState, LinkKind, LinkRow, Store
-from metersync.usage.aggregate import ROUTABLE
-from metersync.usage.reports import Base, Report
+from metersync.states import LedgerState
+from metersync.store.engine import Store
+from metersync.store.models import LedgerRow
 
 LEDGER: Table = LedgerRow.__table__  # type: ignore[attr-defined]
 _g = LEDGER.c
-_l = LinkRow.__table__.c  # type: ignore[attr-defined]
+_ERROR_MAX = 2000  # characters of an error kept on a report
 # States whose value the target has, or will have: the base of the next delta.
 COUNTED = (LedgerState.PENDING, LedgerState.DELIVERED, LedgerState.LATE)
+# States whose value was sent: what `usage verify` compares with the target's figures.
+SENT = (LedgerState.DELIVERED, LedgerState.PENDING)
+
+
+class NewReport(Protocol):
+    """A report about to be written (usage.reports.Report is one)."""
+
+    @property
+    def customer_key(self) -> str: ...
+    @property
+    def meter(self) -> str: ...
+    @property
+    def window_start(self) -> int: ...
+    @property
+    def window_s(self) -> int: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def value(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def external_customer_id(self) -> str: ...
+    @property
+    def event_name(self) -> str: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def late(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -39,27 +77,20 @@ class PendingReport:
     created_at: datetime
 
 
-class Ledger:
+class LedgerTable:
+    """The ledger rows of one target."""
+
     def __init__(self, store: Store, target: str) -> None:
         self.store = store
         self.target = target
 
-    def external_ids(self) -> dict[str, str]:
-        """Customer key → the target's id, for customers usage can be pushed to."""
-        query = select(_l.local_key, _l.external_id).where(
-            _l.target == self.target,
-            _l.kind == LinkKind.CUSTOMER,
-            _l.external_id.is_not(None),
-            _l.state.in_([s.value for s in ROUTABLE]),
-        )
-        with self.store.read_session() as session:
-            return {key: external_id for key, external_id in session.execute(query)}
+    # -- what the next delta is measured against -------------------------------------------------
 
     def bases(
         self, meter: str, now: datetime, *, last: bool = False
-    ) -> dict[tuple[str, int], Base]:
-        """Per (customer, window): what the target holds or will hold, the highest revision,
-        the newest stamp, and whether a refusal's backoff still runs.
+    ) -> dict[tuple[str, int], tuple[int, int, int, bool]]:
+        """Per (customer, window): (what the target holds or will hold, the highest revision,
+        the newest stamp, whether a refusal's backoff still runs), the planner's `Base`.
 
         Sum meters add up the values of every counted report, so a report that ends FAILED
         (refused) drops out and its value is planned again, whatever was planned after it.
@@ -116,8 +147,11 @@ class Ledger:
             )
         with self.store.read_session() as session:
             return {
-                (customer, int(window)): Base(
-                    int(total or 0), int(revision), int(stamp or 0), bool(waiting)
+                (customer, int(window)): (
+                    int(total or 0),
+                    int(revision),
+                    int(stamp or 0),
+                    bool(waiting),
                 )
                 for customer, window, revision, total, stamp, waiting in session.execute(query)
             }
@@ -132,7 +166,9 @@ class Ledger:
         with self.store.read_session() as session:
             return {(int(w), float(s)) for w, s in session.execute(query)}
 
-    def record(self, reports: Sequence[Report]) -> list[int]:
+    # -- reports: writes and their outcomes ------------------------------------------------------
+
+    def record(self, reports: Sequence[NewReport]) -> list[int]:
         """Write reports before sending them (PENDING, or LATE when held): one transaction, so
         a crash leaves all of them or none."""
         if not reports:
@@ -201,7 +237,7 @@ class Ledger:
         with self.store.read_session() as session:
             return [PendingReport(*row) for row in session.execute(query)]
 
-    def delivered(self, ids: Sequence[int]) -> None:
+    def mark_delivered(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         now = utcnow()
@@ -213,7 +249,7 @@ class Ledger:
                     .values(state=LedgerState.DELIVERED, delivered_at=now, last_error=None)
                 )
 
-    def failed(self, report_id: int, message: str, *, outcome_known: bool) -> None:
+    def mark_failed(self, report_id: int, message: str, *, outcome_known: bool) -> None:
         """A send failed. Unknown outcome (connection, timeout, 5xx, 429): stays PENDING and is
         re-sent with its identifier after a backoff. Refused: FAILED, and its value is planned
         again, as a new revision, after the backoff."""
@@ -225,13 +261,139 @@ class Ledger:
                 .where(_g.id == report_id)
                 .values(
                     attempts=attempts + 1,
-                    last_error=message[:2000],
+                    last_error=message[:_ERROR_MAX],
                     next_attempt_at=now + backoff(attempts + 1, base_s=5.0, cap_s=1800.0),
                     state=LedgerState.FAILED if outcome_known else LedgerState.PENDING,
                 )
             )
 
+    # -- health ----------------------------------------------------------------------------------
+
     def counts(self) -> dict[str, int]:
         query = select(_g.state, func.count()).where(_g.target == self.target).group_by(_g.state)
         with self.store.read_session() as session:
             return {state: int(count) for state, count in session.execute(query)}
+
+    def oldest_pending_at(self) -> datetime | None:
+        with self.store.read_session() as session:
+            return session.execute(
+                select(func.min(_g.created_at)).where(
+                    _g.target == self.target, _g.state == LedgerState.PENDING
+                )
+            ).scalar()
+
+    def last_delivered_at(self) -> datetime | None:
+        with self.store.read_session() as session:
+            return session.execute(
+                select(func.max(_g.delivered_at)).where(_g.target == self.target)
+            ).scalar()
+
+    def late_by_meter(self) -> list[tuple[str, int, int]]:
+        """(meter, reports, value) of the reports held as late, by meter."""
+        query = (
+            select(_g.meter, func.count(), func.sum(_g.value))
+            .where(_g.target == self.target, _g.state == LedgerState.LATE)
+            .group_by(_g.meter)
+            .order_by(_g.meter)
+        )
+        with self.store.read_session() as session:
+            return [(m, int(n), int(v or 0)) for m, n, v in session.execute(query)]
+
+    def failing(self, limit: int) -> list[Any]:
+        """Reports with an error that are still pending or failed, newest first: customer_key,
+        meter, window_start, state, attempts, last_error."""
+        query = (
+            select(
+                _g.customer_key,
+                _g.meter,
+                _g.window_start,
+                _g.state,
+                _g.attempts,
+                _g.last_error,
+            )
+            .where(_g.target == self.target, _g.last_error.is_not(None))
+            .where(_g.state.in_([LedgerState.PENDING, LedgerState.FAILED]))
+            .order_by(_g.id.desc())
+            .limit(limit)
+        )
+        with self.store.read_session() as session:
+            return list(session.execute(query))
+
+    # -- verification ----------------------------------------------------------------------------
+
+    def sent_in(self, meter: str, lo: int, hi: int) -> list[Any]:
+        """The meter's sent reports (delivered or pending) for windows in [lo, hi), oldest
+        stamp first: customer_key, window_start, value, state, external_customer_id."""
+        query = (
+            select(_g.customer_key, _g.window_start, _g.value, _g.state, _g.external_customer_id)
+            .where(
+                _g.target == self.target,
+                _g.meter == meter,
+                _g.window_start >= lo,
+                _g.window_start < hi,
+                _g.state.in_(SENT),
+            )
+            .order_by(_g.timestamp, _g.revision)
+        )
+        with self.store.read_session() as session:
+            return list(session.execute(query))
+
+    @contextmanager
+    def correcting(self) -> Iterator[Session]:
+        """One transaction for a verification's corrections (period_reports, set_outcome)."""
+        with self.store.session() as session:
+            yield session
+
+    def period_reports(
+        self,
+        session: Session,
+        *,
+        customer_key: str,
+        meter: str,
+        start: int,
+        end: int,
+        external_customer_id: str,
+    ) -> list[Any]:
+        """A period's sent reports to one external customer, oldest stamp first: id, value,
+        state, created_at, delivered_at, timestamp."""
+        return list(
+            session.execute(
+                select(_g.id, _g.value, _g.state, _g.created_at, _g.delivered_at, _g.timestamp)
+                .where(
+                    _g.target == self.target,
+                    _g.customer_key == customer_key,
+                    _g.meter == meter,
+                    _g.window_start >= start,
+                    _g.window_start < end,
+                    _g.external_customer_id == external_customer_id,
+                    _g.state.in_(SENT),
+                )
+                .order_by(_g.timestamp, _g.revision)
+            ).all()
+        )
+
+    def set_outcome(
+        self, session: Session, report_id: int, state: LedgerState, note: str | None
+    ) -> None:
+        """Settle a report by what the target's figures show: DELIVERED, or FAILED (planned
+        again under a new identifier by the next push)."""
+        session.execute(
+            update(LEDGER)
+            .where(_g.id == report_id)
+            .values(state=state, last_error=note, next_attempt_at=None)
+        )
+
+
+def customers_pushed_since(store: Store, meters: Sequence[str], after: datetime) -> set[str]:
+    """Customers with a report for one of `meters` written or delivered at or after `after`,
+    in any target."""
+    query = (
+        select(_g.customer_key)
+        .where(
+            _g.meter.in_(meters),
+            (_g.created_at >= after) | (_g.delivered_at >= after),
+        )
+        .distinct()
+    )
+    with store.read_session() as session:
+        return set(session.execute(query).scalars())

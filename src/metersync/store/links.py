@@ -1,0 +1,590 @@
+"""The link table's one owner: every query and write of link rows is here.
+
+A link ties a local customer or subject to its record in one target, and carries the sync
+engine's journal for it: the intent written before a call, the outcome after. The engine
+(sync.journal) decides what to write; this module decides how, so that the table's shape,
+its states and its indexes are known in one place.
+
+Every write is one short transaction (or one shared one inside `group`), so what is written
+survives a SIGKILL the instant after.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, insert, literal, or_, update
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from metersync.clock import utcnow
+from metersync.mechanics.backoff import backoff
+from metersync.states import LinkKind, LinkState
+from metersync.store.engine import Store
+from metersync.store.models import AttributionRow, CustomerRow, LinkRow, SubjectRow
+
+_BATCH = 500  # keys per IN (…) query: far below any database's bound-parameter limit
+_ERROR_MAX = 2000  # characters of an error kept on a link
+# Customer links whose external record usage can be routed to.
+ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
+# Looked at again by every tick until resolved: intents whose outcome is unknown, and records
+# found deleted out of band (recreated, or reported, by policy).
+_UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING, LinkState.MISSING)
+
+# The columns of a customer link the planner reads, in this order (see LinkTable.customers).
+VIEW_COLUMNS = (
+    "local_key",
+    "external_id",
+    "state",
+    "generation",
+    "synced_hash",
+    "owned_metadata_keys",
+    "idempotency_key",
+    "intent_state",
+    "intent_at",
+    "attempts",
+    "last_error",
+    "next_attempt_at",
+    "synced_seq",
+    "synced_fingerprint",
+    "synced_state",
+)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What a target record now holds, as the link remembers it: the state, its digest, the
+    metadata keys we own, and the fingerprint the planner compares against."""
+
+    state: Mapping[str, Any]
+    digest: str
+    fingerprint: str
+
+    @property
+    def owned_metadata_keys(self) -> list[str]:
+        return sorted(self.state.get("metadata", {}))
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A link a full reconcile found in sync: what it should record (see confirm_synced)."""
+
+    pushed: Pushed
+    seq: int | None
+
+
+class LinkTable:
+    """The link rows of one target."""
+
+    def __init__(self, store: Store, target: str) -> None:
+        self.store = store
+        self.target = target
+        self._group = threading.local()  # the shared session and rows of `group`, per thread
+
+    # -- customer links: reads -------------------------------------------------------------------
+
+    def customers(self, keys: Iterable[str] | None = None, *, with_state: bool = True) -> list[Any]:
+        """Customer link rows as tuples of VIEW_COLUMNS (all, or for `keys`). Plain column
+        reads, not ORM objects: a full reconcile reads 100,000 of them. `with_state=False`
+        leaves out what we last pushed (the last column), which only an incremental plan
+        compares against."""
+        names = VIEW_COLUMNS if with_state else VIEW_COLUMNS[:-1]
+        columns = [getattr(LinkRow, name) for name in names]
+        query = select(*columns).where(
+            LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
+        )
+        wanted = None if keys is None else sorted(set(keys))
+        with self.store.read_session() as session:
+            return _in_batches(session, query, col(LinkRow.local_key), wanted)
+
+    def in_sync_candidates(self) -> list[tuple[str, str, str]]:
+        """(local key, external id, fingerprint) of every synced link whose customer is live and
+        unchanged since it was pushed: in sync unless the target's record changed, which the
+        full reconcile checks against its listing. One join in the database: the fast path
+        reads no customer and no JSON."""
+        query = (
+            select(LinkRow.local_key, LinkRow.external_id, LinkRow.synced_fingerprint)
+            .join(CustomerRow, col(CustomerRow.key) == col(LinkRow.local_key))
+            .where(
+                LinkRow.target == self.target,
+                LinkRow.kind == LinkKind.CUSTOMER,
+                LinkRow.state == LinkState.SYNCED,
+                col(LinkRow.external_id).is_not(None),
+                col(LinkRow.synced_fingerprint).is_not(None),
+                col(LinkRow.last_error).is_(None),
+                col(LinkRow.next_attempt_at).is_(None),
+                col(LinkRow.synced_seq) == col(CustomerRow.change_seq),
+                col(CustomerRow.deleted_at).is_(None),
+            )
+        )
+        with self.store.read_session() as session:
+            return list(session.exec(query))  # type: ignore[arg-type]
+
+    def managed_count(self) -> int:
+        """Customers this target holds for us: what the mass-delete guard measures against."""
+        with self.store.read_session() as session:
+            count = session.exec(
+                select(func.count())
+                .select_from(LinkRow)
+                .where(
+                    LinkRow.target == self.target,
+                    LinkRow.kind == LinkKind.CUSTOMER,
+                    col(LinkRow.external_id).is_not(None),
+                    col(LinkRow.state).in_([s.value for s in ROUTABLE]),
+                )
+            ).one()
+        return int(count)
+
+    def due(self, now: datetime) -> list[str]:
+        """Customers to look at again: backoff over, or an intent whose outcome is unknown."""
+        with self.store.read_session() as session:
+            query = select(LinkRow.local_key).where(
+                LinkRow.target == self.target,
+                LinkRow.kind == LinkKind.CUSTOMER,
+                or_(
+                    col(LinkRow.state).in_([s.value for s in _UNFINISHED]),
+                    col(LinkRow.next_attempt_at) <= now,
+                ),
+            )
+            return sorted(session.exec(query))
+
+    def key_of(self, external_id: str) -> str | None:
+        """The local key of the customer linked to `external_id`."""
+        with self.store.read_session() as session:
+            return session.exec(
+                select(LinkRow.local_key).where(
+                    LinkRow.target == self.target,
+                    LinkRow.kind == LinkKind.CUSTOMER,
+                    LinkRow.external_id == external_id,
+                )
+            ).first()
+
+    def external_ids(self, keys: Sequence[str] | None = None) -> dict[str, str]:
+        """Customer key → external id, for linked customers (all, or `keys`)."""
+        link = _columns()
+        query = select(link.local_key, link.external_id).where(
+            link.target == self.target,
+            link.kind == LinkKind.CUSTOMER,
+            link.external_id.is_not(None),
+        )
+        if keys is not None:
+            query = query.where(link.local_key.in_(keys))
+        with self.store.read_session() as session:
+            return {k: str(v) for k, v in session.execute(query)}
+
+    def routable_external_ids(self) -> dict[str, str]:
+        """Customer key → external id, for customers usage can be pushed to."""
+        link = _columns()
+        query = select(link.local_key, link.external_id).where(
+            link.target == self.target,
+            link.kind == LinkKind.CUSTOMER,
+            link.external_id.is_not(None),
+            link.state.in_([s.value for s in ROUTABLE]),
+        )
+        with self.store.read_session() as session:
+            return {key: external_id for key, external_id in session.execute(query)}
+
+    def linked_keys(self) -> set[str]:
+        """Every customer with a link row in this target, whatever its state."""
+        link = _columns()
+        with self.store.read_session() as session:
+            return set(
+                session.execute(
+                    select(link.local_key).where(
+                        link.target == self.target, link.kind == LinkKind.CUSTOMER
+                    )
+                ).scalars()
+            )
+
+    # -- customer links: writes ------------------------------------------------------------------
+
+    def write_intent(
+        self,
+        key: str,
+        state: LinkState,
+        *,
+        idempotency_key: str,
+        intent_state: Mapping[str, Any],
+        generation: int,
+        external_id: str | None = None,
+        replace_external: bool = False,
+    ) -> None:
+        """Before the call: what we are about to do, and with which key."""
+        with self._session() as session:
+            row = self._row(session, key)
+            row.state = state
+            row.idempotency_key = idempotency_key
+            row.intent_state = dict(intent_state)
+            row.intent_at = utcnow()
+            row.generation = generation
+            if external_id is not None or replace_external:
+                row.external_id = external_id
+            row.updated_at = utcnow()
+            session.add(row)
+
+    def write_synced(
+        self,
+        key: str,
+        *,
+        external_id: str,
+        pushed: Pushed,
+        state: LinkState,
+        generation: int | None,
+        seq: int | None,
+    ) -> None:
+        """After a call succeeded: the record holds `pushed`; the intent is done."""
+        now = utcnow()
+        with self._session() as session:
+            row = self._row(session, key)
+            row.external_id = external_id
+            row.state = state
+            row.synced_state = dict(pushed.state)
+            row.synced_hash = pushed.digest
+            row.owned_metadata_keys = pushed.owned_metadata_keys
+            row.synced_fingerprint = pushed.fingerprint
+            row.synced_seq = seq
+            if generation is not None:
+                row.generation = generation
+            row.idempotency_key = None
+            row.intent_state = None
+            row.intent_at = None
+            row.attempts = 0
+            row.last_error = None
+            row.next_attempt_at = None
+            row.synced_at = now
+            row.updated_at = now
+            session.add(row)
+
+    def confirm_synced(self, confirmed: Mapping[str, Confirmed]) -> int:
+        """Record these links, where still SYNCED, as holding what `confirmed` says; touch
+        only rows where something differs. Bulk reads and writes: after an upgrade this runs
+        over every link once. Returns how many rows changed."""
+        query = select(  # type: ignore[call-overload]  # sqlmodel types up to 4 columns
+            LinkRow.id,
+            LinkRow.local_key,
+            LinkRow.synced_seq,
+            LinkRow.synced_hash,
+            LinkRow.synced_fingerprint,
+        ).where(
+            LinkRow.target == self.target,
+            LinkRow.kind == LinkKind.CUSTOMER,
+            LinkRow.state == LinkState.SYNCED,
+        )
+        now = utcnow()
+        with self.store.session() as session:
+            rows = _in_batches(session, query, col(LinkRow.local_key), sorted(confirmed))
+            updates = []
+            for row_id, key, seq, digest, fingerprint in rows:
+                wanted = confirmed[key]
+                pushed = wanted.pushed
+                if (seq, digest, fingerprint) == (wanted.seq, pushed.digest, pushed.fingerprint):
+                    continue
+                updates.append(
+                    {
+                        "id": row_id,
+                        "synced_state": dict(pushed.state),
+                        "synced_hash": pushed.digest,
+                        "owned_metadata_keys": pushed.owned_metadata_keys,
+                        "synced_fingerprint": pushed.fingerprint,
+                        "synced_seq": wanted.seq,
+                        "attempts": 0,
+                        "last_error": None,
+                        "next_attempt_at": None,
+                        "updated_at": now,
+                    }
+                )
+            if updates:
+                session.execute(update(LinkRow), updates)
+        return len(updates)
+
+    def write_failure(
+        self,
+        key: str,
+        message: str,
+        *,
+        state: LinkState | None,
+        forget_intent: bool,
+        failed_hash: str | None,
+        retry_soon: bool,
+    ) -> None:
+        """The call failed: why, and when to try again (a backoff on the attempts so far)."""
+        now = utcnow()
+        with self._session() as session:
+            row = self._row(session, key)
+            row.attempts += 1
+            row.last_error = message[:_ERROR_MAX]
+            row.next_attempt_at = now + backoff(row.attempts, base_s=5.0 if retry_soon else 30.0)
+            if state is not None:
+                row.state = state
+            if forget_intent:
+                row.idempotency_key = None
+                row.intent_at = None
+                row.intent_state = {"hash": failed_hash} if failed_hash else None
+            row.updated_at = now
+            session.add(row)
+
+    def write_state(self, key: str, state: LinkState, *, note: str | None = None) -> None:
+        """Move the link to `state`, with no intent left open."""
+        with self._session() as session:
+            row = self._row(session, key)
+            row.state = state
+            row.idempotency_key = None
+            row.intent_state = None
+            row.intent_at = None
+            if note is not None:
+                row.last_error = note
+            row.updated_at = utcnow()
+            session.add(row)
+
+    def write_note(self, key: str, note: str) -> None:
+        """Say on the link why it is not moving (nothing else changes)."""
+        with self._session() as session:
+            row = self._row(session, key)
+            row.last_error = note[:_ERROR_MAX]
+            row.updated_at = utcnow()
+            session.add(row)
+
+    def delete(self, key: str) -> bool:
+        with self.store.session() as session:
+            row = session.exec(self._customer_rows().where(LinkRow.local_key == key)).first()
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    @contextmanager
+    def group(self, keys: Sequence[str]) -> Iterator[None]:
+        """Writes inside share one transaction, which commits when the block ends: one commit
+        for many actions' intents and outcomes. The rows of `keys` (the customers the writes
+        name) are read in one query first; a write for another key reads its own row."""
+        with self.store.session() as session:
+            try:
+                self._group.session = session
+                self._group.keys = set(keys)
+                self._group.rows = {
+                    r.local_key: r
+                    for r in _in_batches(
+                        session, self._customer_rows(), LinkRow.local_key, sorted(set(keys))
+                    )
+                }
+                yield
+            finally:
+                # Whatever failed, the writes after (and this thread's next group) must not
+                # find a session that will never commit.
+                self._group.session = None
+                self._group.rows = None
+                self._group.keys = None
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """The session a write goes into: the group's, inside `group`; else its own."""
+        shared: Session | None = getattr(self._group, "session", None)
+        if shared is not None:
+            yield shared
+            return
+        with self.store.session() as session:
+            yield session
+
+    def _row(self, session: Session, key: str) -> LinkRow:
+        rows: dict[str, LinkRow] | None = getattr(self._group, "rows", None)
+        row = rows.get(key) if rows is not None else None
+        if row is None and (rows is None or key not in self._group.keys):
+            # Not read ahead by the group (a key it read ahead and did not find has no row).
+            row = session.exec(self._customer_rows().where(LinkRow.local_key == key)).first()
+        if row is None:
+            row = LinkRow(
+                target=self.target, kind=LinkKind.CUSTOMER, local_key=key, state=LinkState.PENDING
+            )
+        if rows is not None:
+            rows[key] = row
+        return row
+
+    def _customer_rows(self) -> SelectOfScalar[LinkRow]:
+        return select(LinkRow).where(
+            LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
+        )
+
+    # -- subject links ---------------------------------------------------------------------------
+
+    def route_subjects(self, subject_keys: Iterable[str] | None = None) -> int:
+        """Point each subject's link row at the external customer its usage goes to (through its
+        customer's link), or at nothing yet. Returns how many rows changed.
+
+        `subject_keys` None means every subject (a full reconcile); a tick passes only the few
+        it touched. The database compares what each row says with what it should say and hands
+        back only the rows that differ: a full reconcile over 100,000 settled subjects reads
+        nothing into Python.
+        """
+        wanted = None if subject_keys is None else sorted(set(subject_keys))
+        if wanted == []:
+            return 0
+        owner = aliased(LinkRow)  # the subject's customer's link
+        row = aliased(LinkRow)  # the subject's own link row
+        routed_to = owner.external_id
+        state = case(
+            (col(SubjectRow.deleted_at).is_not(None), literal(LinkState.DELETED.value)),
+            (col(routed_to).is_not(None), literal(LinkState.SYNCED.value)),
+            else_=literal(LinkState.PENDING.value),
+        )
+        query = (
+            select(SubjectRow.key, routed_to, state, row.id)
+            .select_from(SubjectRow)
+            .outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key))
+            .outerjoin(
+                owner,
+                and_(
+                    col(owner.target) == self.target,
+                    col(owner.kind) == LinkKind.CUSTOMER,
+                    col(owner.local_key) == col(AttributionRow.customer_key),
+                    col(owner.external_id).is_not(None),
+                    col(owner.state).in_([s.value for s in ROUTABLE]),
+                ),
+            )
+            .outerjoin(
+                row,
+                and_(
+                    col(row.target) == self.target,
+                    col(row.kind) == LinkKind.SUBJECT,
+                    col(row.local_key) == col(SubjectRow.key),
+                ),
+            )
+            .where(
+                or_(
+                    col(row.id).is_(None),
+                    col(row.external_id).is_distinct_from(routed_to),
+                    col(row.state) != state,
+                )
+            )
+        )
+        with self.store.session() as session:
+            differing = _in_batches(session, query, col(SubjectRow.key), wanted)
+            now = utcnow()
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for key, external_id, new_state, row_id in differing:
+                if row_id is None:
+                    inserts.append(
+                        {
+                            "target": self.target,
+                            "kind": LinkKind.SUBJECT,
+                            "local_key": key,
+                            "external_id": external_id,
+                            "state": new_state,
+                            "owned_metadata_keys": [],
+                            "generation": 1,
+                            "attempts": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                            "synced_at": now if external_id else None,
+                        }
+                    )
+                else:
+                    updates.append(
+                        {
+                            "id": row_id,
+                            "external_id": external_id,
+                            "state": new_state,
+                            "updated_at": now,
+                        }
+                    )
+            if inserts:
+                session.execute(insert(LinkRow), inserts)
+            if updates:
+                session.execute(update(LinkRow), updates)
+            return len(inserts) + len(updates)
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Links by kind, then state."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.store.read_session() as session:
+            for kind, state, count in session.exec(
+                select(LinkRow.kind, LinkRow.state, func.count())
+                .where(LinkRow.target == self.target)
+                .group_by(col(LinkRow.kind), col(LinkRow.state))
+            ):
+                counts.setdefault(kind, {})[state] = int(count)
+        return counts
+
+    def failing(self, limit: int) -> list[LinkRow]:
+        """The links with an error, newest first."""
+        with self.store.read_session() as session:
+            return list(
+                session.exec(
+                    select(LinkRow)
+                    .where(LinkRow.target == self.target, col(LinkRow.last_error).is_not(None))
+                    .order_by(col(LinkRow.updated_at).desc())
+                    .limit(limit)
+                )
+            )
+
+
+# -- across targets -------------------------------------------------------------------------------
+
+
+def changed_customers(store: Store, targets: Sequence[str], after: datetime) -> set[str]:
+    """Customers whose link in any of `targets` changed at or after `after`."""
+    link = _columns()
+    with store.read_session() as session:
+        return set(
+            session.execute(
+                select(link.local_key).where(
+                    link.kind == LinkKind.CUSTOMER,
+                    link.target.in_(targets),
+                    link.updated_at >= after,
+                )
+            ).scalars()
+        )
+
+
+def has_live_link(session: Session, customer_key: str) -> bool:
+    """Whether any target holds a record for the customer (a link not DELETED), read in the
+    caller's transaction."""
+    found = session.exec(
+        select(LinkRow.id).where(
+            LinkRow.kind == LinkKind.CUSTOMER,
+            LinkRow.local_key == customer_key,
+            LinkRow.state != LinkState.DELETED,
+        )
+    ).first()
+    return found is not None
+
+
+def routable_subjects(target: str) -> Select[Any]:
+    """A subquery: subjects whose customer has a live link in `target`, which usage can bind
+    for (aggregate.bind_usage)."""
+    link = _columns()
+    attribution = AttributionRow.__table__.c  # type: ignore[attr-defined]
+    return (
+        select(attribution.subject_key)
+        .join(link.local_key.table, link.local_key == attribution.customer_key)
+        .where(
+            link.target == target,
+            link.kind == LinkKind.CUSTOMER,
+            link.external_id.is_not(None),
+            link.state.in_([s.value for s in ROUTABLE]),
+        )
+    )
+
+
+def _columns() -> Any:
+    # Core columns, for queries that read a few columns of many rows without ORM objects.
+    return LinkRow.__table__.c  # type: ignore[attr-defined]
+
+
+def _in_batches(session: Session, query: Any, column: Any, keys: list[str] | None) -> list[Any]:
+    if keys is None:
+        return list(session.exec(query))
+    rows: list[Any] = []
+    for start in range(0, len(keys), _BATCH):
+        rows += session.exec(query.where(column.in_(keys[start : start + _BATCH])))
+    return rows
