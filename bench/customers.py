@@ -1511,8 +1511,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- **Seeding the {s['customers']}**: bulk insert of the rows `Catalog.create_customer` "
         f"writes (read back equal to its output on a sample: {s['bulk_matches_api']}); "
         f"`StripeTarget.render` → the engine's create parameters → `POST /v1/customers` at "
-        f"latency 0; link rows and cursor as `Journal.mark_synced`/`advance` write them (the recipe "
-        f"equals the engine's own rows from the cold sync: "
+        f"latency 0; link rows and cursor as `Journal.mark_synced`/`advance` write them "
+        f"(the recipe equals the engine's own rows from the cold sync: "
         f"{s['link_recipe_checked_in_cold_sync']}). Catalog {s['catalog_insert_s']} s, render "
         f"{s['render_s']} s, emulator creates {s['emulator_creates_s']} s, links "
         f"{s['links_s']} s.",
