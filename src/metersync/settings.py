@@ -12,7 +12,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -37,10 +36,14 @@ from sqlalchemy.exc import ArgumentError
 
 from metersync.catalog.meters import MeterSettings, check_unique
 from metersync.errors import ConfigError
+from metersync.logs import LogFormat, LogLevel
 
 ENV_PREFIX = "METERSYNC_"
 CONFIG_ENV = "METERSYNC_CONFIG"
 STRIPE_KEY_ENV = "STRIPE_API_KEY"
+
+# Defined with the logging they configure, and still importable from here.
+__all__ = ["LogFormat", "LogLevel"]
 
 # Stripe secret and restricted keys; publishable keys (pk_) cannot write and are refused.
 _STRIPE_KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
@@ -364,19 +367,6 @@ class OpenMeterSettings(_Section):
         if self.token_file is None:
             return None
         return read_secret_file(self.token_file, "openmeter.token_file")
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class LogFormat(StrEnum):
-    AUTO = "auto"
-    JSON = "json"
-    CONSOLE = "console"
 
 
 class LogSettings(_Section):
