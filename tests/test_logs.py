@@ -7,8 +7,14 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from metersync.logs import REDACTED, configure_logging, get_logger, redact_secrets
-from metersync.settings import LogFormat, LogLevel
+from metersync.logs import (
+    REDACTED,
+    LogFormat,
+    LogLevel,
+    configure_logging,
+    get_logger,
+    redact_secrets,
+)
 
 SECRETS = {
     "sk_test_51HqLyjWDarjtT1zdp7dcXyz": "sk_test_",

@@ -11,14 +11,27 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, TextIO
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-from metersync.settings import LogFormat, LogLevel
-
 REDACTED = "[REDACTED]"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
 
 # What a secret looks like wherever it appears in text: keep the prefix so a reader can still
 # tell a test key from a live one, drop everything that would let someone use it.
@@ -177,6 +190,8 @@ def _isatty(stream: TextIO) -> bool:
 
 __all__ = [
     "REDACTED",
+    "LogFormat",
+    "LogLevel",
     "bind_context",
     "configure_logging",
     "get_logger",
