@@ -190,6 +190,30 @@ class LinkTable:
         with self.store.read_session() as session:
             return {key: external_id for key, external_id in session.execute(query)}
 
+    def subjects_routed_to(self, customer_key: str) -> set[str]:
+        """Subjects whose link points at the customer's record (their usage goes there)."""
+        link = _columns()
+        customer_link = (
+            select(link.external_id)
+            .where(
+                link.target == self.target,
+                link.kind == LinkKind.CUSTOMER,
+                link.local_key == customer_key,
+            )
+            .scalar_subquery()
+        )
+        with self.store.read_session() as session:
+            return set(
+                session.execute(
+                    select(link.local_key).where(
+                        link.target == self.target,
+                        link.kind == LinkKind.SUBJECT,
+                        link.external_id.is_not(None),
+                        link.external_id == customer_link,
+                    )
+                ).scalars()
+            )
+
     def linked_keys(self) -> set[str]:
         """Every customer with a link row in this target, whatever its state."""
         link = _columns()

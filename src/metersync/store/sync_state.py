@@ -1,5 +1,5 @@
 """The sync state table's one owner: per target, the change cursor, the render context's
-watermark and the last runs' times and summary."""
+watermark and the last runs' times and summary; per source, its last pulls."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ class SyncStateTable:
         """When the run that last rendered every changed context started."""
         row = self.read()
         return row.context_since if row else None
+
+    def last_success_at(self) -> datetime | None:
+        row = self.read()
+        return row.last_success_at if row else None
+
+    def record_pull(self, *, ok: bool, summary: Mapping[str, Any]) -> None:
+        """A source's pull (its row is named after the source, not a target): when it ran and
+        last succeeded, and what it saw merged over what earlier pulls saw; an error is kept
+        only until the next pull."""
+        now = utcnow()
+        with self.store.session() as session:
+            row = session.get(SyncStateRow, self.target) or SyncStateRow(target=self.target)
+            row.last_tick_at = now
+            merged = {k: v for k, v in (row.last_summary or {}).items() if k != "error"}
+            merged.update(summary)
+            if ok:
+                row.last_success_at = now
+            row.last_summary = merged
+            session.add(row)
 
     def advance(
         self,
