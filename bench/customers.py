@@ -647,7 +647,7 @@ def worker(args: argparse.Namespace) -> int:
     from metersync.logs import configure_logging
     from metersync.settings import LogLevel
     from metersync.store import Store
-    from metersync.sync.reconcile import SyncOptions, sync_customers
+    from metersync.sync.customer_sync import SyncOptions, sync_customers
     from metersync.targets.stripe import StripeTarget
 
     configure_logging(LogLevel.WARNING)

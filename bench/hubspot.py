@@ -32,7 +32,7 @@ from metersync.catalog import Catalog
 from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
-from metersync.sync.reconcile import RunResult, SyncOptions, sync_customers
+from metersync.sync.customer_sync import RunResult, SyncOptions, sync_customers
 from metersync.targets.hubspot import HubSpotTarget
 from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator

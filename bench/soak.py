@@ -42,6 +42,7 @@ from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
 from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meter_figures import StripeMeterFigures
 from metersync.targets.stripe_meters import ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.usage.verify import verify_usage
@@ -263,7 +264,12 @@ async def _verify(catalog: Catalog, emulator: StripeEmulator) -> list[dict[str, 
     try:
         for _ in range(30):  # the last usage tick may still be on its way
             result = await verify_usage(
-                catalog.store, target, meters, window_s=3600, start=now - 86400, end=now + 3600
+                catalog.store,
+                StripeMeterFigures(target),
+                meters,
+                window_s=3600,
+                start=now - 86400,
+                end=now + 3600,
             )
             if not result.differences:
                 return []

@@ -19,7 +19,7 @@ from sqlmodel import update
 from metersync.catalog import Catalog
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
-from metersync.sync.reconcile import SyncOptions, sync_customers
+from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.targets.hubspot import HubSpotTarget
 from metersync.testing.chaos import mutate
 from metersync.testing.chaos_hubspot import hubspot_converged

@@ -22,9 +22,9 @@ from metersync.cli import app
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.context import ContextReader
+from metersync.sync.customer_sync import RunResult, SyncOptions, TargetUnusable, sync_customers
 from metersync.sync.model import DeletePolicy
 from metersync.sync.ports import MANAGED_KEY, ContextNeeds
-from metersync.sync.reconcile import RunResult, SyncOptions, TargetUnusable, sync_customers
 from metersync.targets.hubspot import STRIPE_ID, HubSpotTarget, usage_property
 from metersync.testing import StripeEmulator
 from metersync.testing.chaos_hubspot import hubspot_converged

@@ -14,10 +14,10 @@ from sqlmodel import delete, select
 from metersync.catalog import Catalog
 from metersync.store import LinkKind, LinkRow, LinkState, Store
 from metersync.sync.apply import RetryPolicy
+from metersync.sync.customer_sync import RunResult, SyncOptions, sync_customers
 from metersync.sync.manual import link_customer, unlink_customer
 from metersync.sync.model import ActionKind, DeletePolicy
 from metersync.sync.ports import MANAGED_KEY
-from metersync.sync.reconcile import RunResult, SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
 from metersync.testing import FaultKind, FaultRule, StripeEmulator
 from metersync.testing.chaos import converged, unmanaged

@@ -20,8 +20,9 @@ from metersync.catalog.meters import Meter
 from metersync.errors import ConfigError
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.sync.apply import RetryPolicy
-from metersync.sync.reconcile import SyncOptions, sync_customers
+from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meter_figures import StripeMeterFigures
 from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.testing.chaos_usage import meters as chaos_meters
@@ -236,7 +237,7 @@ def verify(catalog: Catalog, emulator: StripeEmulator, *, repair: bool = False) 
         try:
             return await verify_usage(
                 catalog.store,
-                t,
+                StripeMeterFigures(t),
                 [Meter.of(m) for m in METERS],
                 window_s=HOUR,
                 start=T - 6 * HOUR,

@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import select
 
 from metersync.catalog import Catalog
+from metersync.pipeline import replay_webhooks as replay
+from metersync.pipeline._webhooks import process_pending
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
-from metersync.service.webhooks import process_pending, replay
 from metersync.store import WebhookEventRow
 from metersync.sync.apply import RetryPolicy
+from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.sync.model import DeletePolicy
 from metersync.sync.ports import MANAGED_KEY
-from metersync.sync.reconcile import SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
 from metersync.testing import StripeEmulator
 from metersync.testing._webhooks import sign

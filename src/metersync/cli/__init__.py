@@ -18,9 +18,9 @@ import typer
 
 from metersync.cli import config, customers, db, events, meters, subjects, usage, webhooks
 from metersync.cli.context import AppContext, MetersyncGroup
+from metersync.cli.daemon import run_command
 from metersync.cli.emulator import emulator_command
 from metersync.cli.importing import import_command
-from metersync.cli.run import run_command
 from metersync.cli.sync import reconcile_command, status_command
 
 # metersync.settings' CONFIG_ENV and the values of its LogLevel and LogFormat, spelt out here:

@@ -18,7 +18,7 @@ from metersync.cli.options import (
 from metersync.cli.output import print_customer, print_customers, print_notes
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
-    from metersync.targets.stripe import StripeTarget
+    from metersync.sync.ports import Target
 
 T = TypeVar("T")
 
@@ -293,11 +293,8 @@ def unlink(ctx: typer.Context, key: str = typer.Argument(..., help="The local cu
     typer.echo(f"customer {key!r} unlinked from {external_id or 'nothing'}")
 
 
-async def _with_target(app: Any, work: Callable[[StripeTarget], Awaitable[T]]) -> T:
-    from metersync.targets.factory import stripe_target
+async def _with_target(app: Any, work: Callable[[Target], Awaitable[T]]) -> T:
+    from metersync.pipeline import Pipeline
 
-    target = stripe_target(app.settings)
-    try:
-        return await work(target)
-    finally:
-        await target.close()
+    async with Pipeline(app.settings, app.catalog) as pipeline:
+        return await work(pipeline.stripe())

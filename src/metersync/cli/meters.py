@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -13,8 +12,7 @@ from metersync.cli.output import print_json, print_table
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
     from metersync.catalog.meters import MeterSettings
-    from metersync.targets.stripe import StripeTarget
-    from metersync.targets.stripe_meters import MeterCheck
+    from metersync.pipeline import MeterCheck
 
 app = command_group("Meters: the configured meters and their Stripe billing meters.")
 
@@ -57,8 +55,6 @@ def ensure_command(
     metersync sends (Stripe cannot change them), or when the Stripe key is missing."""
     import asyncio
 
-    from metersync.targets.factory import stripe_target
-
     settings = app_context(ctx).settings
     meters = [m for m in settings.meters if m.stripe is not None]
     if not meters:
@@ -67,7 +63,7 @@ def ensure_command(
         else:
             typer.echo("no meter has a [meters.stripe] section: nothing to ensure")
         return
-    checks = asyncio.run(_ensure(stripe_target(settings), meters, dry_run=dry_run))
+    checks = asyncio.run(_ensure(ctx, dry_run=dry_run))
     if as_json:
         print_json({"dryRun": dry_run, "meters": [c.to_json() for c in checks]})
         return
@@ -77,15 +73,12 @@ def ensure_command(
         typer.echo("dry run: nothing was written")
 
 
-async def _ensure(
-    target: StripeTarget, meters: Sequence[MeterSettings], *, dry_run: bool
-) -> list[MeterCheck]:
-    from metersync.targets.stripe_meters import ensure_meters
+async def _ensure(ctx: typer.Context, *, dry_run: bool) -> list[MeterCheck]:
+    from metersync.pipeline import Pipeline
 
-    try:
-        return await ensure_meters(target, meters, dry_run=dry_run)
-    finally:
-        await target.close()
+    # Only Stripe is asked: no database is opened.
+    async with Pipeline(app_context(ctx).settings, None) as pipeline:
+        return await pipeline.ensure_meters(dry_run=dry_run)
 
 
 def _check_line(check: MeterCheck) -> str:

@@ -15,8 +15,8 @@ from metersync.cli.output import print_json, print_table
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
     from rich.progress import Progress
 
+    from metersync.sync.customer_sync import RunResult
     from metersync.sync.model import Action, Plan
-    from metersync.sync.reconcile import RunResult
     from metersync.usage.push import PushResult
 
 SUMMARY_COLUMNS = ("created", "updated", "deleted", "adopted", "failed", "blocked")
@@ -52,7 +52,7 @@ def reconcile_command(
     mass-delete guard tripped."""
     import asyncio
 
-    from metersync.runs import check_targets, reconcile
+    from metersync.pipeline import check_targets, reconcile
     from metersync.store.lock import run_lock
 
     if only not in (None, "customers", "usage"):
@@ -203,7 +203,7 @@ def status_command(
     """Link health per target (Stripe, and HubSpot when configured): counts by state, failing
     items with their last error, last runs, lag; the usage ledger when meters are configured;
     the OpenMeter source's last pulls, lag and error when it is the source."""
-    from metersync.sources.openmeter import source_status
+    from metersync.pipeline import source_status
     from metersync.sync.status import link_status
     from metersync.usage.status import usage_status
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -11,14 +10,11 @@ import typer
 from metersync.cli.context import app_context
 from metersync.cli.options import command_group
 from metersync.cli.output import print_json, print_table
-from metersync.errors import ConfigError, NotFound
+from metersync.errors import NotFound
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
     from metersync.catalog.meters import Meter
-    from metersync.store import Store
-    from metersync.targets.stripe import StripeTarget
-    from metersync.usage.push import UsagePusher
-    from metersync.usage.verify import Difference, VerifyResult
+    from metersync.pipeline import Verification
 
 app = command_group("Usage: aggregates per customer, meter and window.")
 
@@ -139,9 +135,8 @@ def verify_command(
     Exit 0 when they agree, 1 when differences remain."""
     import asyncio
 
-    from metersync.catalog.meters import Meter
+    from metersync.pipeline import Pipeline
     from metersync.store.lock import run_lock
-    from metersync.targets.factory import stripe_target, usage_pusher
 
     app = app_context(ctx)
     settings = app.settings
@@ -151,14 +146,14 @@ def verify_command(
         raise typer.BadParameter(
             f"{since.isoformat()} is not before --to {until.isoformat()}", param_hint="--from"
         )
-    meters = [Meter.of(m) for m in settings.meters]
-    if not any(m.settings.stripe for m in meters):
-        raise ConfigError("usage verify: no [[meters]] with a stripe section are configured")
-    store = app.catalog.store
-    with run_lock(store):
-        target = stripe_target(settings)
-        pusher = usage_pusher(settings, target, store)
-        result = asyncio.run(_verify(store, target, pusher, since, until, repair))
+    start_s, end_s = int(since.timestamp()), int(until.timestamp())
+
+    async def check() -> Verification:
+        async with Pipeline(settings, app.catalog) as pipeline:
+            return await pipeline.verify_usage(start_s, end_s, repair=repair)
+
+    with run_lock(app.catalog.store):
+        result = asyncio.run(check())
     if as_json:
         print_json(result.to_json())
     else:
@@ -178,62 +173,6 @@ def verify_command(
             f"{len(result.differences)} difference(s)"
         )
     raise typer.Exit(1 if result.differences else 0)
-
-
-@dataclass
-class _Verified:
-    checked: int
-    differences: list[Difference]
-    settled: int
-    replanned: int
-    pushed_counts: dict[str, int]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "checked": self.checked,
-            "differences": [d.to_json() for d in self.differences],
-            "settled": self.settled,
-            "replanned": self.replanned,
-            "pushed": self.pushed_counts,
-        }
-
-
-async def _verify(
-    store: Store,
-    target: StripeTarget,
-    pusher: UsagePusher,
-    since: datetime,
-    until: datetime,
-    repair: bool,
-) -> _Verified:
-    from metersync.usage.verify import verify_usage
-
-    start, end = int(since.timestamp()), int(until.timestamp())
-
-    async def check(*, fix: bool) -> VerifyResult:
-        return await verify_usage(
-            store,
-            target,
-            pusher.meters,
-            window_s=pusher.window_s,
-            start=start,
-            end=end,
-            late_usage=pusher.late_usage,
-            repair=fix,
-            sink=pusher.sink,
-            aggregates=pusher.aggregates,
-        )
-
-    try:
-        first = await check(fix=repair)
-        if not repair:
-            return _Verified(first.checked, first.differences, 0, 0, {})
-        # After a repair, what still differs is what it could not fix.
-        after = await check(fix=False)
-        pushed = first.pushed.counts() if first.pushed else {}
-        return _Verified(after.checked, after.differences, first.settled, first.replanned, pushed)
-    finally:
-        await target.close()
 
 
 def _short_time(seconds: int) -> str:

@@ -20,28 +20,23 @@ def replay_command(
     """Process stored webhook events again: now, or by the running service within a minute."""
     import asyncio
 
-    from metersync.service.webhooks import process_pending, replay
+    from metersync.pipeline import Pipeline, replay_webhooks
     from metersync.store.lock import LockHeld, run_lock
-    from metersync.targets.factory import stripe_target, sync_options
 
     if not event_ids and since is None:
         raise typer.BadParameter("name events with --id, or give --since", param_hint="--id")
     app = app_context(ctx)
     store = app.catalog.store
-    count = replay(
+    count = replay_webhooks(
         store, since=parse_time(since, "--since") if since else None, event_ids=event_ids
     )
     typer.echo(f"{count} event(s) marked for processing")
     try:
         with run_lock(store):
-            target = stripe_target(app.settings)
-            options = sync_options(app.settings, full=True, dry_run=False, allow_mass_delete=False)
 
             async def go() -> dict[str, int]:
-                try:
-                    return await process_pending(app.catalog, target, options, limit=10_000)
-                finally:
-                    await target.close()
+                async with Pipeline(app.settings, app.catalog) as pipeline:
+                    return await pipeline.process_webhooks(limit=10_000)
 
             typer.echo(f"processed: {asyncio.run(go())}")
     except LockHeld:

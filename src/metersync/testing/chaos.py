@@ -24,8 +24,8 @@ from metersync.catalog import Catalog
 from metersync.store import LinkRow
 from metersync.stripe_facts import CUSTOMER_ADDRESS_FIELDS as ADDRESS_FIELDS
 from metersync.sync.apply import RetryPolicy
+from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.sync.ports import MANAGED_KEY
-from metersync.sync.reconcile import SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
 from metersync.testing.emulator import StripeEmulator
 

@@ -17,8 +17,9 @@ from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import UsageRow
 from metersync.sync.apply import RetryPolicy
-from metersync.sync.reconcile import SyncOptions, sync_customers
+from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.targets.stripe import StripeTarget
+from metersync.targets.stripe_meter_figures import StripeMeterFigures
 from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.usage.push import UsagePusher
@@ -160,7 +161,7 @@ def usage_differences(
         t = target(emulator)
         try:
             result = await verify_usage(
-                catalog.store, t, meters(), window_s=HOUR, start=start, end=end
+                catalog.store, StripeMeterFigures(t), meters(), window_s=HOUR, start=start, end=end
             )
             return [d.to_json() for d in result.differences]
         finally:

@@ -38,6 +38,24 @@ class MeterEventSink(Protocol):
     async def send(self, events: Sequence[MeterEvent]) -> list[Delivery]: ...
 
 
+class MeterFigures(Protocol):
+    """What the billing meters counted, as the meter system itself reports it (Stripe's event
+    summaries): what `usage verify` holds the ledger against."""
+
+    name: str  # the target whose links and ledger the figures are compared with
+
+    async def meter_ids(self) -> dict[str, str]:
+        """event_name → the id of the meter that takes its events."""
+        ...
+
+    async def totals(
+        self, meter_id: str, customer_id: str, start: int, end: int, *, hourly: bool
+    ) -> list[tuple[int, int]]:
+        """(window start, counted value) for one customer over [start, end): one figure for
+        the whole range, or one per hour that holds events (empty hours left out)."""
+        ...
+
+
 class UsageAggregates(Protocol):
     name: str
 

@@ -30,11 +30,9 @@ from metersync.store import LedgerState, Store
 from metersync.store.ledger import LedgerTable
 from metersync.store.links import LinkTable
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
 from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.local_aggregates import LOCAL
-from metersync.usage.ports import MeterEventSink, UsageAggregates
+from metersync.usage.ports import MeterEventSink, MeterFigures, UsageAggregates
 from metersync.usage.push import PushResult, push_usage
 from metersync.usage.reports import push_window_s, scaled
 
@@ -123,7 +121,7 @@ class VerifyResult:
 
 async def verify_usage(
     store: Store,
-    target: StripeTarget,
+    figures: MeterFigures,
     meters: Sequence[Meter],
     *,
     window_s: int,
@@ -140,24 +138,25 @@ async def verify_usage(
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
     # Usage not bound yet counts as local too: bind it as the next push would (bookkeeping
     # only: it fixes which customer new usage belongs to, and sends nothing).
-    aggregates.bind(store, target.name)
-    by_name = meters_by_event_name(await list_meters(target))
-    external_ids = LinkTable(store, target.name).routable_external_ids()
+    target = figures.name
+    aggregates.bind(store, target)
+    meter_ids = await figures.meter_ids()
+    external_ids = LinkTable(store, target).routable_external_ids()
     compared: list[Difference] = []  # every period, equal or not
     for meter in meters:
         if meter.settings.stripe is None:
             continue
-        found = by_name.get(meter.settings.stripe.event_name)
+        meter_id = meter_ids.get(meter.settings.stripe.event_name)
         monthly = push_window_s(meter, window_s) == 0
         last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
         lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
         local = _local(store, meter, window_s, lo, hi, monthly, aggregates)
-        ledger = _ledger(store, target.name, meter, lo, hi, monthly, last, external_ids)
+        ledger = _ledger(store, target, meter, lo, hi, monthly, last, external_ids)
         for customer in sorted({c for c, _ in local} | {c for c, _ in ledger}):
             stripe: dict[int, int] = {}
             external_id = external_ids.get(customer)
-            if found is not None and external_id is not None:
-                stripe = await _stripe(target, found.id, external_id, lo, hi, monthly)
+            if meter_id is not None and external_id is not None:
+                stripe = await _stripe(figures, meter_id, external_id, lo, hi, monthly)
             periods = sorted(
                 {p for c, p in local if c == customer}
                 | {p for c, p in ledger if c == customer}
@@ -182,13 +181,11 @@ async def verify_usage(
                     result.differences.append(diff)
     result.checked = len(compared)
     if repair and sink is not None:
-        result.settled = _settle_held(store, target.name, compared, external_ids)
-        result.replanned = _replan_lost(
-            store, target.name, result.differences, external_ids, settle
-        )
+        result.settled = _settle_held(store, target, compared, external_ids)
+        result.replanned = _replan_lost(store, target, result.differences, external_ids, settle)
         result.pushed = await push_usage(
             store,
-            target.name,
+            target,
             sink,
             meters,
             window_s=window_s,
@@ -250,21 +247,21 @@ def _ledger(
 
 
 async def _stripe(
-    target: StripeTarget, meter_id: str, customer_id: str, lo: int, hi: int, monthly: bool
+    figures: MeterFigures, meter_id: str, customer_id: str, lo: int, hi: int, monthly: bool
 ) -> dict[int, int]:
     if monthly:
         out: dict[int, int] = {}
         month = lo
         while month < hi:
             nxt = month_end(month)
-            found = await event_summaries(target, meter_id, customer_id, month, nxt, None)
-            total = sum(int(s.aggregated_value) for s in found)
+            found = await figures.totals(meter_id, customer_id, month, nxt, hourly=False)
+            total = sum(value for _, value in found)
             if found and total:
                 out[month] = total
             month = nxt
         return out
-    found = await event_summaries(target, meter_id, customer_id, lo, hi, "hour")
-    return {s.start_time: int(s.aggregated_value) for s in found if s.aggregated_value}
+    found = await figures.totals(meter_id, customer_id, lo, hi, hourly=True)
+    return {start: value for start, value in found if value}
 
 
 def _period_rows(

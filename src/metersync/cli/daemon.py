@@ -12,7 +12,7 @@ def run_command(ctx: typer.Context) -> None:
     (a second one waits as standby). With OpenMeter as the source, each tick pulls from it
     first; HubSpot's companies follow when HubSpot is configured. SIGTERM or SIGINT stops it
     cleanly (exit 0)."""
-    from metersync.service.runner import Service
+    from metersync.service.daemon import Service
 
     app = app_context(ctx)
     raise typer.Exit(Service(app.settings, app.catalog).run())

@@ -1,21 +1,28 @@
-"""Targets built from settings: the one place that knows which settings each target needs."""
+"""Adapters and options built from settings: the one place that knows which settings each
+target, source and push needs (the composition root; pipeline._steps builds through it)."""
 
 from __future__ import annotations
 
+from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.errors import ConfigError
 from metersync.settings import Settings
 from metersync.sources.openmeter import OpenMeterAggregates, OpenMeterSource
 from metersync.store import Store
 from metersync.sync.apply import RetryPolicy
+from metersync.sync.customer_sync import SyncOptions
 from metersync.sync.model import DeletePolicy
-from metersync.sync.reconcile import SyncOptions
 from metersync.targets.hubspot import HubSpotTarget
 from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meters import meter_event_sender
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 from metersync.usage.push import UsagePusher
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The catalog on the configured database."""
+    return Catalog(Store.open(settings.database.url), auto_customer=settings.catalog.auto_customer)
 
 
 def stripe_target(settings: Settings) -> StripeTarget:

@@ -40,22 +40,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.logs import get_logger
+from metersync.pipeline import Pipeline
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
 from metersync.service.memory import limit_arenas, limit_sqlite_heap, release_free_memory
 from metersync.service.retention import prune
-from metersync.service.webhooks import process_pending
 from metersync.settings import Settings
-from metersync.sources.openmeter import OpenMeterSource
 from metersync.store.lock import RunLock
-from metersync.sync.reconcile import sync_customers
-from metersync.targets.factory import (
-    hubspot_target,
-    openmeter_source,
-    stripe_target,
-    sync_options,
-    usage_pusher,
-)
 
 _log = get_logger("metersync.service")
 
@@ -226,99 +217,55 @@ class Service:
             _log.info("pruned", **counts)
 
     def webhook_job(self) -> None:
-        async def process(target: Any, pusher: Any) -> dict[str, int]:
-            options = sync_options(self.settings, full=True, dry_run=False, allow_mass_delete=False)
-            return await process_pending(self.catalog, target, options)
-
-        self._run_job("webhooks", process)
+        self._run_job("webhooks", lambda pipeline: pipeline.process_webhooks())
 
     def customer_tick(self) -> None:
-        self._run_job("customers", lambda t, pusher: self._customers(t, pusher, full=False))
+        self._run_job("customers", lambda pipeline: self._customers(pipeline, full=False))
 
     def full_reconcile(self) -> None:
-        self._run_job("full_reconcile", lambda t, pusher: self._customers(t, pusher, full=True))
+        self._run_job("full_reconcile", lambda pipeline: self._customers(pipeline, full=True))
         if self.settings.hubspot.enabled:
-            self._run_hubspot("hubspot_full_reconcile", full=True)
+            self._run_job(
+                "hubspot_full_reconcile",
+                lambda pipeline: self._crm(pipeline, full=True),
+                target_name="hubspot",
+            )
 
     def hubspot_tick(self) -> None:
-        self._run_hubspot("hubspot", full=False)
-
-    def _run_hubspot(self, name: str, *, full: bool) -> None:
-        async def sync(_: Any, __: Any) -> dict[str, int]:
-            target = hubspot_target(self.settings)
-            assert target is not None  # the job exists only when HubSpot is configured
-            options = sync_options(
-                self.settings, full=full, dry_run=False, allow_mass_delete=False, target="hubspot"
-            )
-            try:
-                result = await sync_customers(
-                    self.catalog, target, options, should_stop=self.stopping.is_set
-                )
-            finally:
-                await target.close()
-                self.metrics.limiter_waits(target.limiter, "hubspot")
-            return result.counts
-
-        self._run_job(name, sync, target_name="hubspot")
+        self._run_job(
+            "hubspot", lambda pipeline: self._crm(pipeline, full=False), target_name="hubspot"
+        )
 
     def usage_tick(self) -> None:
-        async def push(target: Any, pusher: Any) -> dict[str, int]:
-            crm_usage = self.settings.hubspot.enabled and bool(self.settings.meters)
-            if not pusher.configured and not crm_usage:
-                return {}
-            await self._pull(lambda source: source.pull_usage(self.catalog.store))
-            if not pusher.configured:
-                return {}
-            result = await pusher.run(should_stop=self.stopping.is_set)
-            counts: dict[str, int] = result.counts()
-            return counts
+        self._run_job("usage", self._usage)
 
-        self._run_job("usage", push)
-
-    async def _pull(self, step: Callable[[OpenMeterSource], Awaitable[Any]]) -> None:
-        """Pull from OpenMeter, when it is the source, before a job uses what it pulls. A
-        failed pull fails the job (logged, counted, retried next tick): nothing is planned
-        from a half-read source."""
-        source = openmeter_source(self.settings)
-        if source is None:
-            return
-        try:
-            await step(source)
-        finally:
-            await source.close()
-
-    def _owed(self, pusher: Any) -> Callable[[str], Awaitable[bool]]:
-        """Before a Stripe customer is deleted: read what it still owes from OpenMeter (when
-        it is the source), then push it."""
-
-        async def flush(key: str) -> bool:
-            await self._pull(
-                lambda source: source.pull_owed(self.catalog.store, key, target=pusher.target)
-            )
-            result: bool = await pusher.flush(key)
-            return result
-
-        return flush
-
-    async def _customers(self, target: Any, pusher: Any, *, full: bool) -> dict[str, int]:
-        await self._pull(lambda source: source.pull_catalog(self.catalog))
-        if full and self.settings.meters:
+    async def _customers(self, pipeline: Pipeline, *, full: bool) -> dict[str, int]:
+        await pipeline.pull_catalog()
+        if full:
             # The nightly full reconcile re-reads usage back to Stripe's 35 days too.
-            await self._pull(lambda source: source.pull_usage(self.catalog.store, full=True))
-        options = sync_options(self.settings, full=full, dry_run=False, allow_mass_delete=False)
-        result = await sync_customers(
-            self.catalog,
-            target,
-            options,
-            before_delete=self._owed(pusher) if pusher.configured else None,
-            should_stop=self.stopping.is_set,
-        )
+            await pipeline.pull_usage(full=True)
+        result = await pipeline.sync_stripe(full=full)
         return result.counts
+
+    async def _crm(self, pipeline: Pipeline, *, full: bool) -> dict[str, int]:
+        result = await pipeline.sync_crm(full=full)
+        return result.counts
+
+    async def _usage(self, pipeline: Pipeline) -> dict[str, int]:
+        # With OpenMeter as the source, its figures are pulled first, for the push and for
+        # the CRM's usage properties; a failed pull fails the job (logged, counted, retried
+        # next tick): nothing is planned from a half-read source.
+        await pipeline.pull_usage()
+        if not pipeline.pushes_usage:
+            return {}
+        result = await pipeline.push_usage()
+        counts: dict[str, int] = result.counts()
+        return counts
 
     def _run_job(
         self,
         name: str,
-        work: Callable[[Any, Any], Awaitable[dict[str, int]]],
+        work: Callable[[Pipeline], Awaitable[dict[str, int]]],
         *,
         target_name: str = "stripe",
     ) -> None:
@@ -326,16 +273,16 @@ class Service:
             return
 
         async def go() -> dict[str, int]:
-            target = stripe_target(self.settings)
-            pusher = usage_pusher(self.settings, target, self.catalog.store)
+            # Each job builds what its steps need, and only that: the HubSpot jobs need no
+            # Stripe key.
+            pipeline = Pipeline(self.settings, self.catalog, should_stop=self.stopping.is_set)
             try:
-                return await work(target, pusher)
+                return await work(pipeline)
             finally:
-                await target.close()
-                self.metrics.limiter_waits(target.limiter, "stripe_customers")
-                self.metrics.limiter_waits(
-                    getattr(pusher.sink, "limiter", None), "stripe_meter_events"
-                )
+                limiters = pipeline.limiters()
+                await pipeline.close()
+                for limiter_name, limiter in limiters.items():
+                    self.metrics.limiter_waits(limiter, limiter_name)
 
         self.busy.set()
         try:

@@ -1,0 +1,30 @@
+"""The application: builds the adapters the settings configure and runs the steps in the order
+data flows (pull from the source → Stripe's customers → the usage push → the CRM). The CLI and
+the service are doors into these same steps; nothing else builds a target or a source.
+
+    async with Pipeline(settings, catalog) as pipeline:
+        await pipeline.sync_stripe(full=False)
+        await pipeline.push_usage()
+"""
+
+from metersync.pipeline._build import open_catalog, sync_options
+from metersync.pipeline._reconcile import TARGETS, ReconcileResult, check_targets, reconcile
+from metersync.pipeline._steps import Pipeline
+from metersync.pipeline._verification import Verification
+from metersync.pipeline._webhooks import replay_webhooks
+from metersync.sources.openmeter import source_status
+from metersync.targets.stripe_meters import MeterCheck
+
+__all__ = [
+    "TARGETS",
+    "MeterCheck",
+    "Pipeline",
+    "ReconcileResult",
+    "Verification",
+    "check_targets",
+    "open_catalog",
+    "reconcile",
+    "replay_webhooks",
+    "source_status",
+    "sync_options",
+]

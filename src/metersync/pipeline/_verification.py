@@ -1,0 +1,62 @@
+"""`usage verify` as a step: Stripe's figures against the ledger against the usage figures, and
+with a repair, what still differs after it (what the repair could not fix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from metersync.store import Store
+from metersync.usage.ports import MeterFigures
+from metersync.usage.push import UsagePusher
+from metersync.usage.verify import Difference, VerifyResult, verify_usage
+
+
+@dataclass
+class Verification:
+    checked: int
+    differences: list[Difference]
+    settled: int  # pending past the identifier window, settled by Stripe's figures
+    replanned: int  # delivered but lost by Stripe: planned again
+    pushed_counts: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "differences": [d.to_json() for d in self.differences],
+            "settled": self.settled,
+            "replanned": self.replanned,
+            "pushed": self.pushed_counts,
+        }
+
+
+async def verify(
+    store: Store,
+    figures: MeterFigures,
+    pusher: UsagePusher,
+    start: int,
+    end: int,
+    *,
+    repair: bool,
+) -> Verification:
+    async def check(*, fix: bool) -> VerifyResult:
+        return await verify_usage(
+            store,
+            figures,
+            pusher.meters,
+            window_s=pusher.window_s,
+            start=start,
+            end=end,
+            late_usage=pusher.late_usage,
+            repair=fix,
+            sink=pusher.sink,
+            aggregates=pusher.aggregates,
+        )
+
+    first = await check(fix=repair)
+    if not repair:
+        return Verification(first.checked, first.differences, 0, 0, {})
+    # After a repair, what still differs is what it could not fix.
+    after = await check(fix=False)
+    pushed = first.pushed.counts() if first.pushed else {}
+    return Verification(after.checked, after.differences, first.settled, first.replanned, pushed)
