@@ -27,7 +27,7 @@ class PropertyCheck:
 
     def __init__(self, api: HubSpotApi, meters: Sequence[Meter], *, api_base: str, token: str):
         self._api = api
-        self._meters = list(meters)
+        self._meters = meters
         self._portal = (
             api_base,
             hashlib.sha256(token.encode()).hexdigest(),

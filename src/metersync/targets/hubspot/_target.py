@@ -1,8 +1,9 @@
 """HubSpot as a sync target: one company per customer, through CRM v3 over httpx.
 
-What a company carries is `_render.py`'s; how writes become batch requests, and why a company
-is never made twice, `_batches.py`'s; the limits `_http.py`'s and `_allowance.py`'s; the custom
-properties `_property_check.py`'s. Search is never used: it lags writes.
+`HubSpotTarget` is the engine's Target protocol over its parts: the company it renders
+(`_render.py`), the batched writes that keep one company per customer (`_batches.py`), the
+paced requests and limits (`_http.py`, `_allowance.py`) and the custom properties
+(`_property_check.py`). Search is never used: it lags writes.
 """
 
 from __future__ import annotations
