@@ -9,13 +9,8 @@ from datetime import UTC, datetime
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.catalog.views import BillingAddress, Customer
 from metersync.mechanics.batching import Batcher
-from metersync.sync.ports import NO_CONTEXT, PeriodUsage, RenderContext
-from metersync.targets.hubspot import (
-    MANAGED_KEY,
-    HubSpotTarget,
-    property_definitions,
-    usage_property,
-)
+from metersync.sync.ports import MANAGED_KEY, NO_CONTEXT, PeriodUsage, RenderContext
+from metersync.targets.hubspot import HubSpotTarget, property_definitions, usage_property
 
 TOKENS = Meter.of(
     MeterSettings(
