@@ -18,12 +18,10 @@ from metersync.errors import Conflict
 from metersync.store import (
     AttributionRow,
     CustomerRow,
-    LinkKind,
-    LinkRow,
-    LinkState,
     SubjectRow,
     UsageRow,
 )
+from metersync.store.links import has_live_link
 
 
 class Write:
@@ -285,7 +283,7 @@ class Write:
         deleting it would delete a record someone may already be billing)."""
         if self.subjects_of(placeholder.key):
             return
-        if self._is_linked(placeholder.key):
+        if has_live_link(self.session, placeholder.key):
             self.notes.append(
                 f"auto-created customer {placeholder.key!r} {why} and was kept, because it "
                 "already exists in a target; delete it yourself if unwanted"
@@ -294,13 +292,3 @@ class Write:
         placeholder.deleted_at = self.now
         self.touch(placeholder)
         self.notes.append(f"auto-created customer {placeholder.key!r} {why} and was removed")
-
-    def _is_linked(self, customer_key: str) -> bool:
-        found = self.session.exec(
-            select(LinkRow.id).where(
-                LinkRow.kind == LinkKind.CUSTOMER,
-                LinkRow.local_key == customer_key,
-                LinkRow.state != LinkState.DELETED,
-            )
-        ).first()
-        return found is not None
