@@ -24,12 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from metersync.catalog import Catalog
-from metersync.logs import configure_logging
-from metersync.settings import LogLevel
-from metersync.store import Store
-from metersync.store.engine import build_engine
-from metersync.testing import StripeEmulator
-from metersync.testing.chaos import (
+from metersync.chaos.customers import (
     converged,
     kill_mid_apply,
     mutate,
@@ -37,6 +32,11 @@ from metersync.testing.chaos import (
     rerun_until_settled,
     unmanaged,
 )
+from metersync.logs import configure_logging
+from metersync.settings import LogLevel
+from metersync.store import Store
+from metersync.store.engine import build_engine
+from metersync.testing import StripeEmulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

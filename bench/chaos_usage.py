@@ -27,12 +27,8 @@ from typing import Any
 from chaos_customers import machine, open_catalog  # bench/ is on sys.path when run as a script
 from sqlalchemy import update
 
-from metersync.logs import configure_logging
-from metersync.settings import LogLevel
-from metersync.store import LedgerRow
-from metersync.testing import StripeEmulator
-from metersync.testing.chaos import kill_mid_apply, reconcile_env
-from metersync.testing.chaos_usage import (
+from metersync.chaos.customers import kill_mid_apply, reconcile_env
+from metersync.chaos.usage import (
     METERS_TOML,
     add_random_usage,
     push_in_process,
@@ -40,6 +36,10 @@ from metersync.testing.chaos_usage import (
     usage_differences,
     window_range,
 )
+from metersync.logs import configure_logging
+from metersync.settings import LogLevel
+from metersync.store import LedgerRow
+from metersync.testing import StripeEmulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

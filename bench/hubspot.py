@@ -29,12 +29,12 @@ from typing import Any
 from chaos_customers import machine
 
 from metersync.catalog import Catalog
+from metersync.chaos.hubspot import hubspot_converged
 from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
 from metersync.sync.customer_sync import RunResult, SyncOptions, sync_customers
 from metersync.targets.hubspot import HubSpotTarget
-from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
 
 RESULTS = Path(__file__).resolve().parent / "results"

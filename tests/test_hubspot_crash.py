@@ -17,12 +17,12 @@ import pytest
 from sqlmodel import update
 
 from metersync.catalog import Catalog
+from metersync.chaos.customers import mutate
+from metersync.chaos.hubspot import hubspot_converged
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.targets.hubspot import HubSpotTarget
-from metersync.testing.chaos import mutate
-from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
 
 TOKEN = "pat-na1-11111111-1111-1111-1111-111111111111"

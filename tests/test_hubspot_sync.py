@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
+from metersync.chaos.hubspot import hubspot_converged
 from metersync.cli import app
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
@@ -27,7 +28,6 @@ from metersync.sync.model import DeletePolicy
 from metersync.sync.ports import MANAGED_KEY, ContextNeeds
 from metersync.targets.hubspot import STRIPE_ID, HubSpotTarget, usage_property
 from metersync.testing import StripeEmulator
-from metersync.testing.chaos_hubspot import hubspot_converged
 from metersync.testing.hubspot import HubSpotEmulator
 
 TOKEN = "pat-na1-00000000-0000-0000-0000-000000000000"

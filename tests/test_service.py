@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import insert, select
 
 from metersync.catalog import Catalog
+from metersync.chaos.usage import METERS_TOML, setup_usage
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.sync.ports import MANAGED_KEY
 from metersync.targets.hubspot import STRIPE_ID
 from metersync.testing import OpenMeterEmulator, StripeEmulator
-from metersync.testing.chaos_usage import METERS_TOML, setup_usage
 from metersync.testing.hubspot import HubSpotEmulator
 
 FAST = {

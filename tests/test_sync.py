@@ -12,6 +12,7 @@ from freezegun import freeze_time
 from sqlmodel import delete, select
 
 from metersync.catalog import Catalog
+from metersync.chaos.customers import converged, unmanaged
 from metersync.store import LinkKind, LinkRow, LinkState, Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import RunResult, SyncOptions, sync_customers
@@ -20,7 +21,6 @@ from metersync.sync.model import ActionKind, DeletePolicy
 from metersync.sync.ports import MANAGED_KEY
 from metersync.targets.stripe import StripeTarget
 from metersync.testing import FaultKind, FaultRule, StripeEmulator
-from metersync.testing.chaos import converged, unmanaged
 
 FAST_RETRY = RetryPolicy(attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from metersync.catalog import Catalog
-from metersync.testing import StripeEmulator
-from metersync.testing.chaos import (
+from metersync.chaos.customers import (
     converged,
     kill_mid_apply,
     mutate,
@@ -20,6 +19,7 @@ from metersync.testing.chaos import (
     rerun_until_settled,
     unmanaged,
 )
+from metersync.testing import StripeEmulator
 
 
 @pytest.fixture

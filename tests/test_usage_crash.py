@@ -13,10 +13,8 @@ import pytest
 from sqlalchemy import update
 
 from metersync.catalog import Catalog
-from metersync.store import LedgerRow
-from metersync.testing import StripeEmulator
-from metersync.testing.chaos import kill_mid_apply, reconcile_env
-from metersync.testing.chaos_usage import (
+from metersync.chaos.customers import kill_mid_apply, reconcile_env
+from metersync.chaos.usage import (
     HOUR,
     METERS_TOML,
     add_random_usage,
@@ -25,6 +23,8 @@ from metersync.testing.chaos_usage import (
     usage_differences,
     window_range,
 )
+from metersync.store import LedgerRow
+from metersync.testing import StripeEmulator
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select, update
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
+from metersync.chaos.usage import meters as chaos_meters
 from metersync.errors import ConfigError
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.sync.apply import RetryPolicy
@@ -25,7 +26,6 @@ from metersync.targets.stripe import StripeTarget
 from metersync.targets.stripe_meter_figures import StripeMeterFigures
 from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
 from metersync.testing import StripeEmulator
-from metersync.testing.chaos_usage import meters as chaos_meters
 from metersync.usage.push import PushResult, UsagePusher
 from metersync.usage.status import usage_status
 from metersync.usage.verify import verify_usage

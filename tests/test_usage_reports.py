@@ -10,8 +10,8 @@ import pytest
 
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.times import month_start
-from metersync.usage.aggregate import WindowValue
 from metersync.usage.reports import Base, identifier, plan_reports, push_window_s, scaled
+from metersync.usage.windows import WindowValue
 
 NOW = datetime(2024, 5, 20, 12, 30, tzinfo=UTC)
 HOUR = 3600

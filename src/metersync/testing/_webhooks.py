@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 import httpx
+import structlog
 
-from metersync.logs import get_logger
 from metersync.testing._state import EmulatorState, now
 
 API_VERSION = "2025-09-30.clover"
-_log = get_logger("metersync.testing.webhooks")
+_log = structlog.stdlib.get_logger("metersync.testing.webhooks")
 
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:

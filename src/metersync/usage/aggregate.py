@@ -24,6 +24,7 @@ from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, Store, UsageRow
 from metersync.store.links import routable_subjects
 from metersync.times import month_start, rfc3339_seconds
+from metersync.usage.windows import WindowValue
 
 US = 1_000_000
 # Core columns: this module is SQL through and through.
@@ -84,14 +85,6 @@ def _value(aggregation: Aggregation) -> Any:
         case Aggregation.UNIQUE_COUNT:
             return func.count(_u.value_text.distinct())
     raise ValueError(f"{aggregation} has no plain SQL aggregate")
-
-
-@dataclass(frozen=True)
-class WindowValue:
-    customer_key: str
-    window_start: int  # seconds
-    value: float
-    latest_us: int  # time of the latest event in it
 
 
 def customer_windows(

@@ -16,11 +16,11 @@ from metersync.catalog.meters import Meter
 from metersync.store import AttributionRow, EventRow, Store, UsageRow
 from metersync.store.ledger import customers_pushed_since
 from metersync.usage.aggregate import (
-    WindowValue,
     bind_usage,
     customer_windows,
     unbound_subjects,
 )
+from metersync.usage.windows import WindowValue
 
 
 class LocalAggregates:

@@ -14,7 +14,7 @@ from typing import Protocol
 from metersync.catalog.meters import Meter
 from metersync.mechanics.retry import TargetError
 from metersync.store import Store
-from metersync.usage.aggregate import WindowValue
+from metersync.usage.windows import WindowValue
 
 
 @dataclass(frozen=True)

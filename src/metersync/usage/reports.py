@@ -23,7 +23,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.stripe_facts import METER_EVENT_PAST_LIMIT_S, PLAN_PAST_MARGIN_S
 from metersync.times import month_end
-from metersync.usage.aggregate import WindowValue
+from metersync.usage.windows import WindowValue
 
 # The largest scaled value a single event may carry (exact in a double), and the largest total
 # a window may reach (ledger columns are 64-bit).

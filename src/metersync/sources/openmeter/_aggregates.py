@@ -15,8 +15,9 @@ from metersync.sources.openmeter._usage_store import _U
 from metersync.store import Store, UpstreamUsageRow
 from metersync.store.links import routable_subjects
 from metersync.times import month_start
-from metersync.usage.aggregate import WindowValue, subject_owner
+from metersync.usage.aggregate import subject_owner
 from metersync.usage.reports import push_window_s
+from metersync.usage.windows import WindowValue
 
 
 class OpenMeterAggregates:
