@@ -165,7 +165,7 @@ async def list_meters(target: StripeTarget) -> list[StripeMeter]:
         page = await _setup_call(
             target,
             "listing billing meters",
-            partial(target.client.v1.billing.meters.list_async, params),  # type: ignore[arg-type]
+            partial(target.account.client.v1.billing.meters.list_async, params),  # type: ignore[arg-type]
         )
         meters.extend(_stripe_meter(m) for m in page.data)
         if not page.has_more or not page.data:
@@ -317,7 +317,7 @@ async def _create(target: StripeTarget, decision: _Decision) -> MeterCheck:
         created = await _setup_call(
             target,
             f"creating the meter for {meter.slug!r}",
-            lambda: target.client.v1.billing.meters.create_async(
+            lambda: target.account.client.v1.billing.meters.create_async(
                 params,  # type: ignore[arg-type]
                 {"idempotency_key": key},
             ),
@@ -362,7 +362,7 @@ async def _reactivate(target: StripeTarget, found: StripeMeter) -> None:
         await _setup_call(
             target,
             f"reactivating meter {found.id}",
-            lambda: target.client.v1.billing.meters.reactivate_async(
+            lambda: target.account.client.v1.billing.meters.reactivate_async(
                 found.id, options={"idempotency_key": key}
             ),
         )
@@ -390,7 +390,7 @@ async def _setup_call(target: StripeTarget, what: str, call: Callable[[], Awaita
     retried while retryable; StripeCallFailed when it gives up."""
     for attempt in range(SETUP_ATTEMPTS):
         try:
-            return await target._call(call)
+            return await target.account.call(call)
         except _CALL_ERRORS as exc:
             error = target.classify(exc)
             if error.kind is not ErrorKind.RETRYABLE or attempt == SETUP_ATTEMPTS - 1:
@@ -437,7 +437,7 @@ async def event_summaries(
             target,
             f"reading event summaries of meter {meter_id}",
             partial(
-                target.client.v1.billing.meters.event_summaries.list_async,
+                target.account.client.v1.billing.meters.event_summaries.list_async,
                 meter_id,
                 params,  # type: ignore[arg-type]
             ),
@@ -565,7 +565,7 @@ class MeterEventSender:
     async def _post_v1(self, event: MeterEvent) -> Delivery:
         await self.limiter.acquire()
         try:
-            await self.target.client.v1.billing.meter_events.create_async(
+            await self.target.account.client.v1.billing.meter_events.create_async(
                 {
                     "event_name": event.event_name,
                     "payload": _payload(event),
@@ -608,7 +608,7 @@ class MeterEventSender:
                 break
             await self.limiter.acquire()
             try:
-                await self.target.client.v2.billing.meter_event_stream.create_async(
+                await self.target.account.client.v2.billing.meter_event_stream.create_async(
                     body,  # type: ignore[arg-type]
                     # The stream authenticates with the session's token, not the API key.
                     {"api_key": session.token},
@@ -643,8 +643,8 @@ class MeterEventSender:
     async def _new_session(self) -> _Session:
         try:
             # An ordinary API call (api host, default rate class): the target's limiter.
-            created = await self.target._call(
-                lambda: self.target.client.v2.billing.meter_event_session.create_async()
+            created = await self.target.account.call(
+                lambda: self.target.account.client.v2.billing.meter_event_session.create_async()
             )
         except _CALL_ERRORS as exc:
             self._session_error = self.target.classify(exc)
