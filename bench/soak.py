@@ -41,8 +41,7 @@ from metersync.catalog.meters import Meter, MeterSettings
 from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import ensure_meters
+from metersync.targets.stripe import StripeTarget, ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.usage.verify import verify_usage
 

@@ -21,8 +21,7 @@ from metersync.errors import ConfigError
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.reconcile import SyncOptions, sync_customers
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
+from metersync.targets.stripe import MeterEventSender, StripeTarget, ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.testing.chaos_usage import meters as chaos_meters
 from metersync.usage.push import PushResult, UsagePusher

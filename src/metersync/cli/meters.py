@@ -13,8 +13,7 @@ from metersync.cli.output import print_json, print_table
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
     from metersync.catalog.meters import MeterSettings
-    from metersync.targets.stripe import StripeTarget
-    from metersync.targets.stripe_meters import MeterCheck
+    from metersync.targets.stripe import MeterCheck, StripeTarget
 
 app = command_group("Meters: the configured meters and their Stripe billing meters.")
 
@@ -80,7 +79,7 @@ def ensure_command(
 async def _ensure(
     target: StripeTarget, meters: Sequence[MeterSettings], *, dry_run: bool
 ) -> list[MeterCheck]:
-    from metersync.targets.stripe_meters import ensure_meters
+    from metersync.targets.stripe import ensure_meters
 
     try:
         return await ensure_meters(target, meters, dry_run=dry_run)

@@ -28,8 +28,12 @@ from metersync.catalog.meters import Aggregation, Meter
 from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
+from metersync.targets.stripe import (
+    StripeTarget,
+    event_summaries,
+    list_meters,
+    meters_by_event_name,
+)
 from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.ledger import LEDGER, Ledger
 from metersync.usage.local_aggregates import LOCAL

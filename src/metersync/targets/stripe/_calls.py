@@ -22,12 +22,22 @@ from typing import Any, ParamSpec, TypeVar
 import aiohttp
 import stripe
 
+from metersync.errors import ExitCode, MetersyncError
 from metersync.mechanics.limiter import AdaptiveLimiter
 from metersync.stripe_facts import LIVE_REQUEST_RATE, SEARCH_REQUEST_RATE, TEST_REQUEST_RATE
 from metersync.sync.ports import ErrorKind, TargetError
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# What a failed call can raise: Stripe's answers, and the transport's own failures (a body cut
+# off while read arrives unwrapped). classify() sorts all of them.
+CALL_ERRORS = (stripe.StripeError, asyncio.TimeoutError, ConnectionError, aiohttp.ClientError)
+
+# Meter setup (ensure_meters, event_summaries) retries what is retryable a few times: a
+# command run by a person should not fail on one 500.
+SETUP_ATTEMPTS = 4
+SETUP_BASE_DELAY_S = 0.5
 
 
 def default_rate(api_key: str) -> float:
@@ -136,6 +146,40 @@ def classify(error: BaseException) -> TargetError:
     if status == 404 and getattr(error, "code", None) == "resource_missing":
         return TargetError(ErrorKind.GONE, message, request_id=request_id)
     return TargetError(ErrorKind.PERMANENT, message, request_id=request_id)
+
+
+class StripeCallFailed(MetersyncError):
+    """A meter call to Stripe failed for good (after the retries a setup call gets)."""
+
+    def __init__(self, what: str, error: TargetError, code: str | None = None) -> None:
+        super().__init__(f"stripe: {what} failed: {error.message}")
+        self.error = error
+        self.code = code
+        # Bad credentials are a configuration problem (2); anything else is a failed item (1).
+        self.exit_code = (
+            ExitCode.BAD_INPUT if error.kind is ErrorKind.FATAL else ExitCode.SOME_FAILED
+        )
+
+
+async def setup_call(
+    account: StripeAccount,
+    what: str,
+    fn: Callable[P, Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """One call on the account's own limiter (meter CRUD and summaries are ordinary API calls),
+    retried while retryable; StripeCallFailed when it gives up. `what` names the call in the
+    error, e.g. "listing billing meters"."""
+    for attempt in range(SETUP_ATTEMPTS):
+        try:
+            return await account.call(fn, *args, **kwargs)
+        except CALL_ERRORS as exc:
+            error = classify(exc)
+            if error.kind is not ErrorKind.RETRYABLE or attempt == SETUP_ATTEMPTS - 1:
+                raise StripeCallFailed(what, error, getattr(exc, "code", None)) from None
+        await asyncio.sleep(SETUP_BASE_DELAY_S * 2**attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _http_client(kind: str, timeout: float) -> stripe.HTTPClient:
