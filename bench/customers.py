@@ -443,7 +443,8 @@ def seed_synced(catalog: Any, emulator: Emulator, n: int) -> dict[str, float]:
     from metersync.clock import utcnow
     from metersync.store import LinkRow
     from metersync.sync.journal import Journal
-    from metersync.targets.stripe import StripeTarget, _create_params
+    from metersync.targets.stripe import StripeTarget
+    from metersync.targets.stripe._customer_records import create_params
 
     timings: dict[str, float] = {}
     timings["catalog_insert_s"] = seed_catalog_bulk(catalog, n)
@@ -452,7 +453,7 @@ def seed_synced(catalog: Any, emulator: Emulator, n: int) -> dict[str, float]:
     target = StripeTarget(API_KEY, api_base=emulator.url)  # rendering only
     customers = catalog.list_customers()
     states = [target.render(c).state() for c in customers]
-    bodies = [form_encode(_create_params(s)) for s in states]
+    bodies = [form_encode(create_params(s)) for s in states]
     timings["render_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -926,7 +927,8 @@ def print_phases(figures: dict[str, Any], indent: str = "    ") -> None:
 
 
 def run_all(args: argparse.Namespace, emulator: Emulator, scratch: Path) -> dict[str, Any]:
-    from metersync.targets.stripe import StripeTarget, _create_params
+    from metersync.targets.stripe import StripeTarget
+    from metersync.targets.stripe._customer_records import create_params
 
     report: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -1087,7 +1089,7 @@ def run_all(args: argparse.Namespace, emulator: Emulator, scratch: Path) -> dict
     render_target = StripeTarget(API_KEY, api_base=emulator.url)
     catalog = open_catalog(cold_db)
     params = [
-        _create_params(render_target.render(x).state()) for x in catalog.list_customers()[:sample]
+        create_params(render_target.render(x).state()) for x in catalog.list_customers()[:sample]
     ]
     catalog.close()
     client = stripe.StripeClient(

@@ -41,9 +41,7 @@ from metersync.catalog.meters import Meter, MeterSettings
 from metersync.logs import configure_logging
 from metersync.settings import LogLevel
 from metersync.store import Store
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meter_figures import StripeMeterFigures
-from metersync.targets.stripe_meters import ensure_meters
+from metersync.targets.stripe import StripeMeterFigures, StripeTarget, ensure_meters
 from metersync.testing import StripeEmulator
 from metersync.usage.verify import verify_usage
 

@@ -29,9 +29,8 @@ from metersync.catalog import Catalog
 from metersync.cli import app
 from metersync.store import LedgerRow
 from metersync.sync.ports import MANAGED_KEY
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import event_summaries, meters_by_event_name
-from metersync.targets.stripe_meters import list_meters as list_stripe_meters
+from metersync.targets.stripe import StripeTarget, event_summaries, meters_by_event_name
+from metersync.targets.stripe import list_meters as list_stripe_meters
 from metersync.testing import OpenMeterEmulator, StripeEmulator
 
 TOKEN = "om-test-token"

@@ -22,18 +22,12 @@ from metersync.cli import app
 from metersync.errors import ConfigError
 from metersync.settings import load_settings
 from metersync.sync.ports import ErrorKind
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import (
-    Delivery,
+from metersync.targets.stripe import (
     EventSummary,
-    MeterEvent,
     MeterEventSender,
     MeterOutcome,
     StripeCallFailed,
-    _create,
-    _decide,
-    create_idempotency_key,
-    create_params,
+    StripeTarget,
     ensure_meters,
     event_summaries,
     is_duplicate_event,
@@ -41,7 +35,14 @@ from metersync.targets.stripe_meters import (
     meter_event_sender,
     meters_by_event_name,
 )
+from metersync.targets.stripe._meters import (
+    _create,
+    _decide,
+    create_idempotency_key,
+    create_params,
+)
 from metersync.testing import FaultKind, FaultRule, StripeEmulator
+from metersync.usage.ports import Delivery, MeterEvent
 
 T = TypeVar("T")
 HOUR = 3600

@@ -15,13 +15,8 @@ from metersync.mechanics.limiter import AdaptiveLimiter
 from metersync.stripe_facts import LIVE_REQUEST_RATE as LIVE_RATE
 from metersync.stripe_facts import TEST_REQUEST_RATE as TEST_RATE
 from metersync.sync.ports import MANAGED_KEY, ErrorKind
-from metersync.targets.stripe import (
-    StripeTarget,
-    _decode_page,
-    _external,
-    _listed,
-    default_rate,
-)
+from metersync.targets.stripe import StripeTarget, default_rate
+from metersync.targets.stripe._customer_records import decode_page, external, listed
 
 
 class FakeClock:
@@ -147,9 +142,9 @@ CUSTOMER_JSON = {
 def test_a_list_page_reads_as_the_full_object_does() -> None:
     other = {**CUSTOMER_JSON, "id": "cus_Pinned0002", "address": None, "metadata": {}}
     body = json.dumps({"object": "list", "data": [CUSTOMER_JSON, other], "has_more": True})
-    page = _decode_page(body)
+    page = decode_page(body)
     assert page.has_more
-    assert [_listed(c) for c in page.data] == [_external(CUSTOMER_JSON), _external(other)]
+    assert [listed(c) for c in page.data] == [external(CUSTOMER_JSON), external(other)]
 
 
 def test_render_output_is_pinned_to_its_render_version() -> None:

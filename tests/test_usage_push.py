@@ -22,9 +22,12 @@ from metersync.errors import ConfigError
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions, sync_customers
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meter_figures import StripeMeterFigures
-from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
+from metersync.targets.stripe import (
+    MeterEventSender,
+    StripeMeterFigures,
+    StripeTarget,
+    ensure_meters,
+)
 from metersync.testing import StripeEmulator
 from metersync.usage.push import PushResult, UsagePusher
 from metersync.usage.status import usage_status

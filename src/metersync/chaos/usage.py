@@ -18,9 +18,12 @@ from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import UsageRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions, sync_customers
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meter_figures import StripeMeterFigures
-from metersync.targets.stripe_meters import MeterEventSender, ensure_meters
+from metersync.targets.stripe import (
+    MeterEventSender,
+    StripeMeterFigures,
+    StripeTarget,
+    ensure_meters,
+)
 from metersync.testing import StripeEmulator
 from metersync.usage.push import UsagePusher
 from metersync.usage.verify import verify_usage

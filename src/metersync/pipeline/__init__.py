@@ -13,7 +13,7 @@ from metersync.pipeline._steps import Pipeline
 from metersync.pipeline._verification import Verification
 from metersync.pipeline._webhooks import replay_webhooks
 from metersync.sources.openmeter import source_status
-from metersync.targets.stripe_meters import MeterCheck
+from metersync.targets.stripe import MeterCheck
 
 __all__ = [
     "TARGETS",

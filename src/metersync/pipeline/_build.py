@@ -13,8 +13,7 @@ from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions
 from metersync.sync.model import DeletePolicy
 from metersync.targets.hubspot import HubSpotTarget
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import meter_event_sender
+from metersync.targets.stripe import StripeTarget, meter_event_sender
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 from metersync.usage.push import UsagePusher

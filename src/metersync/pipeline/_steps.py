@@ -22,8 +22,7 @@ from metersync.pipeline._verification import Verification, verify
 from metersync.pipeline._webhooks import process_pending
 from metersync.settings import Settings
 from metersync.sync.customer_sync import RunResult, sync_customers
-from metersync.targets.stripe_meter_figures import StripeMeterFigures
-from metersync.targets.stripe_meters import MeterCheck, ensure_meters
+from metersync.targets.stripe import MeterCheck, StripeMeterFigures, ensure_meters
 
 if TYPE_CHECKING:
     from metersync.mechanics.limiter import AdaptiveLimiter

@@ -1,10 +1,11 @@
-"""Stripe's billing meters as `usage verify` reads them (usage.ports.MeterFigures): which meter
-takes each event name, and its event summaries per customer."""
+"""Stripe's billing meters as `usage verify` reads them (the engine's MeterFigures port): which
+meter takes each event name, and its event summaries per customer."""
 
 from __future__ import annotations
 
-from metersync.targets.stripe import StripeTarget
-from metersync.targets.stripe_meters import event_summaries, list_meters, meters_by_event_name
+from metersync.targets.stripe._customers import StripeTarget
+from metersync.targets.stripe._meters import list_meters, meters_by_event_name
+from metersync.targets.stripe._summaries import event_summaries
 
 
 class StripeMeterFigures:
