@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from freezegun import freeze_time
 from typer.testing import CliRunner
 
 from metersync.cli import app
@@ -132,6 +133,31 @@ def test_ingest_push_show_verify_and_status(env: dict[str, str], emulator: Strip
     assert usage["ledger"] == {"delivered": 1} and usage["lagSeconds"] == 0
     code, out, _ = cli(env, "status")
     assert code == 0 and "usage ledger (stripe)" in out
+
+
+def test_a_key_refused_during_the_push_is_one_line_and_loses_nothing(
+    env: dict[str, str], emulator: StripeEmulator
+) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    assert cli(env, "meters", "ensure")[0] == 0
+    cli(env, "customers", "create", "--key", "acme", "--name", "Acme", "--subject", "acme-api")
+    assert cli(env, "reconcile", "--only", "customers")[0] == 0
+    assert cli(env, "events", "ingest", "-", stdin=events(hour))[0] == 0
+    # The key is revoked: every meter event is refused.
+    revoked = {**env, "STRIPE_API_KEY": "rk_live_notaccepted"}
+    result = runner.invoke(app, ["reconcile", "--only", "usage"], env=revoked)
+    assert result.exit_code == 2, result.output
+    assert "meter events are refused" in result.stderr and "Traceback" not in result.output
+    assert emulator.meter_events() == []
+    # What was written stays owed (pending, retried after a backoff) and is delivered, once,
+    # with a working key.
+    code, out, _ = cli(env, "status", "--json")
+    assert json.loads(out)["usage"]["ledger"] == {"pending": 1}
+    with freeze_time(datetime.now(UTC) + timedelta(minutes=5), tick=True):
+        code, out, err = cli(env, "reconcile", "--only", "usage", "--json")
+    assert code == 0, err
+    assert json.loads(out)["usage"]["summary"] == {"sent": 1, "delivered": 1}
+    assert [int(e["payload"]["value"]) for e in emulator.meter_events()] == [23]
 
 
 def test_user_mistakes_are_one_line_errors(env: dict[str, str]) -> None:

@@ -20,10 +20,11 @@ from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.chaos.hubspot import hubspot_converged
 from metersync.cli import app
+from metersync.errors import TargetUnusable
 from metersync.store import LinkRow
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.context import ContextReader
-from metersync.sync.customer_sync import RunResult, SyncOptions, TargetUnusable, sync_customers
+from metersync.sync.customer_sync import RunResult, SyncOptions, sync_customers
 from metersync.sync.model import DeletePolicy
 from metersync.sync.ports import MANAGED_KEY, ContextNeeds
 from metersync.targets.hubspot import STRIPE_ID, HubSpotTarget, usage_property
@@ -417,3 +418,62 @@ def test_a_new_month_re_renders_every_company_with_usage_figures(
         datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
     )
     assert within.changed_since(datetime(2026, 11, 30, 23, 0, tzinfo=UTC), "hubspot") == set()
+
+
+# -- HubSpot alone ---------------------------------------------------------------------------------
+
+
+def hubspot_only_env(config: Path, database_url: str, hubspot: HubSpotEmulator) -> dict[str, str]:
+    """Settings with HubSpot and a Stripe meter, and no Stripe key anywhere."""
+    config.write_text(
+        "[[meters]]\n"
+        'slug = "tokens"\nevent_type = "prompt"\naggregation = "SUM"\n'
+        'value_property = "$.tokens"\n'
+        "[meters.stripe]\n"
+        'event_name = "tokens"\n'
+    )
+    return {
+        "METERSYNC_CONFIG": str(config),
+        "METERSYNC_DATABASE_URL": database_url,
+        "STRIPE_API_KEY": "",
+        "METERSYNC_HUBSPOT_ACCESS_TOKEN": TOKEN,
+        "METERSYNC_HUBSPOT_API_BASE": hubspot.url,
+        "METERSYNC_HUBSPOT_REQUESTS_PER_10S": "1000",
+    }
+
+
+def test_reconcile_of_hubspot_alone_needs_no_stripe_key(
+    catalog: Catalog, database_url: str, hubspot: HubSpotEmulator, tmp_path: Path
+) -> None:
+    seed(catalog, 3)
+    env = hubspot_only_env(tmp_path / "metersync.toml", database_url, hubspot)
+    runner = CliRunner()
+    result = runner.invoke(app, ["reconcile", "--target", "hubspot", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["targets"]["hubspot"]["summary"] == {"created": 3}
+    assert sorted(companies_by_key(hubspot)) == ["c0", "c1", "c2"]
+    # Stripe's side still asks for its key, and says which.
+    refused = runner.invoke(app, ["reconcile", "--target", "stripe"], env=env)
+    assert refused.exit_code == 2
+    assert "STRIPE_API_KEY" in refused.output and "Traceback" not in refused.output
+
+
+def test_the_services_hubspot_job_needs_no_stripe_key(
+    catalog: Catalog,
+    database_url: str,
+    hubspot: HubSpotEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from metersync.service.daemon import Service
+    from metersync.settings import load_settings
+
+    seed(catalog, 2)
+    for name, value in hubspot_only_env(tmp_path / "m.toml", database_url, hubspot).items():
+        monkeypatch.setenv(name, value)
+    service = Service(load_settings(), catalog)
+    service.hubspot_tick()
+    assert service.last["hubspot"].ok and service.last["hubspot"].counts == {"created": 2}
+    # The Stripe jobs fail, logged and counted, and the service goes on.
+    service.customer_tick()
+    assert not service.last["customers"].ok

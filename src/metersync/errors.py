@@ -69,5 +69,10 @@ class Conflict(MetersyncError):
     """A write that would break a catalog invariant (unique key, one customer per subject)."""
 
 
+class TargetUnusable(MetersyncError):
+    """A target refuses every call (credentials, permissions, its daily allowance): the run
+    stops, and what it wrote before is kept. A configuration problem, not a failed item."""
+
+
 class DatabaseUnavailable(MetersyncError):
     """The database cannot be reached or is not at the schema this version needs."""

@@ -5,15 +5,17 @@ advance the cursor. The CLI's `reconcile` and the service's jobs both call this.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.catalog.views import Customer
 from metersync.clock import utcnow
-from metersync.errors import ExitCode, MetersyncError
+from metersync.errors import ExitCode, TargetUnusable
 from metersync.logs import get_logger
 from metersync.sync.apply import Applier, ApplyResult, FatalTargetError, RetryPolicy
 from metersync.sync.context import ContextReader
@@ -33,10 +35,6 @@ from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 
 _log = get_logger("metersync.sync")
-
-
-class TargetUnusable(MetersyncError):
-    """The target refuses every call (credentials, permissions): a configuration problem."""
 
 
 @dataclass(frozen=True)
@@ -94,59 +92,18 @@ async def sync_customers(
         catalog.store, target.needs, options.meters, started, options.aggregates
     )
     if target.needs.usage and options.bind_usage and not options.dry_run:
-        options.aggregates.bind(catalog.store, target.name)
-    in_sync: frozenset[str] = frozenset()
-    context_only: set[str] = set()
+        await asyncio.to_thread(options.aggregates.bind, catalog.store, target.name)
+    listed: Snapshot | None = None
+    high_water: int | None = None
     if options.full:
         # Read first: every change after it is picked up by the next run, whatever this one
         # reads later.
-        high_water = catalog.high_water()
+        high_water = await asyncio.to_thread(catalog.high_water)
         listed = Snapshot.of(await _list(target))
-        # The fast path: links whose customer is unchanged since it was pushed, and whose
-        # record the listing shows as pushed, need no customer loaded and no plan of their own.
-        # Not for targets whose records show context (usage, other targets' ids): that can
-        # change while the customer does not, so each one is rendered.
-        if not target.needs.any:
-            in_sync = confirm_in_sync(journal.in_sync_candidates(), listed, target.render_version)
-        customers = catalog.customers_by_keys(
-            k for k in catalog.customer_keys() if k not in in_sync
-        )
-        subject_keys: list[str] | None = None  # a full run re-routes every subject
-        snapshot: Snapshot | None = listed
-    else:
-        changes = catalog.changes_since(journal.cursor())
-        high_water = changes.high_water
-        changed = {c.key for c in changes.customers}
-        due = set(journal.due(started)) - changed
-        # Customers whose catalog record did not change but whose context did (a new Stripe
-        # id, new usage): re-rendered, and written only if the render differs.
-        context_only = context.changed_since(journal.context_since(), target.name)
-        context_only -= changed | due
-        due |= context_only
-        customers = changes.customers + catalog.customers_by_keys(due)
-        snapshot = None
-        subject_keys = [s.key for s in changes.subjects]
-    local = _render_all(target, customers, context)
-    plan = plan_customers(
-        target=target.name,
-        local=local,
-        links=_links_to_plan(journal, local, snapshot, in_sync),
-        snapshot=snapshot,
-        policy=options.policy,
-        now=started,
-        rules=target.rules,
-        managed=None if options.full else journal.managed_count(),
-        in_sync=in_sync,
+    planned = await asyncio.to_thread(
+        _plan_run, catalog, target, options, journal, context, started, listed, high_water
     )
-    if context_only:
-        # Looked at only because their context may have changed: those that did not are not
-        # news (a tick after 10,000 creates would otherwise report 10,000 skips).
-        plan = replace(
-            plan,
-            actions=tuple(
-                a for a in plan.actions if not (a.reason == IN_SYNC and a.key in context_only)
-            ),
-        )
+    plan = planned.plan
     result = RunResult(plan, counts=_planned_counts(plan))
     _log.info(
         "planned",
@@ -162,7 +119,7 @@ async def sync_customers(
         # matched without our last push): record it, so the next full run takes the fast path.
         confirmed = [a.desired for a in plan.actions if a.in_sync and a.desired is not None]
         if confirmed:
-            journal.confirm_in_sync(confirmed)
+            await asyncio.to_thread(journal.confirm_in_sync, confirmed)
 
     applier = Applier(
         target,
@@ -176,10 +133,102 @@ async def sync_customers(
     applied = await _apply(applier, plan, result)
     if plan.in_sync:
         result.counts["skip"] = result.counts.get("skip", 0) + plan.in_sync
+    await asyncio.to_thread(
+        _record_run, catalog, target, options, journal, planned, applied, result, started
+    )
+    _log.info("applied", target=target.name, counts=result.counts)
+    return result
+
+
+@dataclass(frozen=True)
+class _Planned:
+    plan: Plan
+    customers: list[Customer]  # the customers the plan looked at
+    subject_keys: list[str] | None  # subjects to re-route (None: every subject)
+    high_water: int  # the catalog change number the run covers
+
+
+def _plan_run(
+    catalog: Catalog,
+    target: Target,
+    options: SyncOptions,
+    journal: Journal,
+    context: ContextReader,
+    started: datetime,
+    listed: Snapshot | None,
+    high_water: int | None,
+) -> _Planned:
+    """Read what the run looks at and plan it (database work and pure planning: run in a
+    worker thread). A full run brings the target's listing and the high water read before it."""
+    in_sync: frozenset[str] = frozenset()
+    context_only: set[str] = set()
+    if listed is not None:
+        assert high_water is not None
+        # The fast path: links whose customer is unchanged since it was pushed, and whose
+        # record the listing shows as pushed, need no customer loaded and no plan of their own.
+        # Not for targets whose records show context (usage, other targets' ids): that can
+        # change while the customer does not, so each one is rendered.
+        if not target.needs.any:
+            in_sync = confirm_in_sync(journal.in_sync_candidates(), listed, target.render_version)
+        customers = catalog.customers_by_keys(
+            k for k in catalog.customer_keys() if k not in in_sync
+        )
+        subject_keys: list[str] | None = None  # a full run re-routes every subject
+    else:
+        changes = catalog.changes_since(journal.cursor())
+        high_water = changes.high_water
+        changed = {c.key for c in changes.customers}
+        due = set(journal.due(started)) - changed
+        # Customers whose catalog record did not change but whose context did (a new Stripe
+        # id, new usage): re-rendered, and written only if the render differs.
+        context_only = context.changed_since(journal.context_since(), target.name)
+        context_only -= changed | due
+        due |= context_only
+        customers = changes.customers + catalog.customers_by_keys(due)
+        subject_keys = [s.key for s in changes.subjects]
+    local = _render_all(target, customers, context)
+    plan = plan_customers(
+        target=target.name,
+        local=local,
+        links=_links_to_plan(journal, local, listed, in_sync),
+        snapshot=listed,
+        policy=options.policy,
+        now=started,
+        rules=target.rules,
+        managed=None if options.full else journal.managed_count(),
+        in_sync=in_sync,
+    )
+    if context_only:
+        # Looked at only because their context may have changed: those that did not are not
+        # news (a tick after 10,000 creates would otherwise report 10,000 skips).
+        plan = replace(
+            plan,
+            actions=tuple(
+                a for a in plan.actions if not (a.reason == IN_SYNC and a.key in context_only)
+            ),
+        )
+    return _Planned(plan, customers, subject_keys, high_water)
+
+
+def _record_run(
+    catalog: Catalog,
+    target: Target,
+    options: SyncOptions,
+    journal: Journal,
+    planned: _Planned,
+    applied: ApplyResult,
+    result: RunResult,
+    started: datetime,
+) -> None:
+    """After the apply: re-route subjects, then move the cursor (database work: run in a
+    worker thread)."""
     # Subjects follow their customers: re-route those whose attribution changed and those whose
     # customer got a new external id in this run.
+    subject_keys = planned.subject_keys
     if subject_keys is not None and applied.changed_customers:
-        subject_keys += _subjects_of(catalog, applied.changed_customers, customers)
+        subject_keys = subject_keys + _subjects_of(
+            catalog, applied.changed_customers, planned.customers
+        )
     result.subjects_routed = journal.route_subjects(subject_keys)
     # Withheld deletes left no trace on their link rows: keep the cursor before them, so the
     # next run (with --allow-mass-delete, or after the catalog is fixed) sees them again. The
@@ -187,15 +236,13 @@ async def sync_customers(
     # So do actions postponed by a stop (the service shutting down): nothing was begun for
     # them, and the next run must see them again.
     postponed = applied.outcomes.get("postponed", 0)
-    cursor = None if plan.guard_tripped or postponed else high_water
+    cursor = None if planned.plan.guard_tripped or postponed else planned.high_water
     journal.advance(
         cursor=cursor,
         full=options.full,
         summary=result.counts,
         context_since=started if cursor is not None and target.needs.any else None,
     )
-    _log.info("applied", target=target.name, counts=result.counts)
-    return result
 
 
 async def _list(target: Target) -> list[Any]:

@@ -9,6 +9,7 @@ every report written, delivered or not, so nothing is counted twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.clock import utcnow
-from metersync.errors import ConfigError
+from metersync.errors import ConfigError, TargetUnusable
 from metersync.logs import get_logger
 from metersync.mechanics.retry import ErrorKind
 from metersync.store import Store
@@ -96,35 +97,19 @@ async def push_usage(
     ledger = LedgerTable(store, target)
     result = PushResult()
     if not dry_run:
-        result.bound = aggregates.bind(store, target)
-    result.waiting_subjects = len(aggregates.waiting_subjects(store))
+        result.bound = await asyncio.to_thread(aggregates.bind, store, target)
+    result.waiting_subjects = len(await asyncio.to_thread(aggregates.waiting_subjects, store))
     if not dry_run:
         await finish_pending(ledger, sink, result, moment, customers)
-    external_ids = LinkTable(store, target).routable_external_ids()
-    reports: list[Report] = []
-    for meter in meters:
-        if meter.settings.stripe is None:
-            continue
-        per = push_window_s(meter, window_s)
-        _check_unchanged(ledger, meter, per)
-        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
-        windows = aggregates.windows(store, meter, per, customers=customers)
-        planned, skipped = plan_reports(
-            meter,
-            windows,
-            {k: Base(*v) for k, v in ledger.bases(meter.slug, moment, last=last).items()},
-            external_ids,
-            window_s=per,
-            now=moment,
-            late_usage=late_usage,
-        )
-        reports += planned
-        result.skipped += skipped
+    reports, skipped = await asyncio.to_thread(
+        _plan, store, ledger, meters, aggregates, window_s, late_usage, moment, customers
+    )
+    result.skipped += skipped
     result.planned = len(reports)
     result.late = sum(1 for r in reports if r.late)
     if dry_run or not reports:
         return result
-    ids = ledger.record(reports)
+    ids = await asyncio.to_thread(ledger.record, reports)
     to_send = [
         PendingReport(
             id=i,
@@ -150,6 +135,42 @@ async def push_usage(
     await _send(ledger, sink, to_send, result, progress, should_stop)
     _log.info("usage pushed", target=target, **result.counts())
     return result
+
+
+def _plan(
+    store: Store,
+    ledger: LedgerTable,
+    meters: Sequence[Meter],
+    aggregates: UsageAggregates,
+    window_s: int,
+    late_usage: str,
+    moment: datetime,
+    customers: Sequence[str] | None,
+) -> tuple[list[Report], list[Skipped]]:
+    """Every meter's new reports: its windows against what the ledger holds (database work,
+    run in a worker thread)."""
+    external_ids = LinkTable(store, ledger.target).routable_external_ids()
+    reports: list[Report] = []
+    skipped_all: list[Skipped] = []
+    for meter in meters:
+        if meter.settings.stripe is None:
+            continue
+        per = push_window_s(meter, window_s)
+        _check_unchanged(ledger, meter, per)
+        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
+        windows = aggregates.windows(store, meter, per, customers=customers)
+        planned, skipped = plan_reports(
+            meter,
+            windows,
+            {k: Base(*v) for k, v in ledger.bases(meter.slug, moment, last=last).items()},
+            external_ids,
+            window_s=per,
+            now=moment,
+            late_usage=late_usage,
+        )
+        reports += planned
+        skipped_all += skipped
+    return reports, skipped_all
 
 
 def _check_unchanged(ledger: LedgerTable, meter: Meter, window_s: int) -> None:
@@ -180,7 +201,7 @@ async def finish_pending(
     now: datetime,
     customers: Sequence[str] | None,
 ) -> None:
-    pending = ledger.pending(now, customers=customers)
+    pending = await asyncio.to_thread(ledger.pending, now, customers=customers)
     # A report pending past the identifier's trust could be counted twice if re-sent blindly:
     # it is held for `usage verify` instead.
     fresh = [p for p in pending if now - p.created_at < METER_EVENT_IDENTIFIER_TRUST]
@@ -222,7 +243,9 @@ async def _send(
         ]
         deliveries = await sink.send(events)
         result.sent += len(events)
-        delivered = []
+        delivered: list[int] = []
+        failed: list[tuple[int, str, bool]] = []  # report id, why, whether the outcome is known
+        refused: str | None = None  # the target refuses every call: stop after recording
         for report, delivery in zip(batch, deliveries, strict=True):
             if delivery.delivered:
                 delivered.append(report.id)
@@ -232,21 +255,27 @@ async def _send(
             error = delivery.error
             message = error.message if error else "not delivered"
             known = error is not None and error.kind in (ErrorKind.PERMANENT, ErrorKind.GONE)
-            ledger.mark_failed(report.id, message, outcome_known=known)
+            failed.append((report.id, message, known))
             result.failed += 1
             result.failures.append(
                 {"customer": report.customer_key, "meter": report.meter, "error": message}
             )
             if error is not None and error.kind is ErrorKind.FATAL:
-                ledger.mark_delivered(delivered)
-                raise UsageTargetUnusable(message)
-        ledger.mark_delivered(delivered)
+                refused = message
+                break
+        await asyncio.to_thread(_record_outcomes, ledger, delivered, failed)
+        if refused is not None:
+            raise TargetUnusable(f"{ledger.target}: meter events are refused: {refused}")
         if progress is not None:
             progress(len(batch))
 
 
-class UsageTargetUnusable(Exception):
-    """The target refuses every call (credentials, permissions)."""
+def _record_outcomes(
+    ledger: LedgerTable, delivered: list[int], failed: list[tuple[int, str, bool]]
+) -> None:
+    for report_id, message, known in failed:
+        ledger.mark_failed(report_id, message, outcome_known=known)
+    ledger.mark_delivered(delivered)
 
 
 def _rounds(reports: list[PendingReport]) -> list[list[PendingReport]]:
@@ -305,8 +334,10 @@ class UsagePusher:
         if not self.configured:
             return True
         result = await self.run(customers=[customer_key])
-        left = LedgerTable(self.store, self.target).pending(
-            utcnow() + timedelta(days=3650), customers=[customer_key]
+        left = await asyncio.to_thread(
+            LedgerTable(self.store, self.target).pending,
+            utcnow() + timedelta(days=3650),
+            customers=[customer_key],
         )
         # Anything skipped (a window waiting out a refusal, usage stamped in the future, a
         # total that fell) is usage the customer still owes: the delete waits for it.

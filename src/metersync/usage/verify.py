@@ -16,6 +16,7 @@ can take an event back, and that is a person's decision).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,12 +137,10 @@ async def verify_usage(
     """Compare over [start, end) (whole hours; whole months for period-to-date meters)."""
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
-    # Usage not bound yet counts as local too: bind it as the next push would (bookkeeping
-    # only: it fixes which customer new usage belongs to, and sends nothing).
+    # Usage not bound yet counts as local too.
     target = figures.name
-    aggregates.bind(store, target)
+    external_ids = await asyncio.to_thread(_bind_and_route, store, target, aggregates)
     meter_ids = await figures.meter_ids()
-    external_ids = LinkTable(store, target).routable_external_ids()
     compared: list[Difference] = []  # every period, equal or not
     for meter in meters:
         if meter.settings.stripe is None:
@@ -150,8 +149,18 @@ async def verify_usage(
         monthly = push_window_s(meter, window_s) == 0
         last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
         lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
-        local = _local(store, meter, window_s, lo, hi, monthly, aggregates)
-        ledger = _ledger(store, target, meter, lo, hi, monthly, last, external_ids)
+        local, ledger = await asyncio.to_thread(
+            _local_and_ledger,
+            store,
+            target,
+            meter,
+            window_s,
+            (lo, hi),
+            monthly,
+            last,
+            external_ids,
+            aggregates,
+        )
         for customer in sorted({c for c, _ in local} | {c for c, _ in ledger}):
             stripe: dict[int, int] = {}
             external_id = external_ids.get(customer)
@@ -181,8 +190,12 @@ async def verify_usage(
                     result.differences.append(diff)
     result.checked = len(compared)
     if repair and sink is not None:
-        result.settled = _settle_held(store, target, compared, external_ids)
-        result.replanned = _replan_lost(store, target, result.differences, external_ids, settle)
+        result.settled = await asyncio.to_thread(
+            _settle_held, store, target, compared, external_ids
+        )
+        result.replanned = await asyncio.to_thread(
+            _replan_lost, store, target, result.differences, external_ids, settle
+        )
         result.pushed = await push_usage(
             store,
             target,
@@ -193,6 +206,30 @@ async def verify_usage(
             aggregates=aggregates,
         )
     return result
+
+
+def _bind_and_route(store: Store, target: str, aggregates: UsageAggregates) -> dict[str, str]:
+    """Bind usage not bound yet, as the next push would (bookkeeping only: it fixes which
+    customer new usage belongs to, and sends nothing); then each customer's external id."""
+    aggregates.bind(store, target)
+    return LinkTable(store, target).routable_external_ids()
+
+
+def _local_and_ledger(
+    store: Store,
+    target: str,
+    meter: Meter,
+    window_s: int,
+    bounds: tuple[int, int],
+    monthly: bool,
+    last: bool,
+    external_ids: dict[str, str],
+    aggregates: UsageAggregates,
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], tuple[int, int, int]]]:
+    """The local figures and the ledger's, per (customer, period) (database work)."""
+    lo, hi = bounds
+    local = _local(store, meter, window_s, lo, hi, monthly, aggregates)
+    return local, _ledger(store, target, meter, lo, hi, monthly, last, external_ids)
 
 
 def _local(
