@@ -443,7 +443,7 @@ def test_a_failed_group_commit_leaves_no_session_behind(
     """The writes of a group that could not even start run alone, and are committed."""
     from functools import partial
 
-    from metersync.store import links
+    from metersync.store.links import _table
     from metersync.sync.journal import Journal, JournalWrite
 
     journal = Journal(catalog.store, "stripe")
@@ -451,7 +451,7 @@ def test_a_failed_group_commit_leaves_no_session_behind(
     def broken(*_: Any, **__: Any) -> list[Any]:
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(links, "_in_batches", broken)
+    monkeypatch.setattr(_table, "in_batches", broken)
     write = JournalWrite("acme", partial(journal.mark_blocked, "acme", "a reason"))
     results = journal.run_group([write])
     assert results == [None]

@@ -16,7 +16,7 @@ from typing import Any
 
 from metersync.states import LinkState
 from metersync.store import Store, SyncStateRow
-from metersync.store.links import Confirmed, LinkTable, Pushed
+from metersync.store.links import Confirmed, LinkTable, Pushed, route_subjects
 from metersync.store.sync_state import SyncStateTable
 from metersync.sync.model import Desired, LinkView, digest, fingerprint
 
@@ -181,7 +181,7 @@ class Journal:
 
     def route_subjects(self, subject_keys: Iterable[str] | None = None) -> int:
         """Point each subject's link at the external customer its usage goes to (store.links)."""
-        return self.table.route_subjects(subject_keys)
+        return route_subjects(self.store, self.target, subject_keys)
 
     def advance(
         self,

@@ -12,7 +12,7 @@ import hashlib
 import json
 import marshal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -285,14 +285,3 @@ class DeletePolicy:
     # out of five is not a mass delete.
     mass_delete_floor: int = 3
     allow_mass_delete: bool = False
-
-
-@dataclass
-class Summary:
-    """What a run did, item by item outcomes aggregated."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + n

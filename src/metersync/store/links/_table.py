@@ -1,9 +1,5 @@
-"""The link table's one owner: every query and write of link rows is here.
-
-A link ties a local customer or subject to its record in one target, and carries the sync
-engine's journal for it: the intent written before a call, the outcome after. The engine
-(sync.journal) decides what to write; this module decides how, so that the table's shape,
-its states and its indexes are known in one place.
+"""Customer links of one target: the reads the planner needs, the journal's writes (intent
+before a call, outcome after), group commit, and link health.
 
 Every write is one short transaction (or one shared one inside `group`), so what is written
 survives a SIGKILL the instant after.
@@ -18,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, insert, literal, or_, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -27,12 +22,10 @@ from metersync.clock import utcnow
 from metersync.mechanics.backoff import backoff
 from metersync.states import LinkKind, LinkState
 from metersync.store.engine import Store
-from metersync.store.models import AttributionRow, CustomerRow, LinkRow, SubjectRow
+from metersync.store.links._rows import ROUTABLE, in_batches, link_columns
+from metersync.store.models import CustomerRow, LinkRow
 
-_BATCH = 500  # keys per IN (…) query: far below any database's bound-parameter limit
 _ERROR_MAX = 2000  # characters of an error kept on a link
-# Customer links whose external record usage can be routed to.
-ROUTABLE = (LinkState.SYNCED, LinkState.UPDATING, LinkState.ARCHIVED)
 # Looked at again by every tick until resolved: intents whose outcome is unknown, and records
 # found deleted out of band (recreated, or reported, by policy).
 _UNFINISHED = (LinkState.CREATING, LinkState.UPDATING, LinkState.DELETING, LinkState.MISSING)
@@ -101,7 +94,7 @@ class LinkTable:
         )
         wanted = None if keys is None else sorted(set(keys))
         with self.store.read_session() as session:
-            return _in_batches(session, query, col(LinkRow.local_key), wanted)
+            return in_batches(session, query, col(LinkRow.local_key), wanted)
 
     def in_sync_candidates(self) -> list[tuple[str, str, str]]:
         """(local key, external id, fingerprint) of every synced link whose customer is live and
@@ -167,7 +160,7 @@ class LinkTable:
 
     def external_ids(self, keys: Sequence[str] | None = None) -> dict[str, str]:
         """Customer key → external id, for linked customers (all, or `keys`)."""
-        link = _columns()
+        link = link_columns()
         query = select(link.local_key, link.external_id).where(
             link.target == self.target,
             link.kind == LinkKind.CUSTOMER,
@@ -180,7 +173,7 @@ class LinkTable:
 
     def routable_external_ids(self) -> dict[str, str]:
         """Customer key → external id, for customers usage can be pushed to."""
-        link = _columns()
+        link = link_columns()
         query = select(link.local_key, link.external_id).where(
             link.target == self.target,
             link.kind == LinkKind.CUSTOMER,
@@ -192,7 +185,7 @@ class LinkTable:
 
     def subjects_routed_to(self, customer_key: str) -> set[str]:
         """Subjects whose link points at the customer's record (their usage goes there)."""
-        link = _columns()
+        link = link_columns()
         customer_link = (
             select(link.external_id)
             .where(
@@ -216,7 +209,7 @@ class LinkTable:
 
     def linked_keys(self) -> set[str]:
         """Every customer with a link row in this target, whatever its state."""
-        link = _columns()
+        link = link_columns()
         with self.store.read_session() as session:
             return set(
                 session.execute(
@@ -302,7 +295,7 @@ class LinkTable:
         )
         now = utcnow()
         with self.store.session() as session:
-            rows = _in_batches(session, query, col(LinkRow.local_key), sorted(confirmed))
+            rows = in_batches(session, query, col(LinkRow.local_key), sorted(confirmed))
             updates = []
             for row_id, key, seq, digest, fingerprint in rows:
                 wanted = confirmed[key]
@@ -395,7 +388,7 @@ class LinkTable:
                 self._group.keys = set(keys)
                 self._group.rows = {
                     r.local_key: r
-                    for r in _in_batches(
+                    for r in in_batches(
                         session, self._customer_rows(), LinkRow.local_key, sorted(set(keys))
                     )
                 }
@@ -436,95 +429,6 @@ class LinkTable:
             LinkRow.target == self.target, LinkRow.kind == LinkKind.CUSTOMER
         )
 
-    # -- subject links ---------------------------------------------------------------------------
-
-    def route_subjects(self, subject_keys: Iterable[str] | None = None) -> int:
-        """Point each subject's link row at the external customer its usage goes to (through its
-        customer's link), or at nothing yet. Returns how many rows changed.
-
-        `subject_keys` None means every subject (a full reconcile); a tick passes only the few
-        it touched. The database compares what each row says with what it should say and hands
-        back only the rows that differ: a full reconcile over 100,000 settled subjects reads
-        nothing into Python.
-        """
-        wanted = None if subject_keys is None else sorted(set(subject_keys))
-        if wanted == []:
-            return 0
-        owner = aliased(LinkRow)  # the subject's customer's link
-        row = aliased(LinkRow)  # the subject's own link row
-        routed_to = owner.external_id
-        state = case(
-            (col(SubjectRow.deleted_at).is_not(None), literal(LinkState.DELETED.value)),
-            (col(routed_to).is_not(None), literal(LinkState.SYNCED.value)),
-            else_=literal(LinkState.PENDING.value),
-        )
-        query = (
-            select(SubjectRow.key, routed_to, state, row.id)
-            .select_from(SubjectRow)
-            .outerjoin(AttributionRow, col(AttributionRow.subject_key) == col(SubjectRow.key))
-            .outerjoin(
-                owner,
-                and_(
-                    col(owner.target) == self.target,
-                    col(owner.kind) == LinkKind.CUSTOMER,
-                    col(owner.local_key) == col(AttributionRow.customer_key),
-                    col(owner.external_id).is_not(None),
-                    col(owner.state).in_([s.value for s in ROUTABLE]),
-                ),
-            )
-            .outerjoin(
-                row,
-                and_(
-                    col(row.target) == self.target,
-                    col(row.kind) == LinkKind.SUBJECT,
-                    col(row.local_key) == col(SubjectRow.key),
-                ),
-            )
-            .where(
-                or_(
-                    col(row.id).is_(None),
-                    col(row.external_id).is_distinct_from(routed_to),
-                    col(row.state) != state,
-                )
-            )
-        )
-        with self.store.session() as session:
-            differing = _in_batches(session, query, col(SubjectRow.key), wanted)
-            now = utcnow()
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            for key, external_id, new_state, row_id in differing:
-                if row_id is None:
-                    inserts.append(
-                        {
-                            "target": self.target,
-                            "kind": LinkKind.SUBJECT,
-                            "local_key": key,
-                            "external_id": external_id,
-                            "state": new_state,
-                            "owned_metadata_keys": [],
-                            "generation": 1,
-                            "attempts": 0,
-                            "created_at": now,
-                            "updated_at": now,
-                            "synced_at": now if external_id else None,
-                        }
-                    )
-                else:
-                    updates.append(
-                        {
-                            "id": row_id,
-                            "external_id": external_id,
-                            "state": new_state,
-                            "updated_at": now,
-                        }
-                    )
-            if inserts:
-                session.execute(insert(LinkRow), inserts)
-            if updates:
-                session.execute(update(LinkRow), updates)
-            return len(inserts) + len(updates)
-
     # -- health ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -550,65 +454,3 @@ class LinkTable:
                     .limit(limit)
                 )
             )
-
-
-# -- across targets -------------------------------------------------------------------------------
-
-
-def changed_customers(store: Store, targets: Sequence[str], after: datetime) -> set[str]:
-    """Customers whose link in any of `targets` changed at or after `after`."""
-    link = _columns()
-    with store.read_session() as session:
-        return set(
-            session.execute(
-                select(link.local_key).where(
-                    link.kind == LinkKind.CUSTOMER,
-                    link.target.in_(targets),
-                    link.updated_at >= after,
-                )
-            ).scalars()
-        )
-
-
-def has_live_link(session: Session, customer_key: str) -> bool:
-    """Whether any target holds a record for the customer (a link not DELETED), read in the
-    caller's transaction."""
-    found = session.exec(
-        select(LinkRow.id).where(
-            LinkRow.kind == LinkKind.CUSTOMER,
-            LinkRow.local_key == customer_key,
-            LinkRow.state != LinkState.DELETED,
-        )
-    ).first()
-    return found is not None
-
-
-def routable_subjects(target: str) -> Select[Any]:
-    """A subquery: subjects whose customer has a live link in `target`, which usage can bind
-    for (aggregate.bind_usage)."""
-    link = _columns()
-    attribution = AttributionRow.__table__.c  # type: ignore[attr-defined]
-    return (
-        select(attribution.subject_key)
-        .join(link.local_key.table, link.local_key == attribution.customer_key)
-        .where(
-            link.target == target,
-            link.kind == LinkKind.CUSTOMER,
-            link.external_id.is_not(None),
-            link.state.in_([s.value for s in ROUTABLE]),
-        )
-    )
-
-
-def _columns() -> Any:
-    # Core columns, for queries that read a few columns of many rows without ORM objects.
-    return LinkRow.__table__.c  # type: ignore[attr-defined]
-
-
-def _in_batches(session: Session, query: Any, column: Any, keys: list[str] | None) -> list[Any]:
-    if keys is None:
-        return list(session.exec(query))
-    rows: list[Any] = []
-    for start in range(0, len(keys), _BATCH):
-        rows += session.exec(query.where(column.in_(keys[start : start + _BATCH])))
-    return rows
