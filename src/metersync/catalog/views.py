@@ -8,11 +8,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from metersync.store.models import CustomerRow, SubjectRow
-
-
-def rfc3339(value: datetime) -> str:
-    """OpenMeter's timestamp form: UTC, millisecond precision, `Z`."""
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from metersync.times import rfc3339
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
