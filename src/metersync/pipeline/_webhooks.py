@@ -7,11 +7,12 @@ manage, is acknowledged and recorded as ignored: never an error loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 
 from metersync.catalog import Catalog
 from metersync.clock import utcnow
@@ -30,20 +31,15 @@ _w = _table.c
 async def process_pending(
     catalog: Catalog, target: Target, options: SyncOptions, *, limit: int = 100
 ) -> dict[str, int]:
-    """Process stored events not processed yet, oldest first; returns outcomes counted."""
+    """Process stored events not processed yet, oldest first; returns outcomes counted. The
+    database work runs in a worker thread, the target's calls on the event loop."""
     store = catalog.store
-    with store.read_session() as session:
-        rows = session.execute(
-            select(_w.id, _w.type, _w.payload)
-            .where(_w.processed_at.is_(None))
-            .order_by(_w.received_at, _w.id)
-            .limit(limit)
-        ).all()
+    rows = await asyncio.to_thread(_pending, store, limit)
     journal = Journal(store, target.name)
     counts: dict[str, int] = {}
     for event_id, event_type, payload in rows:
         outcome = await _process(catalog, target, options, journal, event_type, payload)
-        _mark(store, event_id, outcome)
+        await asyncio.to_thread(_mark, store, event_id, outcome)
         kind = outcome.split(":", 1)[0]
         counts[kind] = counts.get(kind, 0) + 1
         _log.info("webhook processed", event_id=event_id, type=event_type, outcome=outcome)
@@ -64,7 +60,7 @@ async def _process(
         external_id = str(json.loads(payload)["data"]["object"]["id"])
     except (ValueError, KeyError, TypeError):
         return "ignored: no customer in the event"
-    link = journal.by_external_id(external_id)
+    link = await asyncio.to_thread(journal.by_external_id, external_id)
     if link is None:
         return f"ignored: {external_id} is not a customer metersync manages"
     result = await sync_customer_keys(catalog, target, options, [link.key])
@@ -72,7 +68,20 @@ async def _process(
     return f"reconciled: {link.key} {done}"
 
 
+def _pending(store: Store, limit: int) -> Sequence[Row[str, str, str]]:
+    """Up to `limit` stored events not processed yet, oldest first (database work: run in a
+    worker thread)."""
+    with store.read_session() as session:
+        return session.execute(
+            select(_w.id, _w.type, _w.payload)
+            .where(_w.processed_at.is_(None))
+            .order_by(_w.received_at, _w.id)
+            .limit(limit)
+        ).all()
+
+
 def _mark(store: Store, event_id: str, outcome: str) -> None:
+    """Record an event's outcome (database work: run in a worker thread)."""
     with store.session() as session:
         session.execute(
             update(_table)

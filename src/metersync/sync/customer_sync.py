@@ -344,12 +344,16 @@ async def sync_customer_keys(
     triggers. Search is not asked (it lags writes); duplicates and orphans are the nightly full
     reconcile's. The cursor does not move: the next tick still reads every change."""
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
-    customers = catalog.customers_by_keys(keys)
     reader = ContextReader(
         catalog.store, target.needs, options.meters, utcnow(), options.aggregates
     )
-    local = _render_all(target, customers, reader)
-    links = journal.links(local, with_state=False)
+
+    def read() -> tuple[list[Customer], dict[str, Desired | None], dict[str, LinkView]]:
+        customers = catalog.customers_by_keys(keys)
+        local = _render_all(target, customers, reader)
+        return customers, local, journal.links(local, with_state=False)
+
+    customers, local, links = await asyncio.to_thread(read)
     records: dict[str, Any] = {}
     for key in local:
         link = links.get(key)
@@ -378,5 +382,8 @@ async def sync_customer_keys(
     )
     applied = await _apply(applier, plan, result)
     if applied.changed_customers:
-        journal.route_subjects(_subjects_of(catalog, applied.changed_customers, customers))
+        changed = applied.changed_customers
+        await asyncio.to_thread(
+            lambda: journal.route_subjects(_subjects_of(catalog, changed, customers))
+        )
     return result

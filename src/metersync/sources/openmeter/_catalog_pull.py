@@ -10,12 +10,14 @@ must not become deletes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 
 from metersync.catalog import Catalog
+from metersync.catalog.views import Customer
 from metersync.clock import utcnow
 from metersync.errors import ExitCode, MetersyncError
 from metersync.logs import get_logger
@@ -64,20 +66,63 @@ class CatalogPull:
     async def pull_catalog(
         self, catalog: Catalog, *, allow_mass_delete: bool = False
     ) -> PullResult:
-        """Subjects and customers. Everything is read before anything is written."""
+        """Subjects and customers. Everything is read before anything is written. The
+        OpenMeter calls stay on the event loop; the database work runs in a worker thread."""
         result = PullResult()
         try:
             subjects = await self.client.subjects()
             customers = await self.client.customers(page_size=self.settings.page_size)
         except SourceUnavailable as exc:
-            _record(catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message})
+            await asyncio.to_thread(
+                _record, catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message}
+            )
             raise
-        known = _known(catalog.store)
+        known, local = await asyncio.to_thread(_read_local, catalog)
         try:
-            customers += await self._confirm_missing(catalog, customers, known)
+            customers += await self._confirm_missing(local, customers, known)
         except SourceUnavailable as exc:
-            _record(catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message})
+            await asyncio.to_thread(
+                _record, catalog.store, CATALOG_STATE, ok=False, summary={"error": exc.message}
+            )
             raise
+        await asyncio.to_thread(
+            self._write, catalog, subjects, customers, known, allow_mass_delete, result
+        )
+        _log.info("pulled the catalog from OpenMeter", counts=result.counts)
+        return result
+
+    async def _confirm_missing(
+        self,
+        local_customers: list[Customer],
+        customers: list[dict[str, Any]],
+        known: Mapping[str, UpstreamCustomerRow],
+    ) -> list[dict[str, Any]]:
+        """A local customer the listing did not show at all, not even as deleted: asked for
+        by id before it becomes a tombstone. Returns what OpenMeter says of them (a live one
+        stays, a deleted one is deleted); one OpenMeter does not know is left out (deleted)."""
+        listed = {str(c.get("id")) for c in customers}
+        listed_keys = {_key(c) for c in customers}
+        confirmed: list[dict[str, Any]] = []
+        for local in local_customers:
+            seen = known.get(local.key)
+            if local.key in listed_keys or seen is None or seen.upstream_id in listed:
+                continue
+            found = await self.client.customer(seen.upstream_id)
+            if found is not None:
+                confirmed.append(found)
+        return confirmed
+
+    def _write(
+        self,
+        catalog: Catalog,
+        subjects: list[dict[str, Any]],
+        customers: list[dict[str, Any]],
+        known: Mapping[str, UpstreamCustomerRow],
+        allow_mass_delete: bool,
+        result: PullResult,
+    ) -> None:
+        """The mass-delete guard, then the writes and the pull's record (database work: run
+        in a worker thread)."""
         self._guard(catalog, customers, allow_mass_delete)
         live = [c for c in customers if not c.get("deletedAt")]
         wanted_subjects = {str(s["key"]) for s in subjects if s.get("key")}
@@ -89,29 +134,6 @@ class CatalogPull:
         _sync_subjects(catalog, subjects, wanted_subjects, result)
         _remember(catalog.store, customers)
         _record(catalog.store, CATALOG_STATE, ok=True, summary={"catalog": result.counts})
-        _log.info("pulled the catalog from OpenMeter", counts=result.counts)
-        return result
-
-    async def _confirm_missing(
-        self,
-        catalog: Catalog,
-        customers: list[dict[str, Any]],
-        known: Mapping[str, UpstreamCustomerRow],
-    ) -> list[dict[str, Any]]:
-        """A local customer the listing did not show at all, not even as deleted: asked for
-        by id before it becomes a tombstone. Returns what OpenMeter says of them (a live one
-        stays, a deleted one is deleted); one OpenMeter does not know is left out (deleted)."""
-        listed = {str(c.get("id")) for c in customers}
-        listed_keys = {_key(c) for c in customers}
-        confirmed: list[dict[str, Any]] = []
-        for local in catalog.list_customers():
-            seen = known.get(local.key)
-            if local.key in listed_keys or seen is None or seen.upstream_id in listed:
-                continue
-            found = await self.client.customer(seen.upstream_id)
-            if found is not None:
-                confirmed.append(found)
-        return confirmed
 
     def _guard(
         self, catalog: Catalog, customers: list[dict[str, Any]], allow_mass_delete: bool
@@ -147,6 +169,13 @@ def _as_local(customer: Mapping[str, Any]) -> dict[str, Any]:
     record = {f: customer[f] for f in _CUSTOMER_FIELDS if customer.get(f) is not None}
     record["key"] = _key(customer)
     return record
+
+
+def _read_local(catalog: Catalog) -> tuple[dict[str, UpstreamCustomerRow], list[Customer]]:
+    """What the pull knows of each customer upstream, then the local customers (database
+    work: run in a worker thread)."""
+    known = _known(catalog.store)
+    return known, catalog.list_customers()
 
 
 def _known(store: Store) -> dict[str, UpstreamCustomerRow]:

@@ -18,8 +18,10 @@ read once more and what they owe is bound to it and pushed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from metersync.catalog.meters import Meter
@@ -50,6 +52,8 @@ _log = get_logger("metersync.sources.openmeter")
 
 BACKFILL_S = METER_EVENT_PAST_LIMIT_S  # as far back as Stripe takes meter events
 WINDOW_SIZES = {3600: "HOUR", 86400: "DAY"}
+# A meter query's answer: the meter, window size (0: per customer and month), range and rows.
+_Fetched = tuple[Meter, int, int, int, list[dict[str, Any]]]
 
 
 class SourceMismatch(MetersyncError):
@@ -77,9 +81,36 @@ class UsagePull:
         """Every configured meter's figures over the lookback: per subject and window for SUM
         and COUNT, per customer for this month for the period meters. The lookback reaches
         back to before the last successful usage pull (an outage longer than the lookback
-        loses nothing), and 35 days on the first pull and when `full`."""
+        loses nothing), and 35 days on the first pull and when `full`. The OpenMeter calls
+        stay on the event loop; the database work runs in a worker thread."""
         result = PullResult()
         now = int(time.time())
+        lookback, catalog_pulled, subjects, ids = await asyncio.to_thread(
+            self._plan, store, now, full
+        )
+        try:
+            await self._check_meters()
+            fetched: list[_Fetched] = []
+            for meter in self.meters:
+                for per, start, end in self._ranges(meter, now, lookback):
+                    rows = await self._query(meter.slug, per, start, end, subjects, ids)
+                    fetched.append((meter, per, start, end, rows))
+        except SourceUnavailable as exc:
+            await asyncio.to_thread(
+                _record, store, USAGE_STATE, ok=False, summary={"error": exc.message}
+            )
+            raise
+        await asyncio.to_thread(
+            _store_pulled, store, fetched, subjects, ids, now, catalog_pulled, result
+        )
+        _log.info("pulled usage from OpenMeter", counts=result.counts, lookback_s=lookback)
+        return result
+
+    def _plan(
+        self, store: Store, now: int, full: bool
+    ) -> tuple[int, bool, list[str], dict[str, str]]:
+        """The lookback, whether the catalog was ever pulled, the subjects and the customers'
+        upstream ids to query (database work: run in a worker thread)."""
         since = _last_success(store, USAGE_STATE)
         catalog_pulled = _last_success(store, CATALOG_STATE) is not None
         if full or since is None:
@@ -91,38 +122,18 @@ class UsagePull:
             )
         subjects = _subjects_to_query(store, now - lookback)
         ids = _customer_ids(store)
-        try:
-            await self._check_meters()
-            fetched: list[tuple[Meter, int, int, int, list[dict[str, Any]]]] = []
-            for meter in self.meters:
-                for per, start, end in self._ranges(meter, now, lookback):
-                    rows = await self._query(meter.slug, per, start, end, subjects, ids)
-                    fetched.append((meter, per, start, end, rows))
-        except SourceUnavailable as exc:
-            _record(store, USAGE_STATE, ok=False, summary={"error": exc.message})
-            raise
-        by_id = {v: k for k, v in ids.items()}
-        for meter, per, start, end, rows in fetched:
-            queried = subjects if per else sorted(ids)
-            changed = _store_figures(store, meter.slug, per, start, end, rows, by_id, now, queried)
-            result.add("windows", len(rows))
-            result.add("changed", changed)
-        # Before the catalog was ever pulled there was nobody to ask about: the next pull
-        # still reads the whole backfill.
-        _record(store, USAGE_STATE, ok=catalog_pulled, summary={"usage": result.counts})
-        _log.info("pulled usage from OpenMeter", counts=result.counts, lookback_s=lookback)
-        return result
+        return lookback, catalog_pulled, subjects, ids
 
     async def pull_owed(self, store: Store, customer_key: str, *, target: str) -> None:
         """Before `customer_key`'s record in `target` is deleted: read its subjects' latest
         figures and bind what is unbound to it, so the flush that follows bills what it
         still owes. Its subjects are those whose usage `target` routed to its record (the
-        catalog already let go of them when the customer was deleted upstream)."""
-        subjects = _former_subjects(store, customer_key, target)
+        catalog already let go of them when the customer was deleted upstream). The
+        OpenMeter calls stay on the event loop; the database work runs in a worker thread."""
+        subjects, since = await asyncio.to_thread(_owed_reads, store, customer_key, target)
         if not subjects:
             return
         now = int(time.time())
-        since = _last_success(store, USAGE_STATE)
         behind = now - int(since.timestamp()) if since else BACKFILL_S
         lookback = min(BACKFILL_S, behind + self.settings.lookback_s)
         for meter in self.meters:
@@ -131,8 +142,10 @@ class UsagePull:
                 continue  # period figures are the customer's own rows, already stored
             for _, start, end in self._ranges(meter, now, lookback):
                 rows = await self._query(meter.slug, per, start, end, subjects, {})
-                _store_figures(store, meter.slug, per, start, end, rows, {}, now, subjects)
-        _bind_to(store, subjects, customer_key)
+                await asyncio.to_thread(
+                    _store_figures, store, meter.slug, per, start, end, rows, {}, now, subjects
+                )
+        await asyncio.to_thread(_bind_to, store, subjects, customer_key)
 
     async def _check_meters(self) -> None:
         upstream = {str(m.get("slug")): m for m in await self.client.meters()}
@@ -194,3 +207,34 @@ class UsagePull:
                 customer_ids=() if by_subject else part,
             )
         return rows
+
+
+def _owed_reads(store: Store, customer_key: str, target: str) -> tuple[list[str], datetime | None]:
+    """`pull_owed`'s reads: the customer's former subjects, and when there are any, the last
+    successful usage pull (database work: run in a worker thread)."""
+    subjects = _former_subjects(store, customer_key, target)
+    if not subjects:
+        return subjects, None
+    return subjects, _last_success(store, USAGE_STATE)
+
+
+def _store_pulled(
+    store: Store,
+    fetched: Sequence[_Fetched],
+    subjects: list[str],
+    ids: Mapping[str, str],
+    now: int,
+    catalog_pulled: bool,
+    result: PullResult,
+) -> None:
+    """Each query's figures stored, then the pull's record (database work: run in a worker
+    thread)."""
+    by_id = {v: k for k, v in ids.items()}
+    for meter, per, start, end, rows in fetched:
+        queried = subjects if per else sorted(ids)
+        changed = _store_figures(store, meter.slug, per, start, end, rows, by_id, now, queried)
+        result.add("windows", len(rows))
+        result.add("changed", changed)
+    # Before the catalog was ever pulled there was nobody to ask about: the next pull
+    # still reads the whole backfill.
+    _record(store, USAGE_STATE, ok=catalog_pulled, summary={"usage": result.counts})
