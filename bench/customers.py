@@ -525,7 +525,7 @@ class Phases:
 
     def install(self) -> None:
         from metersync.catalog import Catalog
-        from metersync.sync import reconcile
+        from metersync.sync import customer_sync
         from metersync.sync.apply import Applier
         from metersync.sync.journal import Journal
         from metersync.sync.model import Snapshot
@@ -538,7 +538,7 @@ class Phases:
         self._wrap(Journal, "cursor", "journal.cursor")
         self._wrap(Journal, "due", "journal.due")
         self._wrap(Journal, "links", "journal.links")
-        self._wrap(reconcile, "plan_customers", "plan_customers")
+        self._wrap(customer_sync, "plan_customers", "plan_customers")
         self._wrap(Applier, "run", "Applier.run (apply)", is_async=True)
         self._wrap(Journal, "route_subjects", "journal.route_subjects")
         self._wrap(Journal, "advance", "journal.advance")

@@ -8,11 +8,15 @@ instead of skipping it: a green run must mean both databases were exercised.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
+from types import FrameType
 
 import pytest
 import sqlalchemy as sa
@@ -37,6 +41,45 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             name == "STRIPE_API_KEY"
         ):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_store_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The engine's rule for async code (metersync.sync, metersync.usage): database work runs
+    in a worker thread, never on the event loop. Every store session a test opens checks it:
+    opened on a thread with a running loop, under a coroutine of the product, is a breach. The
+    test fails at teardown, even if the product caught the error and went on."""
+    breaches: list[str] = []
+
+    def guard(opener: object) -> object:
+        def open_checked(self: Store) -> AbstractContextManager[object]:
+            caller = _product_coroutine_on_the_loop(sys._getframe(1))
+            if caller is not None:
+                breaches.append(caller)
+                raise AssertionError(f"{caller} used the store on the event loop")
+            return opener(self)  # type: ignore[operator, no-any-return]
+
+        return open_checked
+
+    monkeypatch.setattr(Store, "session", guard(Store.session))
+    monkeypatch.setattr(Store, "read_session", guard(Store.read_session))
+    yield
+    assert not breaches, f"the store was used on the event loop by: {sorted(set(breaches))}"
+
+
+def _product_coroutine_on_the_loop(frame: FrameType | None) -> str | None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None  # a worker thread, or no loop at all
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        is_async = frame.f_code.co_flags & (inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR)
+        # The emulators run their own servers; tests may use the store from their coroutines.
+        if is_async and name.startswith("metersync.") and not name.startswith("metersync.testing"):
+            return f"{name}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
 
 
 @cache
