@@ -177,13 +177,18 @@ def build_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(_: Request) -> Response:
-        problems: list[str] = []
+    def database_problem() -> str | None:
         try:
             with store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001 - unreachable, whatever the driver says
-            problems.append(f"database unreachable: {type(exc).__name__}")
+            return f"database unreachable: {type(exc).__name__}"
+        return None
+
+    async def readyz(_: Request) -> Response:
+        # Database work runs in a worker thread, never on the event loop (metersync.sync).
+        problem = await run_in_threadpool(database_problem)
+        problems: list[str] = [problem] if problem else []
         role = readiness.role()
         last = readiness.last_tick_success()
         age = None if last is None else round(time.time() - last, 1)
@@ -202,7 +207,9 @@ def build_app(
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     async def prometheus(_: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=PROMETHEUS_TEXT)
+        # Collecting reads the ledger (_LedgerCollector): in a worker thread.
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=PROMETHEUS_TEXT)
 
     async def stripe_webhook(request: Request) -> Response:
         if webhooks is None or not webhooks.secrets():
