@@ -3,13 +3,13 @@ data flows (pull from the source → Stripe's customers → the usage push → t
 the service are doors into these same steps; nothing else builds a target or a source.
 
     async with Pipeline(settings, catalog) as pipeline:
-        await pipeline.sync_stripe(full=False)
+        await pipeline.sync_stripe(SyncRun(full=False))
         await pipeline.push_usage()
 """
 
 from metersync.pipeline._build import open_catalog, sync_options
 from metersync.pipeline._reconcile import TARGETS, ReconcileResult, check_targets, reconcile
-from metersync.pipeline._steps import Pipeline
+from metersync.pipeline._steps import Pipeline, SyncRun
 from metersync.pipeline._verification import Verification
 from metersync.pipeline._webhooks import replay_webhooks
 from metersync.sources.openmeter import source_status
@@ -20,6 +20,7 @@ __all__ = [
     "MeterCheck",
     "Pipeline",
     "ReconcileResult",
+    "SyncRun",
     "Verification",
     "check_targets",
     "open_catalog",

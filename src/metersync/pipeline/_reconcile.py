@@ -10,7 +10,7 @@ from typing import Any
 
 from metersync.catalog import Catalog
 from metersync.errors import ConfigError, ExitCode
-from metersync.pipeline._steps import Pipeline
+from metersync.pipeline._steps import Pipeline, SyncRun
 from metersync.settings import Settings
 from metersync.sources.openmeter import PullResult
 from metersync.sync.customer_sync import RunResult
@@ -98,14 +98,13 @@ async def reconcile(
                 result.pulled["catalog"] = pulled
             if usage and (pulled := await pipeline.pull_usage(full=full, crm=crm)):
                 result.pulled["usage"] = pulled
+        run = SyncRun(
+            full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
+        )
         if customers and stripe:
-            result.customers["stripe"] = await pipeline.sync_stripe(
-                full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
-            )
+            result.customers["stripe"] = await pipeline.sync_stripe(run)
         if stripe and usage and pipeline.pushes_usage:
             result.usage = await pipeline.push_usage(dry_run=dry_run)
         if crm and customers:
-            result.customers["hubspot"] = await pipeline.sync_crm(
-                full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
-            )
+            result.customers["hubspot"] = await pipeline.sync_crm(run)
     return result

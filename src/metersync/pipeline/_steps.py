@@ -10,7 +10,8 @@ limited to HubSpot builds no Stripe client and needs no Stripe key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from metersync.pipeline._verification import Verification, verify
 from metersync.pipeline._webhooks import process_pending
 from metersync.settings import Settings
 from metersync.sync.customer_sync import RunResult, sync_customers
+from metersync.sync.ports import Target
 from metersync.targets.stripe import MeterCheck, StripeMeterFigures, ensure_meters
 
 if TYPE_CHECKING:
@@ -31,7 +33,15 @@ if TYPE_CHECKING:
     from metersync.targets.stripe import StripeTarget
     from metersync.usage.push import PushResult, UsagePusher
 
-Progress = Callable[[int, int], None]
+
+@dataclass(frozen=True)
+class SyncRun:
+    """How a customer sync of one target runs."""
+
+    full: bool = False  # every record, against the target's listing; else what changed
+    dry_run: bool = False  # plan only
+    allow_mass_delete: bool = False  # past the mass-delete guard
+    progress: Callable[[int, int], None] | None = None  # (done, total) as actions finish
 
 
 class Pipeline:
@@ -153,51 +163,40 @@ class Pipeline:
             return None
         return await source.pull_usage(self.catalog.store, full=full)
 
-    async def sync_stripe(
-        self,
-        *,
-        full: bool,
-        dry_run: bool = False,
-        allow_mass_delete: bool = False,
-        progress: Progress | None = None,
-    ) -> RunResult:
+    async def sync_stripe(self, run: SyncRun) -> RunResult:
         """Stripe's customers; a customer about to be deleted first pays what it owes."""
-        return await sync_customers(
-            self.catalog,
-            self.stripe(),
-            _build.sync_options(
-                self.settings, full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete
-            ),
-            progress=progress,
-            before_delete=self.settle_owed if self.pushes_usage else None,
-            should_stop=self.should_stop,
-        )
+        before_delete = self.settle_owed if self.pushes_usage else None
+        return await self._sync(self.stripe(), run, before_delete=before_delete)
 
     async def push_usage(self, *, dry_run: bool = False) -> PushResult:
         if not self.pushes_usage:
             raise ConfigError("no [[meters]] with a stripe section are configured")
         return await self.pusher().run(dry_run=dry_run, should_stop=self.should_stop)
 
-    async def sync_crm(
-        self,
-        *,
-        full: bool,
-        dry_run: bool = False,
-        allow_mass_delete: bool = False,
-        progress: Progress | None = None,
-    ) -> RunResult:
+    async def sync_crm(self, run: SyncRun) -> RunResult:
         """HubSpot's companies, which show the Stripe customer ids and the usage pushed."""
+        return await self._sync(self.hubspot(), run)
+
+    async def _sync(
+        self,
+        target: Target,
+        run: SyncRun,
+        *,
+        before_delete: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> RunResult:
+        options = _build.sync_options(
+            self.settings,
+            full=run.full,
+            dry_run=run.dry_run,
+            allow_mass_delete=run.allow_mass_delete,
+            target=target.name,
+        )
         return await sync_customers(
             self.catalog,
-            self.hubspot(),
-            _build.sync_options(
-                self.settings,
-                full=full,
-                dry_run=dry_run,
-                allow_mass_delete=allow_mass_delete,
-                target="hubspot",
-            ),
-            progress=progress,
+            target,
+            options,
+            progress=run.progress,
+            before_delete=before_delete,
             should_stop=self.should_stop,
         )
 

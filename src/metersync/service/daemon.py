@@ -40,7 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.logs import get_logger
-from metersync.pipeline import Pipeline
+from metersync.pipeline import Pipeline, SyncRun
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
 from metersync.service.memory import limit_arenas, limit_sqlite_heap, release_free_memory
@@ -244,11 +244,11 @@ class Service:
         if full:
             # The nightly full reconcile re-reads usage back to Stripe's 35 days too.
             await pipeline.pull_usage(full=True)
-        result = await pipeline.sync_stripe(full=full)
+        result = await pipeline.sync_stripe(SyncRun(full=full))
         return result.counts
 
     async def _crm(self, pipeline: Pipeline, *, full: bool) -> dict[str, int]:
-        result = await pipeline.sync_crm(full=full)
+        result = await pipeline.sync_crm(SyncRun(full=full))
         return result.counts
 
     async def _usage(self, pipeline: Pipeline) -> dict[str, int]:
