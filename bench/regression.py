@@ -26,9 +26,16 @@ median ≥ 0.9 × base min), else "slower". Counts (requests) are lower-is-bette
 them is a change of behaviour, not of noise, and the raw figures show it.
 
     .venv/bin/python bench/regression.py [--base REV] [--rounds 3] [--output DIR]
+    .venv/bin/python bench/regression.py --full --rounds 1     # the full sizes, ~10 min a round
+
+The quick runs are small: their figures of tens of milliseconds (a tick of 20 customers, a no-op
+of 2,000) are mostly fixed costs (first queries compiled, threads started), which a refactor
+can move by a few milliseconds. `--full` runs the benchmarks at the sizes their targets are set
+for (5,000 / 100,000 customers; 200,000 events), where what scales shows.
 
 Writes bench/results/regression.json (everything, the raw figures of every run included) and
-regression.md (the table); exits 0 when no figure is slower and nothing crashed, 1 otherwise.
+regression.md (the table), or regression-full.* with --full; exits 0 when no figure is slower
+and nothing crashed, 1 otherwise.
 This script does not import metersync itself.
 """
 
@@ -275,10 +282,12 @@ def stop(proc: subprocess.Popen[str], grace_s: float = 15.0) -> None:
         proc.wait()
 
 
-def run_bench(tree: Path, script: str, output: Path) -> dict[str, Any]:
-    """`python bench/<script>.py --quick --output <output>` in `tree`; its report, or a crash."""
+def run_bench(tree: Path, script: str, output: Path, *, full: bool = False) -> dict[str, Any]:
+    """`python bench/<script>.py [--quick] --output <output>` in `tree`; its report, or a
+    crash. `full`: the benchmark at its own sizes (minutes), not its quick smoke run."""
     output.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, f"bench/{script}.py", "--quick", "--output", str(output)]
+    size = [] if full else ["--quick"]
+    argv = [sys.executable, f"bench/{script}.py", *size, "--output", str(output)]
     load = load_average()
     started = time.monotonic()
     code, out = run_quietly(argv, tree)
@@ -448,8 +457,11 @@ def markdown(report: dict[str, Any]) -> str:
     m, trees = report["machine"], report["trees"]
     base, head = trees["base"], trees["head"]
     slower = [r["figure"] for r in report["comparison"] if r["verdict"] == SLOWER]
+    full = report["parameters"].get("full", False)
     lines = [
-        "# Regression check: base against head, quick customer-sync and ingest benchmarks",
+        "# Regression check: base against head, "
+        + ("full-size" if full else "quick")
+        + " customer-sync and ingest benchmarks",
         "",
         f"Run {report['date']} with `{report['command']}`, {report['wall_seconds']:.0f} s in all "
         f"({report['parameters']['rounds']} rounds, the order alternating).",
@@ -484,10 +496,16 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Verdict: no regression beyond noise when the head median is no worse than the base "
         f"spread widened by {WIDEN:.0%} (lower is better: ≤ {1 + WIDEN:g} × base max; higher is "
-        f"better: ≥ {1 - WIDEN:g} × base min). Figures of `bench/customers.py --quick` (300 "
-        "customers cold at 200 ± 50 ms and 100/s; 2,000 for the tick and the no-op at latency 0) "
-        "and `bench/ingest.py --quick` (20,000 events into a fresh SQLite file and PostgreSQL "
-        "schema; one run each).",
+        f"better: ≥ {1 - WIDEN:g} × base min). "
+        + (
+            "Figures of `bench/customers.py` (5,000 customers cold at 200 ± 50 ms and 100/s; "
+            "100,000 for the tick and the no-op at latency 0) and `bench/ingest.py` (200,000 "
+            "events, three fresh-database runs each on SQLite and PostgreSQL)."
+            if full
+            else "Figures of `bench/customers.py --quick` (300 customers cold at 200 ± 50 ms and "
+            "100/s; 2,000 for the tick and the no-op at latency 0) and `bench/ingest.py --quick` "
+            "(20,000 events into a fresh SQLite file and PostgreSQL schema; one run each)."
+        ),
         "",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores ({m['usable_cpus']} usable), "
         f"{m['memory_gib']} GiB, {m['python']}, {m['os']}; load average at start "
@@ -497,7 +515,7 @@ def markdown(report: dict[str, Any]) -> str:
         tail = tracebacks(crash["output_tail"])
         lines += [
             "",
-            f"Crash: {crash['tree']} `bench/{crash['script']}.py --quick`, rounds "
+            f"Crash: {crash['tree']} `bench/{crash['script']}.py`, rounds "
             f"{crash['rounds']}, exit codes {crash['exit_codes']}; the end of its output:",
             "",
             "```",
@@ -518,6 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", default=DEFAULT_BASE, help=f"base revision ({DEFAULT_BASE})")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both sides (default 3)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the benchmarks at their own sizes (about 10 minutes a round), not --quick; "
+        "writes regression-full.json and .md",
+    )
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help="where to write regression.json and .md"
     )
@@ -571,11 +595,13 @@ def main(argv: list[str] | None = None) -> int:
                     for script in SCRIPTS:
                         output = scratch / f"{label}-{sha}" / str(round_)
                         print(
-                            f"round {round_}/{args.rounds}, {label}: bench/{script}.py --quick …",
+                            f"round {round_}/{args.rounds}, {label}: bench/{script}.py"
+                            + ("" if args.full else " --quick")
+                            + " …",
                             end=" ",
                             flush=True,
                         )
-                        run = run_bench(paths[label], script, output)
+                        run = run_bench(paths[label], script, output, full=args.full)
                         code = fingerprint(paths[label])
                         run.update(tree=label, script=script, round=round_, code=code)
                         runs.append(run)
@@ -625,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             "base": args.base,
             "rounds": args.rounds,
             "widen": WIDEN,
-            "scripts": [f"bench/{s}.py --quick" for s in SCRIPTS],
+            "full": args.full,
+            "scripts": [f"bench/{s}.py" + ("" if args.full else " --quick") for s in SCRIPTS],
             "python": sys.executable,
             "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
         },
@@ -636,8 +663,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "regression.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.output / "regression.md").write_text(markdown(report))
+    name = "regression-full" if args.full else "regression"
+    (args.output / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output / f"{name}.md").write_text(markdown(report))
 
     print()
     print_table(comparison)
@@ -656,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result}: {len(slower)} of {len(comparison)} figures slower, "
         f"{sum(bool(r.get('crashed')) for r in runs)} of {len(runs)} runs crashed; "
         f"{report['wall_seconds']} s in all; wrote "
-        f"{args.output / 'regression.json'} and .md",
+        f"{args.output / name}.json and .md",
         flush=True,
     )
     return 0 if result == "NO REGRESSION" else 1
