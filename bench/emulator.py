@@ -567,6 +567,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """machine() in one line, as the bench scripts print it first."""
+    return (
+        f"Machine: {info['cpu_model']}, {info['cpu_count']} cores ({info['usable_cpus']} usable), "
+        f"{info['memory_gib']} GiB, {info['python']}, {info['os']}, load average "
+        f"{info['load_average_at_start']}"
+    )
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

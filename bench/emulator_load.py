@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from emulator import machine  # bench/ is on sys.path when run as a script
+from emulator import machine, machine_line  # bench/ is on sys.path when run as a script
 
 from metersync.testing import HubSpotEmulator, OpenMeterEmulator
 
@@ -326,12 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--queries must be within 1..{MAX_QUERIES}")
     started = time.monotonic()
     info = machine()
-    print(
-        f"Machine: {info['cpu_model']}, {info['cpu_count']} cores ({info['usable_cpus']} usable), "
-        f"{info['memory_gib']} GiB, {info['python']}, {info['os']}, load average "
-        f"{info['load_average_at_start']}",
-        flush=True,
-    )
+    print(machine_line(info), flush=True)
 
     print(f"OpenMeter: {EVENTS:,} events over {DAYS} days, hourly query …", flush=True)
     om = openmeter_case(args.queries)

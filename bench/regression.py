@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from emulator import machine  # bench/ is on sys.path when run as a script
+from emulator import machine, machine_line  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -555,12 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()
     info = machine()
-    print(
-        f"Machine: {info['cpu_model']}, {info['cpu_count']} cores ({info['usable_cpus']} usable), "
-        f"{info['memory_gib']} GiB, {info['python']}, {info['os']}, load average "
-        f"{info['load_average_at_start']}",
-        flush=True,
-    )
+    print(machine_line(info), flush=True)
     base_commit = git("rev-parse", "--verify", f"{args.base}^{{commit}}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-regression-"))
     runs: list[dict[str, Any]] = []
