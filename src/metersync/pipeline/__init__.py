@@ -7,7 +7,6 @@ the service are doors into these same steps; nothing else builds a target or a s
         await pipeline.push_usage()
 """
 
-from metersync.pipeline._build import open_catalog, sync_options
 from metersync.pipeline._reconcile import TARGETS, ReconcileResult, check_targets, reconcile
 from metersync.pipeline._steps import Pipeline, SyncRun
 from metersync.pipeline._verification import Verification
@@ -23,9 +22,7 @@ __all__ = [
     "SyncRun",
     "Verification",
     "check_targets",
-    "open_catalog",
     "reconcile",
     "replay_webhooks",
     "source_status",
-    "sync_options",
 ]

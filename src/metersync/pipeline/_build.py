@@ -3,7 +3,6 @@ target, source and push needs (the composition root; pipeline._steps builds thro
 
 from __future__ import annotations
 
-from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.errors import ConfigError
 from metersync.settings import Settings
@@ -17,11 +16,6 @@ from metersync.targets.stripe import StripeTarget, meter_event_sender
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 from metersync.usage.push import UsagePusher
-
-
-def open_catalog(settings: Settings) -> Catalog:
-    """The catalog on the configured database."""
-    return Catalog(Store.open(settings.database.url), auto_customer=settings.catalog.auto_customer)
 
 
 def stripe_target(settings: Settings) -> StripeTarget:
