@@ -87,14 +87,6 @@ class Pipeline:
         """Meters with a Stripe section: usage is pushed to Stripe."""
         return any(m.settings.stripe is not None for m in self.meters)
 
-    @property
-    def has_crm(self) -> bool:
-        return self.settings.hubspot.enabled
-
-    @property
-    def has_source(self) -> bool:
-        return self.settings.openmeter.enabled
-
     # -- adapters, built on first use ------------------------------------------------------------
 
     def stripe(self) -> StripeTarget:
@@ -114,7 +106,7 @@ class Pipeline:
         return self._hubspot
 
     def source(self) -> OpenMeterSource | None:
-        if self._source is None and self.has_source:
+        if self._source is None and self.settings.openmeter.enabled:
             self._source = _build.openmeter_source(self.settings)
         return self._source
 
@@ -158,7 +150,8 @@ class Pipeline:
         """Usage figures from the source, for the push and (unless `crm` is False) the CRM's
         usage properties. None when the usage is aggregated here, or nothing reads it."""
         source = self.source()
-        wanted = self.pushes_usage or (crm and self.has_crm and bool(self.meters))
+        crm_usage = crm and self.settings.hubspot.enabled and bool(self.meters)
+        wanted = self.pushes_usage or crm_usage
         if source is None or not wanted:
             return None
         return await source.pull_usage(self.catalog.store, full=full)
