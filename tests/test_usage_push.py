@@ -20,6 +20,7 @@ from metersync.catalog.meters import Meter
 from metersync.chaos.usage import meters as chaos_meters
 from metersync.errors import ConfigError
 from metersync.store import LedgerRow, LedgerState, LinkRow, UsageRow
+from metersync.store.ledger import LedgerTable
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions, sync_customers
 from metersync.targets.stripe import (
@@ -478,13 +479,15 @@ def test_a_refused_revision_under_a_newer_one_is_planned_again(
     push(catalog, emulator)
     add(catalog, "a1", T + 20, 5)
     push(catalog, emulator)  # revision 2: +5
-    # Revision 1 turns out refused (its outcome known only now, as after a re-send).
-    with catalog.store.session() as session:
-        session.execute(
-            update(LedgerRow)
-            .where(LedgerRow.meter == "tokens", LedgerRow.revision == 1)
-            .values(state=LedgerState.FAILED)
-        )
+    # Revision 1 turns out refused (its outcome known only now, as `usage verify` settles it):
+    # through the ledger's own path, which makes its cell due again.
+    ledger = LedgerTable(catalog.store, "stripe")
+    with catalog.store.read_session() as session:
+        first = session.execute(
+            select(LedgerRow.id).where(LedgerRow.meter == "tokens", LedgerRow.revision == 1)
+        ).scalar_one()
+    with ledger.correcting() as session:
+        ledger.set_outcome(session, first, LedgerState.FAILED, "refused")
     lose_in_stripe(emulator, 10)
     again = push(catalog, emulator)
     assert again.sent >= 1
@@ -507,3 +510,78 @@ def test_a_delete_waits_while_a_window_waits_out_a_refusal(
     result = reconcile_with_usage(catalog, emulator)
     assert result.counts.get("deleted", 0) == 0  # the customer stays until its usage is in
     assert any(c["id"] == acme for c in emulator.customers())
+
+
+def _statements(catalog: Catalog) -> Any:
+    """A log of every SQL statement the store runs, with its parameters, while in use."""
+    from contextlib import contextmanager
+
+    from sqlalchemy import event
+
+    @contextmanager
+    def log() -> Iterator[list[tuple[str, Any]]]:
+        seen: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            seen.append((" ".join(statement.split()), params))
+
+        engines = {catalog.store.engine, catalog.store._read_engine}
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", record)
+        try:
+            yield seen
+        finally:
+            for engine in engines:
+                event.remove(engine, "before_cursor_execute", record)
+
+    return log()
+
+
+def _keys_in(params: Any) -> set[str]:
+    values = params.values() if isinstance(params, dict) else params
+    found: set[str] = set()
+    for value in values:
+        if isinstance(value, (list, tuple, dict)):
+            found |= _keys_in(value)
+        elif isinstance(value, str) and value.startswith("cust-"):
+            found.add(value)
+    return found
+
+
+def test_a_tick_reads_only_the_cells_that_changed(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    """The statement log of a tick after one new event, among 20 customers with history: every
+    read of usage values or the ledger is bounded by change number or names the one customer
+    whose cell changed; no statement reads another customer's usage or reports."""
+    customers = {f"cust-{i:02d}": [f"subj{i:02d}"] for i in range(20)}
+    setup(catalog, emulator, customers)
+    for i in range(20):
+        add(catalog, f"subj{i:02d}", T + 10 + i, 5 + i, f"u{i}")
+        add(catalog, f"subj{i:02d}", T - 5 * HOUR + i, 1, f"u{i}")
+    first = push(catalog, emulator)
+    assert first.failed == 0 and first.planned == first.sent == 20 * (2 + 2 + 1 + 1)
+    assert push(catalog, emulator).planned == 0
+
+    add(catalog, "subj07", T + 50, 3, "u99")
+    with _statements(catalog) as log:
+        tick = push(catalog, emulator)
+    # One cell of each meter changed; the peak (MAX, 12 so far) is not raised by 3.
+    assert tick.planned == tick.sent == tick.delivered == 3
+    reads = [(s, p) for s, p in log if s.startswith("SELECT")]
+    usage_reads = [(s, p) for s, p in reads if "FROM usage_value" in s]
+    ledger_reads = [(s, p) for s, p in reads if "FROM usage_ledger" in s]
+    assert usage_reads and ledger_reads
+    for statement, params in usage_reads + ledger_reads:
+        bounded = (
+            "seq >" in statement  # the changed rows since the cursor
+            or "customer_key IS NULL" in statement  # rows waiting to be bound
+            or "usage_ledger.state =" in statement  # reports pending a re-send
+            or "usage_ledger.identifier IN" in statement  # the ids of the reports just written
+            or _keys_in(params) == {"cust-07"}  # the changed cell's customer
+        )
+        assert bounded, statement
+        assert _keys_in(params) <= {"cust-07"}, statement
+    # And nothing else was read whole: the links of that one customer only.
+    link_reads = [(s, p) for s, p in reads if "FROM link" in s and "local_key IN" in s]
+    assert link_reads and all(_keys_in(p) == {"cust-07"} for _, p in link_reads)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError
 from sqlalchemy.pool import StaticPool
@@ -20,6 +20,12 @@ from metersync.store import migrate
 from metersync.store.models import CatalogSequenceRow
 
 CATALOG_SEQUENCE = "catalog"
+# The usage counter: one number per write that stores or binds usage (store.usage_cells).
+USAGE_SEQUENCE = "usage"
+# The same increment for writers on a raw driver connection (ingest): both drivers take it.
+NEXT_USAGE_SEQ_SQL = (
+    "UPDATE catalog_sequence SET value = value + 1 WHERE name = 'usage' RETURNING value"
+)
 _SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another writer's lock
 _SQLITE_BEGIN_OPTION = "sqlite_begin"
 
@@ -101,18 +107,30 @@ class Store:
         with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
             yield session
 
-    def next_change_seq(self, session: Session) -> int:
-        """Take the next catalog change number, holding the counter's lock until commit.
+    def next_change_seq(self, session: Session, sequence: str = CATALOG_SEQUENCE) -> int:
+        """Take the next change number of `sequence`, holding the counter's lock until commit.
 
         Call this first in a catalog write: every later write waits here, so whatever a
-        transaction reads after this call is the latest committed state.
+        transaction reads after this call is the latest committed state. For usage it is
+        what makes a cursor exact: numbers commit in the order they are taken, so a reader
+        that saw the counter at N will never later find a row numbered N or less it missed.
         """
         value = session.execute(
             update(CatalogSequenceRow)
-            .where(col(CatalogSequenceRow.name) == CATALOG_SEQUENCE)
+            .where(col(CatalogSequenceRow.name) == sequence)
             .values(value=col(CatalogSequenceRow.value) + 1)
             .returning(col(CatalogSequenceRow.value))
         ).scalar_one()
+        return int(value)
+
+    def current_seq(self, sequence: str) -> int:
+        """The last change number of `sequence` committed: every row at or below it is visible."""
+        with self.read_session() as session:
+            value = session.execute(
+                select(col(CatalogSequenceRow.value)).where(
+                    col(CatalogSequenceRow.name) == sequence
+                )
+            ).scalar_one()
         return int(value)
 
     def dispose(self) -> None:

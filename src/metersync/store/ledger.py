@@ -21,6 +21,7 @@ from metersync.mechanics.backoff import backoff
 from metersync.states import LedgerState
 from metersync.store.engine import Store
 from metersync.store.models import LedgerRow
+from metersync.store.usage_cells import mark_cell
 
 LEDGER: Table = LedgerRow.__table__  # type: ignore[attr-defined]
 _g = LEDGER.c
@@ -87,18 +88,27 @@ class LedgerTable:
     # -- what the next delta is measured against -------------------------------------------------
 
     def bases(
-        self, meter: str, now: datetime, *, last: bool = False
+        self,
+        meter: str,
+        now: datetime,
+        *,
+        last: bool = False,
+        customers: Sequence[str] | None = None,
+        window: int | None = None,
     ) -> dict[tuple[str, int], tuple[int, int, int, bool]]:
         """Per (customer, window): (what the target holds or will hold, the highest revision,
         the newest stamp, whether a refusal's backoff still runs), the planner's `Base`.
 
         Sum meters add up the values of every counted report, so a report that ends FAILED
         (refused) drops out and its value is planned again, whatever was planned after it.
-        Last meters hold the newest counted report's value."""
+        Last meters hold the newest counted report's value.
+
+        `customers` and `window` narrow it to the cells a push plans (the report index
+        serves both), so a tick reads the ledger of what changed, never all of it."""
         # Aggregated in the database: one row per window, not per report. A window pushed
         # every tick gathers many reports, and the push must not hold them all in memory.
         counted = _g.state.in_([s.value for s in COUNTED])
-        agg = (
+        grouped = (
             select(
                 _g.customer_key.label("customer_key"),
                 _g.window_start.label("window_start"),
@@ -115,8 +125,12 @@ class LedgerTable:
             )
             .where(_g.target == self.target, _g.meter == meter)
             .group_by(_g.customer_key, _g.window_start)
-            .subquery()
         )
+        if customers is not None:
+            grouped = grouped.where(_g.customer_key.in_(list(customers)))
+        if window is not None:
+            grouped = grouped.where(_g.window_start == window)
+        agg = grouped.subquery()
         if last:  # the newest counted report's value, not the sum
             newest = LEDGER.alias("newest")
             query = select(
@@ -255,7 +269,13 @@ class LedgerTable:
         again, as a new revision, after the backoff."""
         now = utcnow()
         with self.store.session() as session:
-            attempts = session.execute(select(_g.attempts).where(_g.id == report_id)).scalar_one()
+            attempts, customer_key, meter, window = session.execute(
+                select(_g.attempts, _g.customer_key, _g.meter, _g.window_start).where(
+                    _g.id == report_id
+                )
+            ).one()
+            if outcome_known:  # its value is owed again: the cell is due (after the backoff)
+                mark_cell(session, self.target, meter, customer_key, int(window))
             session.execute(
                 update(LEDGER)
                 .where(_g.id == report_id)
@@ -377,6 +397,11 @@ class LedgerTable:
     ) -> None:
         """Settle a report by what the target's figures show: DELIVERED, or FAILED (planned
         again under a new identifier by the next push)."""
+        if state is LedgerState.FAILED:
+            customer_key, meter, window = session.execute(
+                select(_g.customer_key, _g.meter, _g.window_start).where(_g.id == report_id)
+            ).one()
+            mark_cell(session, self.target, meter, customer_key, int(window))
         session.execute(
             update(LEDGER)
             .where(_g.id == report_id)

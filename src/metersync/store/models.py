@@ -280,6 +280,8 @@ class UsageRow(SQLModel, table=True):
         UniqueConstraint("source", "event_id", "meter", name="uq_usage_value_event_meter"),
         Index("ix_usage_value_meter_customer_time", "meter", "customer_key", "time_us"),
         Index("ix_usage_value_unbound", "customer_key", "subject"),
+        # The push reads what changed since its cursor: rows by meter past a sequence number.
+        Index("ix_usage_value_meter_seq", "meter", "seq"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(_ROW_ID, primary_key=True))
@@ -296,6 +298,40 @@ class UsageRow(SQLModel, table=True):
     # group_by values as JSON text, for `usage show`.
     groups: str | None = Field(default=None, sa_column=Column(Text))
     customer_key: str | None = Field(default=None, sa_column=Column(String(KEY_MAX)))
+    # The usage change number (the `usage` counter) of the write that stored or bound the row:
+    # the push reads rows past its cursor instead of the whole history (store.usage_cells).
+    seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
+
+
+class UsageCellRow(SQLModel, table=True):
+    """A (meter, customer, window) of one target whose value may differ from what its ledger
+    holds: changed since the push last looked, or skipped then for a reason that passes (a
+    refusal's backoff, a stamp in the future). The push plans these cells and no others.
+    window_start is the push's window: a calendar month's start for period-to-date meters."""
+
+    __tablename__ = "usage_cell"
+
+    target: str = Field(primary_key=True, max_length=32)
+    meter: str = Field(sa_column=Column(String(64), primary_key=True))
+    customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    window_start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+
+
+class UsageCursorRow(SQLModel, table=True):
+    """How far one target's push has collected a meter's changes (the `usage` counter). No row:
+    the meter was never pushed to the target, and its first push plans every cell."""
+
+    __tablename__ = "usage_cursor"
+
+    target: str = Field(primary_key=True, max_length=32)
+    meter: str = Field(sa_column=Column(String(64), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The window size and scale the meter is pushed under, so that a tick can refuse a changed
+    # configuration without reading the meter's whole ledger (usage.push._check_unchanged).
+    window_s: int = Field(sa_column=Column(BigInteger, nullable=False))
+    scale: float = Field(sa_column=Column(Float(precision=53), nullable=False))
 
 
 class LedgerRow(SQLModel, table=True):
@@ -374,6 +410,7 @@ class UpstreamUsageRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_upstream_usage_changed", "source", "changed_at"),
         Index("ix_upstream_usage_customer", "source", "meter", "customer_key", "window_start"),
+        Index("ix_upstream_usage_source_meter_seq", "source", "meter", "seq"),
     )
 
     source: str = Field(primary_key=True, max_length=32)
@@ -385,6 +422,10 @@ class UpstreamUsageRow(SQLModel, table=True):
     latest_us: int = Field(sa_column=Column(BigInteger, nullable=False))  # µs
     customer_key: str | None = Field(default=None, sa_column=Column(String(KEY_MAX)))
     changed_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    # As usage_value.seq: the `usage` change number of the write that last changed the row.
+    seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
 
 
 metadata = SQLModel.metadata

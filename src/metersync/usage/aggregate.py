@@ -22,6 +22,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, Store, UsageRow
+from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import routable_subjects
 from metersync.times import month_start, rfc3339_seconds
 from metersync.usage.windows import WindowValue
@@ -40,16 +41,57 @@ def subject_owner(subject: ColumnElement[Any]) -> ScalarSelect[Any]:
 
 def bind_usage(store: Store, target: str) -> int:
     """Bind unbound usage rows to their subject's customer where that customer has a live
-    link in `target`. Rows of subjects without such a customer stay unbound and wait."""
+    link in `target`. Rows of subjects without such a customer stay unbound and wait. Bound
+    rows take a new change number: their cells changed (store.usage_cells)."""
     owner = subject_owner(_u.subject)
+    waiting = _u.customer_key.is_(None), _u.subject.in_(routable_subjects(target))
+    with store.read_session() as session:
+        # Most ticks bind nothing: look before taking the usage counter's lock.
+        if session.execute(select(_u.id).where(*waiting).limit(1)).first() is None:
+            return 0
     with store.session() as session:
+        seq = store.next_change_seq(session, USAGE_SEQUENCE)
         result = session.execute(
             update(UsageRow)
-            .where(_u.customer_key.is_(None), _u.subject.in_(routable_subjects(target)))
-            .values(customer_key=owner)
+            .where(*waiting)
+            .values(customer_key=owner, seq=seq)
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def changed_cells(
+    store: Store, meter: Meter, window_s: int, *, after: int, upto: int
+) -> set[tuple[str, int]]:
+    """The bound (customer, push window) cells of rows stored or bound with a change number in
+    (after, upto]: windows of `window_s`, or calendar months when it is 0."""
+    size = window_s or 86400  # months are folded from days here: no month arithmetic in SQL
+    bucket = window_start_expr(size)
+    query = (
+        select(_u.customer_key, bucket)
+        .where(
+            _u.meter == meter.slug,
+            _u.seq > after,
+            _u.seq <= upto,
+            _u.customer_key.is_not(None),
+        )
+        .distinct()
+    )
+    with store.read_session() as session:
+        rows = session.execute(query).all()
+    if window_s == 0:
+        return {(str(key), month_start(int(start))) for key, start in rows}
+    return {(str(key), int(start)) for key, start in rows}
+
+
+def customers_with_usage(store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
+    """The next `limit` customers (by key, after `after`) with bound usage of the meter."""
+    query = select(_u.customer_key).where(_u.meter == meter.slug, _u.customer_key.is_not(None))
+    if after is not None:
+        query = query.where(_u.customer_key > after)
+    query = query.distinct().order_by(_u.customer_key).limit(limit)
+    with store.read_session() as session:
+        return [str(key) for key in session.execute(query).scalars()]
 
 
 def unbound_subjects(store: Store) -> dict[str, int]:

@@ -15,9 +15,12 @@ from sqlalchemy import Table, select
 from metersync.catalog.meters import Meter
 from metersync.store import AttributionRow, EventRow, Store, UsageRow
 from metersync.store.ledger import customers_pushed_since
+from metersync.store.usage_cells import usage_mark
 from metersync.usage.aggregate import (
     bind_usage,
+    changed_cells,
     customer_windows,
+    customers_with_usage,
     unbound_subjects,
 )
 from metersync.usage.windows import WindowValue
@@ -68,6 +71,17 @@ class LocalAggregates:
                 keys.update(k for k in (bound, attributed) if k)
         keys.update(customers_pushed_since(store, slugs, after))
         return keys
+
+    def change_mark(self, store: Store) -> int:
+        return usage_mark(store)
+
+    def changed_cells(
+        self, store: Store, meter: Meter, window_s: int, *, after: int, upto: int
+    ) -> set[tuple[str, int]]:
+        return changed_cells(store, meter, window_s, after=after, upto=upto)
+
+    def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
+        return customers_with_usage(store, meter, after=after, limit=limit)
 
 
 LOCAL = LocalAggregates()

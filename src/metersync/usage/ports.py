@@ -84,3 +84,20 @@ class UsageAggregates(Protocol):
     def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:
         """Customers whose values may have changed since `after` (a superset is fine)."""
         ...
+
+    def change_mark(self, store: Store) -> int:
+        """The newest usage change number committed (store.usage_cells): what a push collects
+        up to."""
+        ...
+
+    def changed_cells(
+        self, store: Store, meter: Meter, window_s: int, *, after: int, upto: int
+    ) -> set[tuple[str, int]]:
+        """The bound (customer, window) cells whose value may have changed with a change number
+        in (after, upto]; windows of `window_s`, or calendar months when it is 0."""
+        ...
+
+    def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
+        """The next `limit` customers (by key, after `after`) with bound usage of the meter: a
+        meter's first push walks them all."""
+        ...

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from metersync.catalog.meters import Aggregation, Meter
+from metersync.catalog.meters import Meter
 from metersync.clock import utcnow
 from metersync.errors import ConfigError, TargetUnusable
 from metersync.logs import get_logger
 from metersync.mechanics.retry import ErrorKind
 from metersync.store import Store
 from metersync.store.ledger import LedgerTable, PendingReport
-from metersync.store.links import LinkTable
+from metersync.store.usage_cells import UsageCellTable
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
+from metersync.usage.due import Chunk, DueCells, EveryCustomer, Reader
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import MeterEvent, MeterEventSink, UsageAggregates
-from metersync.usage.reports import Base, Report, Skipped, plan_reports, push_window_s
+from metersync.usage.reports import Skipped, plan_reports, push_window_s
 
 _log = get_logger("metersync.usage")
 
@@ -101,84 +102,149 @@ async def push_usage(
     result.waiting_subjects = len(await asyncio.to_thread(aggregates.waiting_subjects, store))
     if not dry_run:
         await finish_pending(ledger, sink, result, moment, customers)
-    reports, skipped = await asyncio.to_thread(
-        _plan, store, ledger, meters, aggregates, window_s, late_usage, moment, customers
-    )
-    result.skipped += skipped
-    result.planned = len(reports)
-    result.late = sum(1 for r in reports if r.late)
-    if dry_run or not reports:
-        return result
-    ids = await asyncio.to_thread(ledger.record, reports)
-    to_send = [
-        PendingReport(
-            id=i,
-            customer_key=r.customer_key,
-            meter=r.meter,
-            window_start=r.window_start,
-            identifier=r.identifier,
-            external_customer_id=r.external_customer_id,
-            event_name=r.event_name,
-            value=r.value,
-            timestamp=r.timestamp,
-            attempts=0,
-            created_at=moment,
+    # Read once, after binding: every change numbered up to here is committed and visible.
+    upto = await asyncio.to_thread(aggregates.change_mark, store)
+    for meter in meters:
+        if meter.settings.stripe is None:
+            continue
+        push = _MeterPush(
+            Reader(store, target, meter, push_window_s(meter, window_s), aggregates, moment),
+            ledger,
+            result,
+            late_usage=late_usage,
+            dry_run=dry_run,
         )
-        for i, r in zip(ids, reports, strict=True)
-        if not r.late
-    ]
+        finished = await push.run(upto, customers, sink, progress, should_stop)
+        if not finished:
+            return result
     if result.late:
         _log.warning(
             "usage older than Stripe's 35-day window held (late_usage = report)",
             reports=result.late,
         )
-    await _send(ledger, sink, to_send, result, progress, should_stop)
-    _log.info("usage pushed", target=target, **result.counts())
+    if not dry_run and result.planned:
+        _log.info("usage pushed", target=target, **result.counts())
     return result
 
 
-def _plan(
-    store: Store,
-    ledger: LedgerTable,
-    meters: Sequence[Meter],
-    aggregates: UsageAggregates,
-    window_s: int,
-    late_usage: str,
-    moment: datetime,
-    customers: Sequence[str] | None,
-) -> tuple[list[Report], list[Skipped]]:
-    """Every meter's new reports: its windows against what the ledger holds (database work,
-    run in a worker thread)."""
-    external_ids = LinkTable(store, ledger.target).routable_external_ids()
-    reports: list[Report] = []
-    skipped_all: list[Skipped] = []
-    for meter in meters:
-        if meter.settings.stripe is None:
-            continue
-        per = push_window_s(meter, window_s)
-        _check_unchanged(ledger, meter, per)
-        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
-        windows = aggregates.windows(store, meter, per, customers=customers)
+@dataclass
+class _MeterPush:
+    """One meter's part of a push: pick the walk, then plan, write and send chunk by chunk."""
+
+    reader: Reader
+    ledger: LedgerTable
+    result: PushResult
+    late_usage: str
+    dry_run: bool
+
+    async def run(
+        self,
+        upto: int,
+        customers: Sequence[str] | None,
+        sink: MeterEventSink,
+        progress: Callable[[int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> bool:
+        """False when `should_stop` cut it short (what is written and unsent stays PENDING)."""
+        walk, first = await asyncio.to_thread(self._walk, upto, customers)
+        while (chunk := await asyncio.to_thread(walk.next)) is not None:
+            to_send = await asyncio.to_thread(self._plan_and_record, chunk)
+            if to_send:
+                await _send(self.ledger, sink, to_send, self.result, progress, should_stop)
+            if should_stop is not None and should_stop():
+                return False
+        if first and not self.dry_run:
+            # The first push planned every cell: from here on, only changes.
+            await asyncio.to_thread(self._set_cursor, upto)
+        return True
+
+    @property
+    def _cells(self) -> UsageCellTable:
+        return UsageCellTable(self.reader.store, self.reader.target)
+
+    def _walk(
+        self, upto: int, customers: Sequence[str] | None
+    ) -> tuple[DueCells | EveryCustomer, bool]:
+        """The walk this push takes, and whether it is the meter's first push (database work,
+        run in a worker thread)."""
+        meter = self.reader.meter
+        cursor = self._cells.cursor(meter.slug)
+        _check_unchanged(self.ledger, meter, self.reader.window_s, cursor)
+        if customers is not None:  # a flush: these customers' every window, nothing else
+            return EveryCustomer(self.reader, customers=customers), False
+        if cursor is None:
+            return EveryCustomer(self.reader), True
+        changed = self.reader.aggregates.changed_cells(
+            self.reader.store, meter, self.reader.window_s, after=cursor[0], upto=upto
+        )
+        if self.dry_run:
+            return DueCells(self.reader, extra=sorted(changed)), False
+        # Collected before the cursor moves: a crash in between collects them again.
+        self._cells.add(meter.slug, sorted(changed))
+        self._set_cursor(upto)
+        return DueCells(self.reader), False
+
+    def _set_cursor(self, upto: int) -> None:
+        stripe = self.reader.meter.settings.stripe
+        assert stripe is not None
+        self._cells.set_cursor(
+            self.reader.meter.slug, upto, window_s=self.reader.window_s, scale=stripe.scale
+        )
+
+    def _plan_and_record(self, chunk: Chunk) -> list[PendingReport]:
+        """Plan a chunk, write its reports, let its settled cells go (database work, run in a
+        worker thread); returns the reports to send now."""
+        meter = self.reader.meter
         planned, skipped = plan_reports(
             meter,
-            windows,
-            {k: Base(*v) for k, v in ledger.bases(meter.slug, moment, last=last).items()},
-            external_ids,
-            window_s=per,
-            now=moment,
-            late_usage=late_usage,
+            chunk.windows,
+            chunk.bases,
+            chunk.external_ids,
+            window_s=self.reader.window_s,
+            now=self.reader.moment,
+            late_usage=self.late_usage,
         )
-        reports += planned
-        skipped_all += skipped
-    return reports, skipped_all
+        self.result.skipped += skipped
+        self.result.planned += len(planned)
+        self.result.late += sum(1 for r in planned if r.late)
+        if self.dry_run:
+            return []
+        ids = self.ledger.record(planned)
+        # A skipped cell stays due: its reason passes (a backoff, a stamp in the future, a link
+        # to come back), and the next tick looks again. Every other cell is settled.
+        waiting = {(s.customer_key, s.window_start) for s in skipped}
+        self._cells.add(meter.slug, sorted(waiting))
+        self._cells.release(meter.slug, [c for c in chunk.cells if c not in waiting])
+        return [
+            PendingReport(
+                id=i,
+                customer_key=r.customer_key,
+                meter=r.meter,
+                window_start=r.window_start,
+                identifier=r.identifier,
+                external_customer_id=r.external_customer_id,
+                event_name=r.event_name,
+                value=r.value,
+                timestamp=r.timestamp,
+                attempts=0,
+                created_at=self.reader.moment,
+            )
+            for i, r in zip(ids, planned, strict=True)
+            if not r.late
+        ]
 
 
-def _check_unchanged(ledger: LedgerTable, meter: Meter, window_s: int) -> None:
+def _check_unchanged(
+    ledger: LedgerTable, meter: Meter, window_s: int, cursor: tuple[int, int, float] | None
+) -> None:
     """A meter's reports add up only under one window size and one scale: after a change,
-    totals would be measured against bases made under the other, and history billed again."""
+    totals would be measured against bases made under the other, and history billed again.
+    Once a meter has a cursor, it records what the meter is pushed under; before, the ledger
+    tells (read whole once, at the meter's first push)."""
     assert meter.settings.stripe is not None
     scale = meter.settings.stripe.scale
-    for used_window, used_scale in sorted(ledger.reported_under(meter.slug)):
+    used = {cursor[1:]} if cursor is not None else ledger.reported_under(meter.slug)
+    for used_window, used_scale in sorted(used):
         if used_window != window_s:
             raise ConfigError(
                 f"usage.window: meter {meter.slug!r} was reported in windows of {used_window} s "

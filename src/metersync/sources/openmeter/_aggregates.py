@@ -13,7 +13,9 @@ from metersync.clock import utcnow
 from metersync.sources.openmeter._state import SOURCE
 from metersync.sources.openmeter._usage_store import _U
 from metersync.store import Store, UpstreamUsageRow
+from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import routable_subjects
+from metersync.store.usage_cells import usage_mark
 from metersync.times import month_start
 from metersync.usage.aggregate import subject_owner
 from metersync.usage.reports import push_window_s
@@ -31,6 +33,7 @@ class OpenMeterAggregates:
         routable = routable_subjects(target)
         owner = subject_owner(_U.subject)
         with store.session() as session:
+            seq = store.next_change_seq(session, USAGE_SEQUENCE)
             done = session.execute(
                 update(UpstreamUsageRow)
                 .where(
@@ -38,7 +41,7 @@ class OpenMeterAggregates:
                     _U.customer_key.is_(None),
                     _U.subject.in_(routable),
                 )
-                .values(customer_key=owner, changed_at=utcnow())
+                .values(customer_key=owner, changed_at=utcnow(), seq=seq)
                 .execution_options(synchronize_session=False)
             )
             return int(done.rowcount or 0)  # type: ignore[attr-defined]
@@ -115,3 +118,42 @@ class OpenMeterAggregates:
                     .distinct()
                 ).scalars()
             )
+
+    def change_mark(self, store: Store) -> int:
+        return usage_mark(store)
+
+    def changed_cells(
+        self, store: Store, meter: Meter, window_s: int, *, after: int, upto: int
+    ) -> set[tuple[str, int]]:
+        """Figures written or bound with a change number in (after, upto], as push cells."""
+        period = push_window_s(meter, 3600) == 0
+        with store.read_session() as session:
+            rows = session.execute(
+                select(_U.customer_key, _U.window_start)
+                .where(
+                    _U.source == SOURCE,
+                    _U.meter == meter.slug,
+                    _U.seq > after,
+                    _U.seq <= upto,
+                    _U.customer_key.is_not(None),
+                    (_U.window_s == 0) if period else (_U.window_s != 0),
+                )
+                .distinct()
+            ).all()
+        cells: set[tuple[str, int]] = set()
+        for key, window in rows:
+            start = int(window)
+            cells.add(
+                (str(key), month_start(start) if window_s == 0 else start // window_s * window_s)
+            )
+        return cells
+
+    def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
+        query = select(_U.customer_key).where(
+            _U.source == SOURCE, _U.meter == meter.slug, _U.customer_key.is_not(None)
+        )
+        if after is not None:
+            query = query.where(_U.customer_key > after)
+        query = query.distinct().order_by(_U.customer_key).limit(limit)
+        with store.read_session() as session:
+            return [str(key) for key in session.execute(query).scalars()]

@@ -19,6 +19,7 @@ from metersync.store import (
     UpstreamCustomerRow,
     UpstreamUsageRow,
 )
+from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import LinkTable
 from metersync.times import epoch_seconds
 
@@ -59,6 +60,7 @@ def _former_subjects(store: Store, customer_key: str, target: str) -> list[str]:
 
 def _bind_to(store: Store, subjects: Sequence[str], customer_key: str) -> None:
     with store.session() as session:
+        seq = store.next_change_seq(session, USAGE_SEQUENCE)
         session.execute(
             update(UpstreamUsageRow)
             .where(
@@ -66,7 +68,7 @@ def _bind_to(store: Store, subjects: Sequence[str], customer_key: str) -> None:
                 _U.customer_key.is_(None),
                 _U.subject.in_(list(subjects)),
             )
-            .values(customer_key=customer_key, changed_at=utcnow())
+            .values(customer_key=customer_key, changed_at=utcnow(), seq=seq)
             .execution_options(synchronize_session=False)
         )
 
@@ -119,6 +121,8 @@ def _store_figures(
     stamp = utcnow()
     changed = 0
     with store.session() as session:
+        # The usage counter first (store.usage_cells): the push collects changed figures by it.
+        seq = store.next_change_seq(session, USAGE_SEQUENCE)
         existing = {
             (str(subject), int(window)): float(value)
             for subject, window, value in session.execute(
@@ -137,12 +141,12 @@ def _store_figures(
             if before == value:
                 continue
             latest = min(now, window + per - 1) if per else now
-            _write_figure(session, meter, per, subject, window, value, latest, customer, stamp)
+            _write_figure(session, meter, per, subject, window, value, latest, customer, stamp, seq)
             changed += 1
         for (subject, window), value in existing.items():
             if value != 0:
                 latest = min(now, window + per - 1) if per else now
-                _write_figure(session, meter, per, subject, window, 0.0, latest, None, stamp)
+                _write_figure(session, meter, per, subject, window, 0.0, latest, None, stamp, seq)
                 changed += 1
     return changed
 
@@ -157,6 +161,7 @@ def _write_figure(
     latest_s: int,
     customer: str | None,
     stamp: datetime,
+    seq: int,
 ) -> None:
     """Insert or update one figure. An update keeps the row's customer: a subject's figure is
     bound once; a period meter's row is the customer's own."""
@@ -170,7 +175,7 @@ def _write_figure(
     found = session.execute(
         update(UpstreamUsageRow)
         .where(*key)
-        .values(value=value, latest_us=latest_s * 1_000_000, changed_at=stamp)
+        .values(value=value, latest_us=latest_s * 1_000_000, changed_at=stamp, seq=seq)
     )
     if int(found.rowcount or 0):  # type: ignore[attr-defined]
         return
@@ -185,5 +190,6 @@ def _write_figure(
             latest_us=latest_s * 1_000_000,
             customer_key=customer,
             changed_at=stamp,
+            seq=seq,
         )
     )

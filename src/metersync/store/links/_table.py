@@ -171,8 +171,8 @@ class LinkTable:
         with self.store.read_session() as session:
             return {k: str(v) for k, v in session.execute(query)}
 
-    def routable_external_ids(self) -> dict[str, str]:
-        """Customer key → external id, for customers usage can be pushed to."""
+    def routable_external_ids(self, keys: Sequence[str] | None = None) -> dict[str, str]:
+        """Customer key → external id, for customers usage can be pushed to (all, or `keys`)."""
         link = link_columns()
         query = select(link.local_key, link.external_id).where(
             link.target == self.target,
@@ -181,7 +181,8 @@ class LinkTable:
             link.state.in_([s.value for s in ROUTABLE]),
         )
         with self.store.read_session() as session:
-            return {key: external_id for key, external_id in session.execute(query)}
+            rows = in_batches(session, query, link.local_key, None if keys is None else list(keys))
+            return {key: external_id for key, external_id in rows}
 
     def subjects_routed_to(self, customer_key: str) -> set[str]:
         """Subjects whose link points at the customer's record (their usage goes there)."""

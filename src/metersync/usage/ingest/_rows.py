@@ -16,6 +16,8 @@ EventKey = tuple[str, str]  # (source, id)
 UsageEventRow = tuple[str, str, str, str, int, str | None]
 # usage_value: source, event_id, meter, subject, time_us, value, value_text, groups
 UsageValueRow = tuple[str, str, str, str, int, float | None, str | None, str | None]
+# … as written: with the batch's usage change number (seq) last
+StoredValueRow = tuple[str, str, str, str, int, float | None, str | None, str | None, int]
 
 
 def json_text(value: Any, what: str) -> str | None:

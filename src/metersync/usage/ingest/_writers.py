@@ -18,7 +18,8 @@ from sqlalchemy import Connection
 
 from metersync.catalog import Catalog
 from metersync.store import EventRow
-from metersync.usage.ingest._rows import EventKey, UsageEventRow, UsageValueRow
+from metersync.store.engine import NEXT_USAGE_SEQ_SQL
+from metersync.usage.ingest._rows import EventKey, StoredValueRow, UsageEventRow, UsageValueRow
 
 
 class _Writer:
@@ -36,20 +37,31 @@ class _Writer:
 
     def write(self, rows: list[UsageEventRow], values: list[UsageValueRow]) -> int:
         with self.engine.begin() as conn:
+            # First: the usage counter's lock orders batches, so a push that saw the counter
+            # at N never later finds a value numbered N or less that it missed.
+            seq = self.next_seq(conn)
             new = self.insert_events(conn, rows)
             if new is not None:
                 # Values only for the events this batch stored: a duplicate's values are the
                 # first copy's, already stored with it.
                 values = [value for value in values if (value[0], value[1]) in new]
             if values:
-                self.insert_values(conn, values)
+                self.insert_values(conn, [(*value, seq) for value in values])
         return len(rows) if new is None else len(new)
+
+    def next_seq(self, conn: Connection) -> int:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(NEXT_USAGE_SEQ_SQL)
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
 
     def insert_events(self, conn: Connection, rows: list[UsageEventRow]) -> set[EventKey] | None:
         """The keys of the events stored (the others were stored before), or None for all."""
         raise NotImplementedError
 
-    def insert_values(self, conn: Connection, values: list[UsageValueRow]) -> None:
+    def insert_values(self, conn: Connection, values: list[StoredValueRow]) -> None:
         raise NotImplementedError
 
 
@@ -67,8 +79,8 @@ class _SQLiteWriter(_Writer):
     NEW_EVENTS = "SELECT source, event_id FROM usage_event WHERE id > ?"
     INSERT_VALUE = (
         "INSERT INTO usage_value "
-        "(source, event_id, meter, subject, time_us, value, value_text, groups) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id, meter) DO NOTHING"
+        "(source, event_id, meter, subject, time_us, value, value_text, groups, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id, meter) DO NOTHING"
     )
 
     def insert_events(self, conn: Connection, rows: list[UsageEventRow]) -> set[EventKey] | None:
@@ -83,7 +95,7 @@ class _SQLiteWriter(_Writer):
         finally:
             cursor.close()
 
-    def insert_values(self, conn: Connection, values: list[UsageValueRow]) -> None:
+    def insert_values(self, conn: Connection, values: list[StoredValueRow]) -> None:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(self.INSERT_VALUE, values)
@@ -122,21 +134,23 @@ class _PostgresWriter(_Writer):
     )
     COPY_VALUES = (
         "COPY usage_value "
-        "(source, event_id, meter, subject, time_us, value, value_text, groups) FROM STDIN"
+        "(source, event_id, meter, subject, time_us, value, value_text, groups, seq) "
+        "FROM STDIN"
     )
     VALUE_STAGE = (
         "CREATE TEMPORARY TABLE IF NOT EXISTS metersync_ingest_value ON COMMIT DELETE ROWS AS "
-        "SELECT source, event_id, meter, subject, time_us, value, value_text, groups "
+        "SELECT source, event_id, meter, subject, time_us, value, value_text, groups, seq "
         "FROM usage_value WITH NO DATA"
     )
     COPY_STAGED_VALUES = (
         "COPY metersync_ingest_value "
-        "(source, event_id, meter, subject, time_us, value, value_text, groups) FROM STDIN"
+        "(source, event_id, meter, subject, time_us, value, value_text, groups, seq) "
+        "FROM STDIN"
     )
     INSERT_STAGED_VALUES = (
         "INSERT INTO usage_value "
-        "(source, event_id, meter, subject, time_us, value, value_text, groups) "
-        "SELECT source, event_id, meter, subject, time_us, value, value_text, groups "
+        "(source, event_id, meter, subject, time_us, value, value_text, groups, seq) "
+        "SELECT source, event_id, meter, subject, time_us, value, value_text, groups, seq "
         "FROM metersync_ingest_value ON CONFLICT (source, event_id, meter) DO NOTHING"
     )
 
@@ -148,7 +162,7 @@ class _PostgresWriter(_Writer):
             new = cursor.fetchall()
         return None if len(new) == len(rows) else {(source, event_id) for source, event_id in new}
 
-    def insert_values(self, conn: Connection, values: list[UsageValueRow]) -> None:
+    def insert_values(self, conn: Connection, values: list[StoredValueRow]) -> None:
         with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
             cursor.execute("SAVEPOINT metersync_values")
             try:
@@ -161,7 +175,7 @@ class _PostgresWriter(_Writer):
             cursor.execute("RELEASE SAVEPOINT metersync_values")
 
 
-def _copy(cursor: Any, statement: str, rows: list[UsageEventRow] | list[UsageValueRow]) -> None:
+def _copy(cursor: Any, statement: str, rows: list[UsageEventRow] | list[StoredValueRow]) -> None:
     with cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)

@@ -1,0 +1,150 @@
+"""The usage cells' one owner: which (meter, customer, window) of a target a push must plan, and
+how far it has collected the changes that make them.
+
+Why cells: a push must cost what changed, not the size of the history. Every write that
+stores or binds usage takes a number from the `usage` counter (Store.next_change_seq), and the
+rows carry it. A push collects the cells of rows numbered past its cursor into `usage_cell`,
+moves the cursor, then plans those cells only, and lets each cell go once its report is
+written (or nothing was owed). A cell skipped for a reason that passes stays. Collecting
+before moving the cursor, and letting cells go only after their reports are written, means a
+crash at any point leaves a cell planned twice at worst, and a second plan of a cell finds
+its delta already in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Table, and_, delete, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
+
+from metersync.store.engine import USAGE_SEQUENCE, Store
+from metersync.store.models import UsageCellRow, UsageCursorRow
+
+CELLS: Table = UsageCellRow.__table__  # type: ignore[attr-defined]
+CURSORS: Table = UsageCursorRow.__table__  # type: ignore[attr-defined]
+_c = CELLS.c
+_k = CURSORS.c
+_WRITE_BATCH = 2_000  # cells per INSERT: bound parameters stay far below any limit
+
+Cell = tuple[str, int]  # (customer key, window start)
+
+
+def usage_mark(store: Store) -> int:
+    """The newest usage change number committed: a push collects up to it."""
+    return store.current_seq(USAGE_SEQUENCE)
+
+
+def mark_cell(session: Session, target: str, meter: str, customer_key: str, window: int) -> None:
+    """Make one cell due again, inside the caller's transaction (a report refused, or found
+    missing at the target: its value must be planned again)."""
+    session.execute(
+        _insert(
+            session,
+            [
+                {
+                    "target": target,
+                    "meter": meter,
+                    "customer_key": customer_key,
+                    "window_start": window,
+                }
+            ],
+        )
+    )
+
+
+def _insert(session: Session, rows: list[dict[str, object]]) -> Executable:
+    dialect = session.get_bind().dialect.name
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(CELLS).values(rows)
+    return statement.on_conflict_do_nothing()
+
+
+class UsageCellTable:
+    """One target's due cells and cursors."""
+
+    def __init__(self, store: Store, target: str) -> None:
+        self.store = store
+        self.target = target
+
+    def cursor(self, meter: str) -> tuple[int, int, float] | None:
+        """How far the meter's changes were collected, and the window size and scale it is
+        pushed under; None: never (its first push plans every cell)."""
+        with self.store.read_session() as session:
+            row = session.execute(
+                select(_k.seq, _k.window_s, _k.scale).where(
+                    _k.target == self.target, _k.meter == meter
+                )
+            ).first()
+        return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
+
+    def set_cursor(self, meter: str, seq: int, *, window_s: int, scale: float) -> None:
+        values = {"seq": seq, "window_s": window_s, "scale": scale}
+        with self.store.session() as session:
+            found = session.execute(
+                CURSORS.update().where(_k.target == self.target, _k.meter == meter).values(values)
+            )
+            if not found.rowcount:  # type: ignore[attr-defined]
+                session.execute(CURSORS.insert().values(target=self.target, meter=meter, **values))
+
+    def add(self, meter: str, cells: Iterable[Cell]) -> int:
+        """Make cells due (those already due stay as they are), in batches; how many were
+        offered."""
+        offered = 0
+        batch: list[dict[str, object]] = []
+        with self.store.session() as session:
+            for customer_key, window in cells:
+                batch.append(
+                    {
+                        "target": self.target,
+                        "meter": meter,
+                        "customer_key": customer_key,
+                        "window_start": window,
+                    }
+                )
+                if len(batch) == _WRITE_BATCH:
+                    session.execute(_insert(session, batch))
+                    offered += len(batch)
+                    batch = []
+            if batch:
+                session.execute(_insert(session, batch))
+                offered += len(batch)
+        return offered
+
+    def due(self, meter: str, *, after: Cell | None, limit: int) -> list[Cell]:
+        """The next `limit` due cells of the meter after `after`, by (customer, window): a
+        keyset walk, so each page costs the same however many cells there are."""
+        query = select(_c.customer_key, _c.window_start).where(
+            _c.target == self.target, _c.meter == meter
+        )
+        if after is not None:
+            query = query.where(tuple_(_c.customer_key, _c.window_start) > tuple_(*after))
+        query = query.order_by(_c.customer_key, _c.window_start).limit(limit)
+        with self.store.read_session() as session:
+            return [(str(k), int(w)) for k, w in session.execute(query)]
+
+    def release(self, meter: str, cells: Sequence[Cell]) -> None:
+        """Cells whose reports are written, or that owed nothing: no longer due."""
+        if not cells:
+            return
+        with self.store.session() as session:
+            for start in range(0, len(cells), 500):
+                chunk = cells[start : start + 500]
+                session.execute(
+                    delete(CELLS).where(
+                        _c.target == self.target,
+                        _c.meter == meter,
+                        or_(*(and_(_c.customer_key == k, _c.window_start == w) for k, w in chunk)),
+                    )
+                )
+
+    def count(self) -> int:
+        """Cells due, over every meter: what the next push will plan at least."""
+        with self.store.read_session() as session:
+            return int(
+                session.execute(
+                    select(func.count()).select_from(CELLS).where(_c.target == self.target)
+                ).scalar_one()
+            )
