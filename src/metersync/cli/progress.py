@@ -32,6 +32,7 @@ class ProgressBar:
         if self.quiet:
             return None
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -45,6 +46,9 @@ class ProgressBar:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                # On stderr, the terminal that was checked: stdout may be a pipe or a file
+                # taking the command's report.
+                console=Console(stderr=True),
                 transient=True,
             )
             self.bar.start()
