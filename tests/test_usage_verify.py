@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from sqlalchemy import update
+from sqlmodel import col
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.pipeline._verification import Verification
 from metersync.pipeline._verification import verify as verify_step
-from metersync.store import Store
+from metersync.states import LinkState
+from metersync.store import LinkRow, Store
 from metersync.targets.stripe import MeterEventSender, StripeMeterFigures
 from metersync.testing import StripeEmulator
 from metersync.usage.local_aggregates import LOCAL, LocalAggregates
@@ -236,3 +239,26 @@ def test_the_steps_progress_counts_both_walks_of_a_repair(
     assert result.differences == [] and result.pushed_counts["delivered"] == 3
     # Four customers, walked to repair and then again to check: 3 + 1, then 3 + 1.
     assert seen == [(3, 8), (4, 8), (7, 8), (8, 8)]
+
+
+def test_a_customer_whose_link_no_longer_routes_is_still_held_against_the_ledger(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    """Usage bound to a customer whose Stripe customer went missing cannot be pushed: verify
+    still names it (without asking Stripe, which has no customer to ask about)."""
+    setup(catalog, emulator, {"acme": ["a1"], "beta": ["b1"]})
+    add(catalog, "a1", T + 10, 5, "u1")
+    push(catalog, emulator)
+    add(catalog, "a1", T + 20, 3, "u1")
+    verify(catalog, emulator, chunk_size=1)  # binds the new usage to acme, as a push would
+    with catalog.store.session() as session:
+        session.execute(
+            update(LinkRow).where(col(LinkRow.local_key) == "acme").values(state=LinkState.MISSING)
+        )
+    walked: list[int] = []
+    found = verify(catalog, emulator, chunk_size=1, progress=walked.append).differences
+    assert [(d.customer_key, d.meter, d.stripe, d.problem) for d in found] == [
+        ("acme", "tokens", 0, "3 not pushed yet"),
+        ("acme", "calls", 0, "1 not pushed yet"),
+    ]
+    assert walked == [1, 1]
