@@ -173,7 +173,8 @@ async def verify_usage(
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
     target = figures.name
-    # Usage not bound yet counts as local too.
+    # Usage not bound yet counts as local too: bound here as the next push would bind it
+    # (bookkeeping only: it fixes which customer the usage belongs to, and sends nothing).
     await asyncio.to_thread(aggregates.bind, store, target)
     meter_ids = await figures.meter_ids()
     checks = [
@@ -193,8 +194,12 @@ async def verify_usage(
         result.checked += len(compared)
         result.differences += differences
         if repair and sink is not None:
+            # Only periods that can hold a pending report: a sum meter's reports are positive
+            # deltas, so a pending one shows in `pending`; a last meter's may be a value of 0,
+            # but its periods are months, few per customer. Not one query per hour of usage.
+            held = [d for d in compared if d.pending or d.last]
             result.settled += await asyncio.to_thread(
-                _settle_held, store, target, compared, external_ids
+                _settle_held, store, target, held, external_ids
             )
             result.replanned += await asyncio.to_thread(
                 _replan_lost, store, target, differences, external_ids, settle
