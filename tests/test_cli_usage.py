@@ -176,3 +176,70 @@ def test_only_usage_without_meters_is_a_config_error(env: dict[str, str], tmp_pa
     bare.write_text("")
     code, _, err = cli({**env, "METERSYNC_CONFIG": str(bare)}, "reconcile", "--only", "usage")
     assert code == 2 and "no [[meters]] with a stripe section" in err
+
+
+def prompts(stamps: list[tuple[str, datetime, int]]) -> str:
+    """`prompt` events of acme-api: (id, time, tokens)."""
+    return "".join(
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": "app",
+                "type": "prompt",
+                "subject": "acme-api",
+                "time": stamp.isoformat().replace("+00:00", "Z"),
+                "data": {"tokens": tokens, "model": "a"},
+            }
+        )
+        + "\n"
+        for event_id, stamp, tokens in stamps
+    )
+
+
+def test_verify_since_compares_only_the_periods_that_end_after_it(
+    env: dict[str, str], emulator: StripeEmulator
+) -> None:
+    frozen = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    old, recent = frozen - timedelta(hours=30), frozen - timedelta(hours=2)
+    with freeze_time(frozen, real_asyncio=True, tick=True):
+        assert cli(env, "meters", "ensure")[0] == 0
+        cli(env, "customers", "create", "--key", "acme", "--name", "Acme", "--subject", "acme-api")
+        pushed = prompts([("o1", old, 5), ("r1", recent, 5)])
+        assert cli(env, "events", "ingest", "-", stdin=pushed)[0] == 0
+        assert cli(env, "reconcile")[0] == 0
+        # One hour 30 hours back and one 2 hours back each get an event not pushed yet.
+        late = prompts([("o2", old + timedelta(minutes=5), 2), ("r2", recent, 3)])
+        assert cli(env, "events", "ingest", "-", stdin=late)[0] == 0
+
+        def gaps(*args: str) -> list[tuple[str, int]]:
+            code, out, err = cli(env, "usage", "verify", "--json", *args)
+            assert code == 1, err
+            found = json.loads(out)["differences"]
+            return [(d["from"], d["local"] - d["ledgerDelivered"]) for d in found]
+
+        both = [("2026-03-09T06:00:00Z", 2), ("2026-03-10T10:00:00Z", 3)]
+        assert gaps() == both  # the default: 7 days back
+        assert gaps("--since", "48h") == both
+        assert gaps("--since", "24h") == both[1:]
+        assert gaps("--since", "2026-03-09T07:00:00Z") == both[1:]
+        assert gaps("--since", "2026-03-09T06:59:59Z") == both  # that hour ends after it
+        assert gaps("--since", "2d", "--chunk-size", "1") == both
+
+
+def test_verify_option_mistakes_are_one_line_errors(env: dict[str, str]) -> None:
+    mistakes = {
+        ("--since", "yesterday"): "Invalid value for --since: 'yesterday' is not an RFC 3339 time "
+        "(2024-05-01T00:00:00Z), a date (2024-05-01) or a duration (7d, 48h)",
+        ("--since", "7d", "--from", "2026-01-01"): "give --since or --from, not both",
+        ("--since", "2026-01-01T00:00:00"): "--since: '2026-01-01T00:00:00' has no time zone",
+        ("--since", "2h", "--to", "2026-01-01", "--from", "x"): "--since or --from, not both",
+        ("--chunk-size", "0"): "Invalid value for --chunk-size: 0 is not between 1 and 10000",
+        ("--chunk-size", "10001"): "--chunk-size: 10001 is not between 1 and 10000",
+        ("--chunk-size", "many"): "--chunk-size",
+    }
+    for args, message in mistakes.items():
+        code, _, err = cli(env, "usage", "verify", *args)
+        errors = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], (args, err)
+        assert "Traceback" not in err

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from metersync.cli.context import app_context
 from metersync.cli.output import print_json, print_table
+from metersync.cli.progress import ProgressBar
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
-    from rich.progress import Progress
-
     from metersync.sync.customer_sync import RunResult
     from metersync.sync.model import Action, Plan
     from metersync.usage.push import PushResult
@@ -60,7 +56,8 @@ def reconcile_command(
     app = app_context(ctx)
     catalog = app.catalog
     check_targets(app.settings, target)
-    with run_lock(catalog.store, wait_s=wait or 0.0), _Progress(as_json) as progress:
+    bar = ProgressBar("applying", quiet=as_json, log=True)
+    with run_lock(catalog.store, wait_s=wait or 0.0), bar as progress:
         outcome = asyncio.run(
             reconcile(
                 catalog,
@@ -100,52 +97,6 @@ def _print_usage(result: PushResult, *, dry_run: bool) -> None:
             f"usage failed: {failure['customer']} / {failure['meter']}: {failure['error']}",
             err=True,
         )
-
-
-class _Progress:
-    """A progress bar on a terminal; a log line every few seconds otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar: Progress | None = None
-        self.task: Any = None
-        self.last_log = 0.0
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if self.quiet:
-            return None
-        if sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("applying"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("apply", total=None)
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
-        elif time.monotonic() - self.last_log > 5 or done == total:
-            from metersync.logs import get_logger
-
-            self.last_log = time.monotonic()
-            get_logger("metersync.cli").info("progress", done=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _print_result(result: RunResult, *, dry_run: bool) -> None:

@@ -19,16 +19,25 @@ if TYPE_CHECKING:  # the commands import what they use when they run: see meters
 app = command_group("Usage: aggregates per customer, meter and window.")
 
 
-def parse_time(value: str, option: str) -> datetime:
-    """RFC 3339 with a zone, or a date (midnight UTC)."""
+def parse_time(value: str, option: str, *, back_from: datetime | None = None) -> datetime:
+    """RFC 3339 with a zone, or a date (midnight UTC); with `back_from`, also a duration such
+    as 7d or 48h, counted back from it."""
     text = value.strip()
+    shapes = "an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01)"
+    if back_from is not None:
+        from metersync.settings import duration_seconds
+
+        try:
+            return back_from - timedelta(seconds=duration_seconds(text))
+        except ValueError:
+            shapes = (
+                "an RFC 3339 time (2024-05-01T00:00:00Z), a date (2024-05-01) or a duration "
+                "(7d, 48h)"
+            )
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01)",
-            param_hint=option,
-        ) from None
+        raise typer.BadParameter(f"{value!r} is not {shapes}", param_hint=option) from None
     if moment.tzinfo is None:
         if len(text) > 10:
             raise typer.BadParameter(
@@ -123,10 +132,22 @@ def verify_command(
     ctx: typer.Context,
     start: str | None = typer.Option(None, "--from", help="Start (default: 7 days ago)."),
     end: str | None = typer.Option(None, "--to", help="End, exclusive (default: now)."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Only periods (hours; months for period-to-date meters) that end after this: an "
+        "RFC 3339 time, a date, or a duration back from --to such as 7d or 48h. Instead of "
+        "--from.",
+    ),
     repair: bool = typer.Option(
         False,
         "--repair",
         help="Settle old pending reports, re-plan what Stripe lost, push what is not pushed.",
+    ),
+    chunk_size: int | None = typer.Option(
+        None,
+        "--chunk-size",
+        help="Customers compared at a time: what bounds memory (default: 500, at most 10000).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
@@ -135,24 +156,32 @@ def verify_command(
     Exit 0 when they agree, 1 when differences remain."""
     import asyncio
 
+    from metersync.cli.progress import ProgressBar
     from metersync.pipeline import Pipeline
     from metersync.store.lock import run_lock
+    from metersync.usage.verify import DEFAULT_CHUNK, MAX_CHUNK
 
     app = app_context(ctx)
     settings = app.settings
     until = parse_time(end, "--to") if end else datetime.now(UTC)
-    since = parse_time(start, "--from") if start else until - timedelta(days=7)
-    if since >= until:
+    since_at = _verify_start(start, since, until)
+    if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK:
         raise typer.BadParameter(
-            f"{since.isoformat()} is not before --to {until.isoformat()}", param_hint="--from"
+            f"{chunk_size} is not between 1 and {MAX_CHUNK}", param_hint="--chunk-size"
         )
-    start_s, end_s = int(since.timestamp()), int(until.timestamp())
+    start_s, end_s = int(since_at.timestamp()), int(until.timestamp())
 
     async def check() -> Verification:
         async with Pipeline(settings, app.catalog) as pipeline:
-            return await pipeline.verify_usage(start_s, end_s, repair=repair)
+            return await pipeline.verify_usage(
+                start_s,
+                end_s,
+                repair=repair,
+                chunk_size=chunk_size or DEFAULT_CHUNK,
+                progress=progress,
+            )
 
-    with run_lock(app.catalog.store):
+    with run_lock(app.catalog.store), ProgressBar("verifying", quiet=as_json) as progress:
         result = asyncio.run(check())
     if as_json:
         print_json(result.to_json())
@@ -173,6 +202,25 @@ def verify_command(
             f"{len(result.differences)} difference(s)"
         )
     raise typer.Exit(1 if result.differences else 0)
+
+
+def _verify_start(start: str | None, since: str | None, until: datetime) -> datetime:
+    """Where verify starts: --from, or --since (which also takes a duration back from --to),
+    or 7 days before --to."""
+    if start is not None and since is not None:
+        raise typer.BadParameter("give --since or --from, not both", param_hint="--since")
+    option = "--since" if since is not None else "--from"
+    if since is not None:
+        moment = parse_time(since, option, back_from=until)
+    elif start is not None:
+        moment = parse_time(start, option)
+    else:
+        moment = until - timedelta(days=7)
+    if moment >= until:
+        raise typer.BadParameter(
+            f"{moment.isoformat()} is not before --to {until.isoformat()}", param_hint=option
+        )
+    return moment
 
 
 def _short_time(seconds: int) -> str:

@@ -25,6 +25,7 @@ from metersync.settings import Settings
 from metersync.sync.customer_sync import RunResult, sync_customers
 from metersync.sync.ports import Target
 from metersync.targets.stripe import MeterCheck, StripeMeterFigures, ensure_meters
+from metersync.usage.verify import DEFAULT_CHUNK
 
 if TYPE_CHECKING:
     from metersync.mechanics.limiter import AdaptiveLimiter
@@ -204,12 +205,30 @@ class Pipeline:
         """Stripe's billing meters for the configured meters: created, reactivated, checked."""
         return await ensure_meters(self.stripe(), self.settings.meters, dry_run=dry_run)
 
-    async def verify_usage(self, start: int, end: int, *, repair: bool) -> Verification:
-        """Stripe's figures against the ledger against the usage figures over [start, end)."""
+    async def verify_usage(
+        self,
+        start: int,
+        end: int,
+        *,
+        repair: bool,
+        chunk_size: int = DEFAULT_CHUNK,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Verification:
+        """Stripe's figures against the ledger against the usage figures over [start, end),
+        `chunk_size` customers at a time; `progress(done, total)` counts customers."""
         if not self.pushes_usage:
             raise ConfigError("usage verify: no [[meters]] with a stripe section are configured")
         figures = StripeMeterFigures(self.stripe())
-        return await verify(self.catalog.store, figures, self.pusher(), start, end, repair=repair)
+        return await verify(
+            self.catalog.store,
+            figures,
+            self.pusher(),
+            start,
+            end,
+            repair=repair,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
 
     async def settle_owed(self, customer_key: str) -> bool:
         """What runs before a Stripe customer is deleted: read what it still owes from the

@@ -3,13 +3,21 @@ with a repair, what still differs after it (what the repair could not fix)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from metersync.store import Store
 from metersync.usage.ports import MeterFigures
 from metersync.usage.push import UsagePusher
-from metersync.usage.verify import Difference, VerifyResult, verify_usage
+from metersync.usage.verify import (
+    DEFAULT_CHUNK,
+    Difference,
+    VerifyResult,
+    customers_to_verify,
+    verify_usage,
+)
 
 
 @dataclass
@@ -38,7 +46,16 @@ async def verify(
     end: int,
     *,
     repair: bool,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Verification:
+    """`progress(done, total)` counts customers; with a repair the customers are walked twice
+    (repair, then check again), and the total says so."""
+    walked: _Walked | None = None
+    if progress is not None:
+        total = await asyncio.to_thread(customers_to_verify, store, figures.name)
+        walked = _Walked(progress, total * (2 if repair else 1))
+
     async def check(*, fix: bool) -> VerifyResult:
         return await verify_usage(
             store,
@@ -51,6 +68,8 @@ async def verify(
             repair=fix,
             sink=pusher.sink,
             aggregates=pusher.aggregates,
+            chunk_size=chunk_size,
+            progress=walked.add if walked is not None else None,
         )
 
     first = await check(fix=repair)
@@ -60,3 +79,17 @@ async def verify(
     after = await check(fix=False)
     pushed = first.pushed.counts() if first.pushed else {}
     return Verification(after.checked, after.differences, first.settled, first.replanned, pushed)
+
+
+@dataclass
+class _Walked:
+    """Customers walked so far, told to `progress` as (done, total)."""
+
+    progress: Callable[[int, int], None]
+    total: int
+    done: int = 0
+
+    def add(self, customers: int) -> None:
+        self.done += customers
+        # Customers linked during the walk can take it past the total counted before it.
+        self.progress(self.done, max(self.total, self.done))

@@ -341,9 +341,12 @@ class LedgerTable:
 
     # -- verification ----------------------------------------------------------------------------
 
-    def sent_in(self, meter: str, lo: int, hi: int) -> list[Any]:
-        """The meter's sent reports (delivered or pending) for windows in [lo, hi), oldest
-        stamp first: customer_key, window_start, value, state, external_customer_id."""
+    def sent_in(
+        self, meter: str, lo: int, hi: int, *, customers: Sequence[str] | None = None
+    ) -> list[Any]:
+        """The meter's sent reports (delivered or pending) for windows in [lo, hi), of every
+        customer or of `customers`, oldest stamp first: customer_key, window_start, value,
+        state, external_customer_id."""
         query = (
             select(_g.customer_key, _g.window_start, _g.value, _g.state, _g.external_customer_id)
             .where(
@@ -355,6 +358,8 @@ class LedgerTable:
             )
             .order_by(_g.timestamp, _g.revision)
         )
+        if customers is not None:
+            query = query.where(_g.customer_key.in_(list(customers)))
         with self.store.read_session() as session:
             return list(session.execute(query))
 

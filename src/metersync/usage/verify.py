@@ -2,6 +2,10 @@
 aggregates, per customer, meter and hour (calendar month for the period-to-date meters), with
 every difference named.
 
+Customers are compared a chunk at a time, in key order (a keyset walk over the target's
+customer links), so that memory holds one chunk's figures and the differences found, whatever
+the number of customers.
+
 `--repair` does three things, none of which can bill twice:
 - reports pending past Stripe's identifier window are settled by the summaries (landed →
   delivered; not landed → re-planned under a new identifier; ambiguous → left alone);
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -40,6 +44,11 @@ from metersync.usage.reports import push_window_s, scaled
 HOUR = 3600
 # How long after delivery a report missing from Stripe's summaries is taken as lost.
 DEFAULT_SETTLE = timedelta(hours=1)
+# Customers compared at a time: what bounds verify's memory, whatever the customer count.
+DEFAULT_CHUNK = 500
+# A chunk's keys go into one IN (…) list per query: well below SQLite's and PostgreSQL's
+# bound-parameter limits (32,766 and 65,535).
+MAX_CHUNK = 10_000
 _LOST = "delivered, but missing from Stripe's event summaries after the settle delay; re-planned"
 _NOT_LANDED = "not in Stripe's event summaries after its identifier window; re-planned"
 
@@ -120,6 +129,23 @@ class VerifyResult:
         }
 
 
+@dataclass(frozen=True)
+class _MeterCheck:
+    """One meter as verify compares it: its Stripe meter, its periods and its bounds."""
+
+    meter: Meter
+    meter_id: str | None  # None: Stripe has no meter for its event name (it holds nothing)
+    monthly: bool  # period-to-date: compared per calendar month, not per hour
+    last: bool
+    lo: int
+    hi: int
+
+
+# Local, ledger: per customer, per period.
+_Local = dict[str, dict[int, int]]
+_Ledger = dict[str, dict[int, tuple[int, int, int]]]
+
+
 async def verify_usage(
     store: Store,
     figures: MeterFigures,
@@ -133,69 +159,54 @@ async def verify_usage(
     sink: MeterEventSink | None = None,
     settle: timedelta = DEFAULT_SETTLE,
     aggregates: UsageAggregates = LOCAL,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
-    """Compare over [start, end) (whole hours; whole months for period-to-date meters)."""
+    """Compare over [start, end) (whole hours; whole months for period-to-date meters).
+
+    Customers are walked in key order, `chunk_size` at a time: only one chunk's windows, ledger
+    rows and Stripe figures are held, and a repair settles each chunk before the next. The
+    differences are gathered across chunks, in the same order whatever the chunk size.
+    `progress` is told how many customers each chunk covered."""
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk size must be between 1 and {MAX_CHUNK}, got {chunk_size}")
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
-    # Usage not bound yet counts as local too.
     target = figures.name
-    external_ids = await asyncio.to_thread(_bind_and_route, store, target, aggregates)
+    # Usage not bound yet counts as local too: bound here as the next push would bind it
+    # (bookkeeping only: it fixes which customer the usage belongs to, and sends nothing).
+    await asyncio.to_thread(aggregates.bind, store, target)
     meter_ids = await figures.meter_ids()
-    compared: list[Difference] = []  # every period, equal or not
-    for meter in meters:
-        if meter.settings.stripe is None:
-            continue
-        meter_id = meter_ids.get(meter.settings.stripe.event_name)
-        monthly = push_window_s(meter, window_s) == 0
-        last = meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
-        lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
-        local, ledger = await asyncio.to_thread(
-            _local_and_ledger,
-            store,
-            target,
-            meter,
-            window_s,
-            (lo, hi),
-            monthly,
-            last,
-            external_ids,
-            aggregates,
+    checks = [
+        _check(meter, meter_ids, window_s, start, end)
+        for meter in meters
+        if meter.settings.stripe is not None
+    ]
+    links = LinkTable(store, target)
+    after: str | None = None
+    while page := await asyncio.to_thread(links.customer_page, after, chunk_size):
+        after = page[-1][0]
+        external_ids = {key: external_id for key, external_id in page if external_id}
+        compared = await _compare(
+            store, figures, checks, [key for key, _ in page], external_ids, window_s, aggregates
         )
-        for customer in sorted({c for c, _ in local} | {c for c, _ in ledger}):
-            stripe: dict[int, int] = {}
-            external_id = external_ids.get(customer)
-            if meter_id is not None and external_id is not None:
-                stripe = await _stripe(figures, meter_id, external_id, lo, hi, monthly)
-            periods = sorted(
-                {p for c, p in local if c == customer}
-                | {p for c, p in ledger if c == customer}
-                | set(stripe)
+        differences = [d for d in compared if d.differs]
+        result.checked += len(compared)
+        result.differences += differences
+        if repair and sink is not None:
+            # Only periods that can hold a pending report: a sum meter's reports are positive
+            # deltas, so a pending one shows in `pending`; a last meter's may be a value of 0,
+            # but its periods are months, few per customer. Not one query per hour of usage.
+            held = [d for d in compared if d.pending or d.last]
+            result.settled += await asyncio.to_thread(
+                _settle_held, store, target, held, external_ids
             )
-            for period in periods:
-                delivered, pending, here = ledger.get((customer, period), (0, 0, 0))
-                diff = Difference(
-                    customer,
-                    meter.slug,
-                    period,
-                    month_end(period) if monthly else period + HOUR,
-                    local.get((customer, period), 0),
-                    delivered,
-                    pending,
-                    stripe.get(period, 0),
-                    here,
-                    last,
-                )
-                compared.append(diff)
-                if diff.differs:
-                    result.differences.append(diff)
-    result.checked = len(compared)
+            result.replanned += await asyncio.to_thread(
+                _replan_lost, store, target, differences, external_ids, settle
+            )
+        if progress is not None:
+            progress(len(page))
     if repair and sink is not None:
-        result.settled = await asyncio.to_thread(
-            _settle_held, store, target, compared, external_ids
-        )
-        result.replanned = await asyncio.to_thread(
-            _replan_lost, store, target, result.differences, external_ids, settle
-        )
         result.pushed = await push_usage(
             store,
             target,
@@ -208,79 +219,152 @@ async def verify_usage(
     return result
 
 
-def _bind_and_route(store: Store, target: str, aggregates: UsageAggregates) -> dict[str, str]:
-    """Bind usage not bound yet, as the next push would (bookkeeping only: it fixes which
-    customer new usage belongs to, and sends nothing); then each customer's external id."""
-    aggregates.bind(store, target)
-    return LinkTable(store, target).routable_external_ids()
+def customers_to_verify(store: Store, target: str) -> int:
+    """How many customers verify_usage walks: every customer linked in `target` (a progress
+    bar's total)."""
+    return LinkTable(store, target).customer_count()
+
+
+def _check(
+    meter: Meter, meter_ids: dict[str, str], window_s: int, start: int, end: int
+) -> _MeterCheck:
+    assert meter.settings.stripe is not None
+    monthly = push_window_s(meter, window_s) == 0
+    lo, hi = (month_start(start), month_end(month_start(end - 1))) if monthly else (start, end)
+    return _MeterCheck(
+        meter,
+        meter_ids.get(meter.settings.stripe.event_name),
+        monthly,
+        meter.aggregation in (Aggregation.MAX, Aggregation.LATEST),
+        lo,
+        hi,
+    )
+
+
+async def _compare(
+    store: Store,
+    figures: MeterFigures,
+    checks: Sequence[_MeterCheck],
+    customers: list[str],
+    external_ids: dict[str, str],
+    window_s: int,
+    aggregates: UsageAggregates,
+) -> list[Difference]:
+    """Every period of one chunk of customers, equal or not: by customer (in walk order),
+    meter and period."""
+    read = await asyncio.to_thread(
+        _local_and_ledger,
+        store,
+        figures.name,
+        checks,
+        window_s,
+        customers,
+        external_ids,
+        aggregates,
+    )
+    compared: list[Difference] = []
+    for customer in customers:
+        external_id = external_ids.get(customer)
+        for check, (local, ledger) in zip(checks, read, strict=True):
+            mine, sent = local.get(customer, {}), ledger.get(customer, {})
+            if not mine and not sent:
+                continue  # nothing here or in the ledger: Stripe is not asked
+            stripe: dict[int, int] = {}
+            if check.meter_id is not None and external_id is not None:
+                stripe = await _stripe(
+                    figures, check.meter_id, external_id, check.lo, check.hi, check.monthly
+                )
+            for period in sorted(set(mine) | set(sent) | set(stripe)):
+                delivered, pending, here = sent.get(period, (0, 0, 0))
+                compared.append(
+                    Difference(
+                        customer,
+                        check.meter.slug,
+                        period,
+                        month_end(period) if check.monthly else period + HOUR,
+                        mine.get(period, 0),
+                        delivered,
+                        pending,
+                        stripe.get(period, 0),
+                        here,
+                        check.last,
+                    )
+                )
+    return compared
 
 
 def _local_and_ledger(
     store: Store,
     target: str,
-    meter: Meter,
+    checks: Sequence[_MeterCheck],
     window_s: int,
-    bounds: tuple[int, int],
-    monthly: bool,
-    last: bool,
+    customers: list[str],
     external_ids: dict[str, str],
     aggregates: UsageAggregates,
-) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], tuple[int, int, int]]]:
-    """The local figures and the ledger's, per (customer, period) (database work)."""
-    lo, hi = bounds
-    local = _local(store, meter, window_s, lo, hi, monthly, aggregates)
-    return local, _ledger(store, target, meter, lo, hi, monthly, last, external_ids)
+) -> list[tuple[_Local, _Ledger]]:
+    """The local figures and the ledger's for one chunk of customers, per meter (database
+    work)."""
+    return [
+        (
+            _local(store, check, window_s, customers, aggregates),
+            _ledger(store, target, check, customers, external_ids),
+        )
+        for check in checks
+    ]
 
 
 def _local(
     store: Store,
-    meter: Meter,
+    check: _MeterCheck,
     window_s: int,
-    lo: int,
-    hi: int,
-    monthly: bool,
+    customers: list[str],
     aggregates: UsageAggregates,
-) -> dict[tuple[str, int], int]:
-    assert meter.settings.stripe is not None
-    scale = meter.settings.stripe.scale
-    out: dict[tuple[str, int], int] = defaultdict(int)
-    for w in aggregates.windows(store, meter, 0 if monthly else window_s, start=lo, end=hi):
-        period = w.window_start if monthly else w.window_start // HOUR * HOUR
-        out[(w.customer_key, period)] += scaled(w.value, scale)
-    return dict(out)
+) -> _Local:
+    assert check.meter.settings.stripe is not None
+    scale = check.meter.settings.stripe.scale
+    out: _Local = defaultdict(lambda: defaultdict(int))
+    for w in aggregates.windows(
+        store,
+        check.meter,
+        0 if check.monthly else window_s,
+        customers=customers,
+        start=check.lo,
+        end=check.hi,
+    ):
+        period = w.window_start if check.monthly else w.window_start // HOUR * HOUR
+        out[w.customer_key][period] += scaled(w.value, scale)
+    return out
 
 
 def _ledger(
     store: Store,
     target: str,
-    meter: Meter,
-    lo: int,
-    hi: int,
-    monthly: bool,
-    last: bool,
+    check: _MeterCheck,
+    customers: list[str],
     external_ids: dict[str, str],
-) -> dict[tuple[str, int], tuple[int, int, int]]:
-    """(delivered, pending, delivered to the current Stripe customer) per (customer, period).
-    Sum meters add report values; last meters take the newest value by stamp."""
-    out: dict[tuple[str, int], list[int]] = {}
-    for customer, window_start, value, state, external_id in LedgerTable(store, target).sent_in(
-        meter.slug, lo, hi
-    ):
-        period = int(window_start) if monthly else int(window_start) // HOUR * HOUR
-        figures = out.setdefault((customer, period), [0, 0, 0])
+) -> _Ledger:
+    """(delivered, pending, delivered to the current Stripe customer) per customer and
+    period. Sum meters add report values; last meters take the newest value by stamp."""
+    out: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    rows = LedgerTable(store, target).sent_in(
+        check.meter.slug, check.lo, check.hi, customers=customers
+    )
+    for customer, window_start, value, state, external_id in rows:
+        period = int(window_start) if check.monthly else int(window_start) // HOUR * HOUR
+        figures = out[customer].setdefault(period, [0, 0, 0])
         here = external_id == external_ids.get(customer)
         if state == LedgerState.DELIVERED:
-            if last:
+            if check.last:
                 figures[0], figures[1] = int(value), 0
                 figures[2] = int(value) if here else figures[2]
             else:
                 figures[0] += int(value)
                 figures[2] += int(value) if here else 0
-        elif last:
+        elif check.last:
             figures[1] = int(value)
         else:
             figures[1] += int(value)
-    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+    return {c: {p: (v[0], v[1], v[2]) for p, v in by.items()} for c, by in out.items()}
 
 
 async def _stripe(

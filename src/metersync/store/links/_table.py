@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import case, func, or_, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -183,6 +183,34 @@ class LinkTable:
         with self.store.read_session() as session:
             rows = in_batches(session, query, link.local_key, None if keys is None else list(keys))
             return {key: external_id for key, external_id in rows}
+
+    def customer_page(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
+        """One page of a walk over every customer link, in key order, the keys after `after`:
+        (key, external id when usage can be routed to it, else None). A keyset walk, so that a
+        caller can visit 100,000 customers holding one page at a time."""
+        link = link_columns()
+        routable = link.external_id.is_not(None) & link.state.in_([s.value for s in ROUTABLE])
+        query = (
+            select(link.local_key, case((routable, link.external_id), else_=None))
+            .where(link.target == self.target, link.kind == LinkKind.CUSTOMER)
+            .order_by(link.local_key)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(link.local_key > after)
+        with self.store.read_session() as session:
+            return [(key, external_id) for key, external_id in session.execute(query)]
+
+    def customer_count(self) -> int:
+        """Customer links of this target, whatever their state (what customer_page walks)."""
+        link = link_columns()
+        with self.store.read_session() as session:
+            count = session.execute(
+                select(func.count()).where(
+                    link.target == self.target, link.kind == LinkKind.CUSTOMER
+                )
+            ).scalar_one()
+        return int(count)
 
     def subjects_routed_to(self, customer_key: str) -> set[str]:
         """Subjects whose link points at the customer's record (their usage goes there)."""
