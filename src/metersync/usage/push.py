@@ -30,6 +30,8 @@ from metersync.usage.ports import MeterEvent, MeterEventSink, UsageAggregates
 from metersync.usage.reports import Skipped, plan_reports, push_window_s
 
 _log = get_logger("metersync.usage")
+# Change numbers collected per page: an ingest batch (≤ 10,000 events) takes one number.
+COLLECT_PAGE = 20
 
 
 @dataclass
@@ -174,14 +176,23 @@ class _MeterPush:
             return EveryCustomer(self.reader, customers=customers), False
         if cursor is None:
             return EveryCustomer(self.reader), True
-        changed = self.reader.aggregates.changed_cells(
-            self.reader.store, meter, self.reader.window_s, after=cursor[0], upto=upto
-        )
         if self.dry_run:
+            changed = self.reader.aggregates.changed_cells(
+                self.reader.store, meter, self.reader.window_s, after=cursor[0], upto=upto
+            )
             return DueCells(self.reader, extra=sorted(changed)), False
-        # Collected before the cursor moves: a crash in between collects them again.
-        self._cells.add(meter.slug, sorted(changed))
-        self._set_cursor(upto)
+        # A page of change numbers at a time (an ingest batch takes one), so a tick after a
+        # large import holds one page of cells, not all. Collected before the cursor moves: a
+        # crash in between collects them again.
+        seen = cursor[0]
+        while seen < upto:
+            page_end = min(seen + COLLECT_PAGE, upto)
+            changed = self.reader.aggregates.changed_cells(
+                self.reader.store, meter, self.reader.window_s, after=seen, upto=page_end
+            )
+            self._cells.add(meter.slug, sorted(changed))
+            self._set_cursor(page_end)
+            seen = page_end
         return DueCells(self.reader), False
 
     def _set_cursor(self, upto: int) -> None:
