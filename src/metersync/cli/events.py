@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from metersync.cli.context import app_context, writable_catalog
-from metersync.cli.options import command_group, input_name, read_input
+from metersync.cli.options import command_group, input_name, open_input
 from metersync.cli.output import print_json, print_notes, print_table
 from metersync.errors import ExitCode, InvalidInput
 
@@ -38,16 +38,20 @@ def ingest_command(
     Subjects the catalog does not know are created. Exit 1 if any event was rejected.
     """
     from metersync.catalog.meters import Meter
-    from metersync.usage.ingest import ingest_json
+    from metersync.usage.ingest import ingest_file
 
     writable_catalog(ctx)  # usage from an upstream source: local events would never count
     context = app_context(ctx)
-    content = read_input(file)
     meters = [Meter.of(settings) for settings in context.settings.meters]
-    try:
-        report = ingest_json(context.catalog, meters, content)
-    except InvalidInput as exc:
-        raise InvalidInput(exc.problems, record=f"{input_name(file)}: {exc.record}") from None
+    with open_input(file) as stream:  # a large NDJSON file streams: memory holds a batch
+        try:
+            report = ingest_file(context.catalog, meters, stream)
+        except OSError as exc:
+            raise InvalidInput(
+                [], record=f"FILE: {input_name(file)} cannot be read: {exc}"
+            ) from None
+        except InvalidInput as exc:
+            raise InvalidInput(exc.problems, record=f"{input_name(file)}: {exc.record}") from None
     for rejection in report.rejections:
         typer.echo(f"rejected: {rejection}", err=True)
     print_notes(_notes(report, configured=bool(meters)))

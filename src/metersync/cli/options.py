@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import typer
 import typer.core
@@ -68,18 +70,28 @@ META_OPTION = typer.Option(
 
 
 def read_input(file: str) -> bytes:
-    """The bytes of FILE, or of standard input for "-"; a missing or unreadable file is a
-    one-line error naming it."""
+    """The bytes of FILE, or of standard input for "-" (errors as `open_input`)."""
+    with open_input(file) as stream:
+        return stream.read()
+
+
+@contextmanager
+def open_input(file: str) -> Iterator[BinaryIO]:
+    """FILE opened for reading in binary, or standard input for "-"; a missing or unreadable
+    file is a one-line error naming it."""
     if file == "-":
-        return sys.stdin.buffer.read()
+        yield sys.stdin.buffer
+        return
     try:
-        return Path(file).read_bytes()
+        stream = Path(file).open("rb")  # noqa: SIM115 (closed below, after the caller is done)
     except FileNotFoundError:
         raise InvalidInput([], record=f"FILE: {file!r} does not exist") from None
     except IsADirectoryError:
         raise InvalidInput([], record=f"FILE: {file!r} is a directory") from None
     except OSError as exc:
         raise InvalidInput([], record=f"FILE: {file!r} cannot be read: {exc.strerror}") from None
+    with stream:
+        yield stream
 
 
 def input_name(file: str) -> str:

@@ -5,7 +5,7 @@ per event and matching meter out.
 return an `IngestReport`. The rules they apply are in `_api`'s docstring.
 """
 
-from metersync.usage.ingest._api import ingest_events, ingest_json
+from metersync.usage.ingest._api import ingest_events, ingest_file, ingest_json, ingest_ndjson
 from metersync.usage.ingest._batches import DEFAULT_BATCH_SIZE
 from metersync.usage.ingest._cloudevent import SPECVERSION
 from metersync.usage.ingest._report import IngestReport, Rejection
@@ -16,5 +16,7 @@ __all__ = [
     "IngestReport",
     "Rejection",
     "ingest_events",
+    "ingest_file",
     "ingest_json",
+    "ingest_ndjson",
 ]

@@ -94,6 +94,11 @@ class Run:
         if len(self.rows) >= self.batch_size:
             self.flush()
 
+    def reject(self, position: int, reason: str) -> None:
+        """An item refused before it could be parsed (a line that is not UTF-8 text)."""
+        self.report.received += 1
+        self._rejection(position, reason, None)
+
     def _rejection(self, position: int, reason: str, event_id: str | None) -> None:
         where = {"line": position} if self.unit == LINE else {"index": position}
         self.report.rejections.append(Rejection(reason, event_id=event_id, **where))
