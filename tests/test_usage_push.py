@@ -585,3 +585,32 @@ def test_a_tick_reads_only_the_cells_that_changed(
     # And nothing else was read whole: the links of that one customer only.
     link_reads = [(s, p) for s, p in reads if "FROM link" in s and "local_key IN" in s]
     assert link_reads and all(_keys_in(p) == {"cust-07"} for _, p in link_reads)
+
+
+def test_a_cell_skipped_for_now_stays_due_and_is_pushed_when_its_time_comes(
+    catalog: Catalog, emulator: StripeEmulator
+) -> None:
+    """Usage stamped ahead of the clock is skipped, not lost: its cell stays due though no
+    event arrives after it, and the first push once its window has begun sends it."""
+    frozen = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    now_s = int(frozen.timestamp())
+    with freeze_time(frozen, real_asyncio=True) as clock:
+        setup(catalog, emulator, {"acme": ["a1"]})
+        add(catalog, "a1", now_s - 600, 5)
+        assert push(catalog, emulator, now=frozen).delivered == 4  # the meter's first push
+        add(catalog, "a1", now_s + 2 * HOUR + 10, 7)  # two hours ahead
+        early = push(catalog, emulator, now=frozen)
+        assert {(s.meter, s.reason) for s in early.skipped} == {
+            ("tokens", "in the future"),
+            ("calls", "in the future"),
+        }
+        assert usage_status(catalog.store, "stripe", now=frozen)["cellsDue"] == 2
+        # No new event: only the due cells bring it back.
+        assert push(catalog, emulator, now=frozen).planned == 0
+        later = frozen + timedelta(hours=3)
+        clock.move_to(later)
+        on_time = push(catalog, emulator, now=later)
+        assert on_time.planned == on_time.delivered == 2 and not on_time.skipped
+        assert usage_status(catalog.store, "stripe", now=later)["cellsDue"] == 0
+        acme = stripe_id(emulator, "acme")
+        assert stripe_totals(emulator)[(acme, "tokens")] == 12

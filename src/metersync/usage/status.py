@@ -9,6 +9,7 @@ from typing import Any
 from metersync.clock import utcnow
 from metersync.store import Store
 from metersync.store.ledger import LedgerTable
+from metersync.store.usage_cells import UsageCellTable
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 
@@ -46,6 +47,9 @@ def usage_status(
         "oldestPendingAt": _stamp(oldest_pending),
         "lastDeliveredAt": _stamp(last_delivered),
         "waiting": {"subjects": len(waiting), "usageRows": sum(waiting.values())},
+        # Cells the next push will plan at least: changed and not yet reported, or waiting out
+        # a refusal or a stamp in the future.
+        "cellsDue": UsageCellTable(store, target).count(),
         "late": late,
         "failing": failing,
     }
