@@ -15,6 +15,7 @@ from sqlalchemy import Table, select
 from metersync.catalog.meters import Meter
 from metersync.store import AttributionRow, EventRow, Store, UsageRow
 from metersync.store.ledger import customers_pushed_since
+from metersync.store.usage_retention import retention_floor
 from metersync.usage.aggregate import (
     bind_usage,
     customer_windows,
@@ -44,6 +45,11 @@ class LocalAggregates:
         start: int | None = None,
         end: int | None = None,
     ) -> list[WindowValue]:
+        # Nothing below the retention floor: a prune stopped midway leaves part of a pruned
+        # window's events, whose total would seem to have fallen (usage/retention.py).
+        floor = retention_floor(store)
+        if floor and (start is None or start < floor):
+            start = floor
         return customer_windows(store, meter, window_s, customers=customers, start=start, end=end)
 
     def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:

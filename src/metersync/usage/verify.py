@@ -30,6 +30,7 @@ from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
 from metersync.store.ledger import LedgerTable
 from metersync.store.links import LinkTable
+from metersync.store.usage_retention import retention_floor
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.local_aggregates import LOCAL
@@ -109,6 +110,9 @@ class VerifyResult:
     settled: int = 0  # pending past the identifier window, settled by the summaries
     replanned: int = 0  # delivered but lost by Stripe: marked failed, planned again
     pushed: PushResult | None = None
+    # The retention floor, when the range asked for began below it: the periods before it
+    # were not checked (their raw usage was pruned; the ledger and Stripe still hold them).
+    pruned_before: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +121,7 @@ class VerifyResult:
             "settled": self.settled,
             "replanned": self.replanned,
             "pushed": self.pushed.counts() if self.pushed else None,
+            "prunedBefore": rfc3339_seconds(self.pruned_before) if self.pruned_before else None,
         }
 
 
@@ -134,16 +139,24 @@ async def verify_usage(
     settle: timedelta = DEFAULT_SETTLE,
     aggregates: UsageAggregates = LOCAL,
 ) -> VerifyResult:
-    """Compare over [start, end) (whole hours; whole months for period-to-date meters)."""
+    """Compare over [start, end) (whole hours; whole months for period-to-date meters), from
+    the retention floor on when the local events are the figures (their raw usage below it was
+    pruned: the ledger's figures there would all look over-billed)."""
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
+    if aggregates.name == LOCAL.name:
+        floor = await asyncio.to_thread(retention_floor, store)
+        if start < floor:
+            # A month's start: whole hours and whole months both begin there.
+            result.pruned_before, start = floor, floor
+            end = max(end, start)
     # Usage not bound yet counts as local too.
     target = figures.name
     external_ids = await asyncio.to_thread(_bind_and_route, store, target, aggregates)
     meter_ids = await figures.meter_ids()
     compared: list[Difference] = []  # every period, equal or not
     for meter in meters:
-        if meter.settings.stripe is None:
+        if meter.settings.stripe is None or start >= end:  # all of it below the floor
             continue
         meter_id = meter_ids.get(meter.settings.stripe.event_name)
         monthly = push_window_s(meter, window_s) == 0
