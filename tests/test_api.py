@@ -26,6 +26,7 @@ from metersync.catalog.meters import Meter, MeterSettings
 from metersync.service.api import api_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
 from metersync.store import UsageRow
+from metersync.store.usage_retention import raise_floor
 from specs import openmeter_openapi
 from test_service import free_port, get, start, wait_for
 
@@ -343,6 +344,27 @@ def test_absurd_query_values_are_400s(api: Api) -> None:
         check="response",
     )
     assert fine.status_code == 200
+
+
+def test_the_meter_query_refuses_a_range_below_the_retention_floor(
+    api: Api, catalog: Catalog
+) -> None:
+    """Raw usage below the floor was pruned (`usage prune`): a window there would show part
+    of its total, or none, so the query is refused rather than answered short."""
+    raise_floor(catalog.store, calendar.timegm((2024, 2, 1, 0, 0, 0)), lambda _s, _c: True)
+    params = {"from": "2024-01-15T00:00:00Z", "to": "2024-03-01T00:00:00Z", "windowSize": "DAY"}
+    refused = api.call("GET", "/api/v1/meters/tokens/query", params=params, check="response")
+    assert (refused.status_code, refused.headers["content-type"]) == (400, PROBLEM)
+    assert refused.json()["detail"].startswith(
+        "from: 2024-01-15T00:00:00Z is before 2024-02-01T00:00:00Z, the retention floor"
+    )
+    kept = api.call(
+        "GET",
+        "/api/v1/meters/tokens/query",
+        params={**params, "from": "2024-02-01T00:00:00Z"},
+        check="response",
+    )
+    assert kept.status_code == 200 and kept.json()["data"] == []
 
 
 def test_a_token_of_any_bytes_is_a_401(api: Api) -> None:

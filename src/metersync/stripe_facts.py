@@ -16,6 +16,10 @@ METER_EVENT_FUTURE_LIMIT_S = 5 * 60
 # A report is planned only for windows this far inside the 35-day edge, so that it is still
 # inside when it is sent (it may wait behind a rate limit or a retry).
 PLAN_PAST_MARGIN_S = 600
+# Raw usage (events and their meter values) is pruned only in months that ended this long
+# beyond Stripe's 35 days: by then a report planned near the edge has been sent, retried or held
+# as late, and `usage verify` (a week back by default) no longer reaches the month.
+RETENTION_PAST_MARGIN_S = 7 * 86400
 # The v2 stream validates asynchronously and drops an event outside the window without telling
 # the request; the sender refuses stamps this close to the edge to cover the stream's delay.
 SEND_PAST_MARGIN_S = 60

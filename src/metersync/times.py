@@ -55,3 +55,8 @@ def month_end(start: int) -> int:
     day = datetime.fromtimestamp(start, UTC)
     days = calendar.monthrange(day.year, day.month)[1]
     return start + days * 86400
+
+
+def month_label(start: int) -> str:
+    """The calendar month (UTC) that holds `start` (seconds), as people write it: `2026-03`."""
+    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m")

@@ -238,6 +238,10 @@ def _print_usage_status(usage: dict[str, Any]) -> None:
         f"{usage['lastDeliveredAt'] or 'never'}; waiting for a customer link: "
         f"{waiting['usageRows']} usage row(s) of {waiting['subjects']} subject(s)"
     )
+    if usage["retentionFloor"]:
+        typer.echo(
+            f"raw usage kept from {usage['retentionFloor']}: the months before it were pruned"
+        )
     for late in usage["late"]:
         typer.echo(
             f"late usage held (older than Stripe's 35 days; late_usage = report): meter "

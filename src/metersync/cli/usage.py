@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -9,12 +10,13 @@ import typer
 
 from metersync.cli.context import app_context
 from metersync.cli.options import command_group
-from metersync.cli.output import print_json, print_table
+from metersync.cli.output import print_json, print_notes, print_table
 from metersync.errors import NotFound
 
 if TYPE_CHECKING:  # the commands import what they use when they run: see metersync.cli
     from metersync.catalog.meters import Meter
     from metersync.pipeline import Verification
+    from metersync.usage.retention import PruneResult
 
 app = command_group("Usage: aggregates per customer, meter and window.")
 
@@ -74,6 +76,7 @@ def show_command(
     from metersync.catalog.meters import Meter
     from metersync.settings import duration_seconds
     from metersync.usage.aggregate import query_meter
+    from metersync.usage.retention import pruned_problem
 
     app = app_context(ctx)
     settings = app.settings
@@ -88,6 +91,11 @@ def show_command(
         window_s = duration_seconds(window) if window else settings.usage.window_s
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--window") from None
+    # Raw usage below the retention floor was pruned: a window there would show part of its
+    # total, or none, so the range is refused rather than shown short.
+    pruned = pruned_problem(app.catalog.store, int(since.timestamp()) // window_s * window_s)
+    if pruned is not None:
+        raise typer.BadParameter(pruned, param_hint="--from")
     customer = None
     if customer_key is not None:
         record = app.catalog.get_customer(customer_key, include_deleted=True)
@@ -186,6 +194,13 @@ def verify_command(
     if as_json:
         print_json(result.to_json())
     else:
+        if result.pruned_before:
+            print_notes(
+                [
+                    f"periods before {_short_time(result.pruned_before)} were not checked: raw "
+                    "usage before the retention floor was pruned (`metersync usage prune`)"
+                ]
+            )
         for diff in result.differences:
             typer.echo(
                 f"{diff.customer_key} / {diff.meter} {_short_time(diff.period_start)}: local "
@@ -225,3 +240,119 @@ def _verify_start(start: str | None, since: str | None, until: datetime) -> date
 
 def _short_time(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+
+
+def parse_cut(value: str, option: str) -> int:
+    """A cut: a month (2026-03), or an RFC 3339 time or date, as the first second of the
+    month that holds it (UTC), since only whole months before a moment are wholly before it."""
+    import calendar
+
+    from metersync.times import month_start
+
+    match = _MONTH.fullmatch(value.strip())
+    if match is None:
+        return month_start(int(parse_time(value, option).timestamp()))
+    year, month = int(match.group(1)), int(match.group(2))
+    if not 1 <= month <= 12:
+        raise typer.BadParameter(f"{value!r} has no month {month:02d}", param_hint=option)
+    return calendar.timegm((year, month, 1, 0, 0, 0))
+
+
+@app.command("prune")
+def prune_command(
+    ctx: typer.Context,
+    before: str = typer.Option(
+        ...,
+        "--before",
+        help="The cut: a month (2026-03) or an RFC 3339 date; the whole months before it go.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would go (rows per month); delete nothing."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Delete the raw usage (events and their meter values) of whole months before --before,
+    oldest first, once nothing in them can still be billed; later events older than what is
+    kept are refused at ingest. Exit 0 when every month before the cut went, 1 when one had to
+    stay (named, with what to do), 3 when another run holds the lock (stop the service)."""
+    from metersync.catalog.meters import Meter
+    from metersync.clock import utcnow
+    from metersync.store.lock import run_lock
+    from metersync.usage.retention import cut_problem, prune_usage
+
+    app = app_context(ctx)
+    settings = app.settings
+    cut = parse_cut(before, "--before")
+    now = utcnow()
+    problem = cut_problem(cut, now)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--before")
+
+    def prune() -> PruneResult:
+        return prune_usage(
+            app.catalog.store,
+            cut,
+            [Meter.of(m) for m in settings.meters],
+            window_s=settings.usage.window_s,
+            target="stripe",
+            now=now,
+            dry_run=dry_run,
+        )
+
+    if dry_run:  # reads only: it may run beside the service
+        result = prune()
+    else:
+        # The push's own lock: a push never runs in the middle of a prune.
+        with run_lock(app.catalog.store):
+            result = prune()
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_prune(result)
+    raise typer.Exit(1 if result.plan.kept else 0)
+
+
+def _print_prune(result: PruneResult) -> None:
+    from metersync.times import month_label
+
+    plan, deleted = result.plan, result.deleted
+    if result.dry_run:
+        typer.echo("dry run: nothing is deleted")
+    if plan.months:
+        # The note column only when a month needs one.
+        notes = any(plan.interrupted(m) for m in plan.months)
+        print_table(
+            f"raw usage to prune before {month_label(plan.cut)}",
+            ["month", "events", "meter values", *(["note"] if notes else [])],
+            [
+                [
+                    month_label(m.start),
+                    m.events,
+                    m.values,
+                    *(["left by a prune stopped midway" if plan.interrupted(m) else ""] * notes),
+                ]
+                for m in plan.months
+            ],
+        )
+    else:
+        typer.echo(f"no raw usage to prune before {month_label(plan.cut)}")
+    if plan.kept is not None:
+        typer.echo(
+            f"kept: {month_label(plan.kept.start)} and the months after it, as months go "
+            "oldest first:"
+        )
+        for reason in plan.kept.reasons:
+            typer.echo(f"  - {reason}")
+    if plan.new_floor > plan.floor:
+        verb = "would move" if result.dry_run else "moved"
+        typer.echo(
+            f"retention floor {verb} to {month_label(plan.new_floor)}: events before it are "
+            "refused at ingest, and `usage show` and `usage verify` start there"
+        )
+    if deleted is not None:
+        typer.echo(f"deleted {deleted.events} event(s) and {deleted.values} meter value(s)")
+        if not deleted.finished:
+            typer.echo("stopped before the end: run the same command again to finish")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metersync.store import Store
+from metersync.times import rfc3339_seconds
 from metersync.usage.ports import MeterFigures
 from metersync.usage.push import UsagePusher
 from metersync.usage.verify import (
@@ -27,6 +28,7 @@ class Verification:
     settled: int  # pending past the identifier window, settled by Stripe's figures
     replanned: int  # delivered but lost by Stripe: planned again
     pushed_counts: dict[str, int]
+    pruned_before: int | None = None  # the retention floor, when the range began below it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class Verification:
             "settled": self.settled,
             "replanned": self.replanned,
             "pushed": self.pushed_counts,
+            "prunedBefore": rfc3339_seconds(self.pruned_before) if self.pruned_before else None,
         }
 
 
@@ -74,11 +77,18 @@ async def verify(
 
     first = await check(fix=repair)
     if not repair:
-        return Verification(first.checked, first.differences, 0, 0, {})
+        return Verification(first.checked, first.differences, 0, 0, {}, first.pruned_before)
     # After a repair, what still differs is what it could not fix.
     after = await check(fix=False)
     pushed = first.pushed.counts() if first.pushed else {}
-    return Verification(after.checked, after.differences, first.settled, first.replanned, pushed)
+    return Verification(
+        after.checked,
+        after.differences,
+        first.settled,
+        first.replanned,
+        pushed,
+        after.pruned_before,
+    )
 
 
 @dataclass

@@ -43,6 +43,7 @@ from metersync.logs import get_logger
 from metersync.service.problems import problem
 from metersync.usage.aggregate import query_meter
 from metersync.usage.ingest import ingest_events
+from metersync.usage.retention import pruned_problem
 
 _log = get_logger("metersync.api")
 WINDOW_SIZES = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
@@ -259,6 +260,9 @@ def api_routes(
         if start > end:
             given = "to" if "to" in request.query_params else "to (now, when not given)"
             raise InvalidInput([FieldProblem("from", f"must not be after {given}")])
+        pruned = await call(pruned_problem, catalog.store, start // window_s * window_s)
+        if pruned is not None:
+            raise InvalidInput([FieldProblem("from", pruned)])
         customer = None
         customer_id = request.query_params.get("filterCustomerId")
         if customer_id:

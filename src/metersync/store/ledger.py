@@ -427,3 +427,14 @@ def customers_pushed_since(store: Store, meters: Sequence[str], after: datetime)
     )
     with store.read_session() as session:
         return set(session.execute(query).scalars())
+
+
+def pending_windows(store: Store, before: int) -> list[tuple[str, str, int]]:
+    """Reports still PENDING, in any target, for windows that start before `before` (seconds):
+    (meter, customer_key, window_start). A prune keeps their months: the usage they report is
+    not known to be billed yet."""
+    query = select(_g.meter, _g.customer_key, _g.window_start).where(
+        _g.state == LedgerState.PENDING, _g.window_start < before
+    )
+    with store.read_session() as session:
+        return [(m, c, int(w)) for m, c, w in session.execute(query)]

@@ -384,6 +384,20 @@ class LedgerRow(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
 
 
+class UsageRetentionRow(SQLModel, table=True):
+    """The retention floor of raw usage: usage_event and usage_value hold nothing before
+    `floor_s` (the first second of a calendar month, UTC; 0 while nothing was pruned). One row,
+    named "usage", written by the migration. `usage prune` raises it before it deletes, and
+    ingest reads it in each batch's own transaction, so an event below it is refused, never
+    stored into a month being pruned."""
+
+    __tablename__ = "usage_retention"
+
+    name: str = Field(primary_key=True, max_length=32)
+    floor_s: int = Field(sa_column=Column(BigInteger, nullable=False))
+    changed_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
 class UpstreamCustomerRow(SQLModel, table=True):
     """A customer as an upstream source (OpenMeter) last showed it: its id there (the meter
     query filters by it) and its updatedAt, so that a pull rewrites only what changed."""

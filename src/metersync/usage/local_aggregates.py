@@ -16,6 +16,7 @@ from metersync.catalog.meters import Meter
 from metersync.store import AttributionRow, EventRow, Store, UsageRow
 from metersync.store.ledger import customers_pushed_since
 from metersync.store.usage_cells import usage_mark
+from metersync.store.usage_retention import retention_floor
 from metersync.usage.aggregate import (
     bind_usage,
     changed_cells,
@@ -47,6 +48,11 @@ class LocalAggregates:
         start: int | None = None,
         end: int | None = None,
     ) -> list[WindowValue]:
+        # Nothing below the retention floor: a prune stopped midway leaves part of a pruned
+        # window's events, whose total would seem to have fallen (usage/retention.py).
+        floor = retention_floor(store)
+        if floor and (start is None or start < floor):
+            start = floor
         return customer_windows(store, meter, window_s, customers=customers, start=start, end=end)
 
     def changed_customers(self, store: Store, meters: Sequence[Meter], after: datetime) -> set[str]:

@@ -1,5 +1,5 @@
 """Usage health for `metersync status` and the service's /metrics: the ledger by state, its
-lag, usage waiting for a customer link, and usage held as late."""
+lag, usage waiting for a customer link, usage held as late, and the retention floor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from metersync.clock import utcnow
 from metersync.store import Store
 from metersync.store.ledger import LedgerTable
 from metersync.store.usage_cells import UsageCellTable
+from metersync.store.usage_retention import retention_floor
+from metersync.times import rfc3339_seconds
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 
@@ -52,6 +54,8 @@ def usage_status(
         "cellsDue": UsageCellTable(store, target).count(),
         "late": late,
         "failing": failing,
+        # Where raw usage starts: the months before it were pruned (`usage prune`).
+        "retentionFloor": rfc3339_seconds(floor) if (floor := retention_floor(store)) else None,
     }
 
 

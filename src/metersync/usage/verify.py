@@ -34,6 +34,7 @@ from metersync.clock import utcnow
 from metersync.store import LedgerState, Store
 from metersync.store.ledger import LedgerTable
 from metersync.store.links import LinkTable
+from metersync.store.usage_retention import retention_floor
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.local_aggregates import LOCAL
@@ -118,6 +119,9 @@ class VerifyResult:
     settled: int = 0  # pending past the identifier window, settled by the summaries
     replanned: int = 0  # delivered but lost by Stripe: marked failed, planned again
     pushed: PushResult | None = None
+    # The retention floor, when the range asked for began below it: the periods before it
+    # were not checked (their raw usage was pruned; the ledger and Stripe still hold them).
+    pruned_before: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +130,7 @@ class VerifyResult:
             "settled": self.settled,
             "replanned": self.replanned,
             "pushed": self.pushed.counts() if self.pushed else None,
+            "prunedBefore": rfc3339_seconds(self.pruned_before) if self.pruned_before else None,
         }
 
 
@@ -172,6 +177,14 @@ async def verify_usage(
         raise ValueError(f"chunk size must be between 1 and {MAX_CHUNK}, got {chunk_size}")
     result = VerifyResult()
     start, end = start // HOUR * HOUR, -(-end // HOUR) * HOUR
+    if aggregates.name == LOCAL.name:
+        # From the retention floor on when the local events are the figures: their raw usage
+        # below it was pruned, and the ledger's figures there would all look over-billed.
+        floor = await asyncio.to_thread(retention_floor, store)
+        if start < floor:
+            # A month's start: whole hours and whole months both begin there.
+            result.pruned_before, start = floor, floor
+            end = max(end, start)
     target = figures.name
     # Usage not bound yet counts as local too: bound here as the next push would bind it
     # (bookkeeping only: it fixes which customer the usage belongs to, and sends nothing).
@@ -180,7 +193,7 @@ async def verify_usage(
     checks = [
         _check(meter, meter_ids, window_s, start, end)
         for meter in meters
-        if meter.settings.stripe is not None
+        if meter.settings.stripe is not None and start < end  # not all of it below the floor
     ]
     links = LinkTable(store, target)
     after: str | None = None

@@ -14,14 +14,15 @@ from typing import Any
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
 from metersync.clock import utcnow
+from metersync.store.usage_retention import retention_floor
 from metersync.usage.ingest._cloudevent import EventParser
 from metersync.usage.ingest._document import LINE
-from metersync.usage.ingest._event_time import EPOCH, ONE_US
+from metersync.usage.ingest._event_time import EPOCH, ONE_US, below_floor
 from metersync.usage.ingest._reasons import Rejected
 from metersync.usage.ingest._report import IngestReport, Rejection
 from metersync.usage.ingest._rows import EventKey, UsageEventRow, UsageValueRow
 from metersync.usage.ingest._subjects import Subjects
-from metersync.usage.ingest._writers import writer_for
+from metersync.usage.ingest._writers import FloorRaised, writer_for
 
 DEFAULT_BATCH_SIZE = 10_000
 
@@ -52,8 +53,10 @@ class Run:
         if now is not None and now.tzinfo is None:
             raise ValueError(f"now must be an aware datetime, got the naive {now.isoformat()}")
         now = (now or utcnow()).astimezone(UTC)
-        parser = EventParser(meters, (now - EPOCH) // ONE_US)
-        self.parse = parser.parse_json if raw_json else parser.parse
+        self.parser = EventParser(
+            meters, (now - EPOCH) // ONE_US, retention_floor(catalog.store) * 1_000_000
+        )
+        self.parse = self.parser.parse_json if raw_json else self.parser.parse
         self.batch_size = batch_size
         self.unit = unit
         self.report = IngestReport()
@@ -61,6 +64,13 @@ class Run:
         # rows of the events kept.
         self.rows: dict[EventKey, UsageEventRow] = {}
         self.values: list[UsageValueRow] = []
+        self.places: list[int] = []  # each row's position in the input, in the rows' order
+        # The floor when the batch began: every row of it was parsed under this floor or a
+        # higher one (a floor only rises), so the writer need look again only if it rose.
+        self.batch_floor_us = self.parser.floor_us
+        # Events refused by the writer (the floor rose after they were parsed), kept apart
+        # from the parser's: on PostgreSQL the writer runs in its own thread.
+        self.refused: list[Rejection] = []
         self.subjects = Subjects(catalog, self.report)
         self.writer = writer_for(catalog, now)
         self.executor = (
@@ -90,6 +100,7 @@ class Run:
             self.report.duplicates += 1  # the first of the batch wins
             return
         self.rows[key] = row
+        self.places.append(position)
         self.values += values
         if len(self.rows) >= self.batch_size:
             self.flush()
@@ -100,25 +111,65 @@ class Run:
         self._rejection(position, reason, None)
 
     def _rejection(self, position: int, reason: str, event_id: str | None) -> None:
+        self.report.rejections.append(self._rejection_at(position, reason, event_id))
+
+    def _rejection_at(self, position: int, reason: str, event_id: str | None) -> Rejection:
         where = {"line": position} if self.unit == LINE else {"index": position}
-        self.report.rejections.append(Rejection(reason, event_id=event_id, **where))
+        return Rejection(reason, event_id=event_id, **where)
 
     def flush(self) -> None:
         if not self.rows:
             return
-        rows, values = list(self.rows.values()), self.values
-        self.rows, self.values = {}, []
+        rows, values, places = list(self.rows.values()), self.values, self.places
+        floor_us = self.batch_floor_us
+        self.rows, self.values, self.places = {}, [], []
+        self.batch_floor_us = self.parser.floor_us
         if self.executor is None:
-            self._count(*self._store(rows, values))
+            self._count(*self._store(rows, values, places, floor_us))
             return
         self.wait()
-        self.stored = self.executor.submit(self._store, rows, values)
+        self.stored = self.executor.submit(self._store, rows, values, places, floor_us)
 
-    def _store(self, rows: list[UsageEventRow], values: list[UsageValueRow]) -> tuple[int, int]:
+    def _store(
+        self,
+        rows: list[UsageEventRow],
+        values: list[UsageValueRow],
+        places: list[int],
+        floor_us: int,
+    ) -> tuple[int, int]:
         """Subjects first, then the events: (events stored, events in the batch). In the writer
         thread on PostgreSQL."""
         self.subjects.ensure({row[3] for row in rows})  # row[3]: the subject
-        return self.writer.write(rows, values), len(rows)
+        while rows:
+            try:
+                return self.writer.write(rows, values, floor_us), len(rows)
+            except FloorRaised as raised:
+                floor_us = raised.floor_us
+                rows, values, places = self._below_floor(floor_us, rows, values, places)
+        return 0, 0
+
+    def _below_floor(
+        self,
+        floor_us: int,
+        rows: list[UsageEventRow],
+        values: list[UsageValueRow],
+        places: list[int],
+    ) -> tuple[list[UsageEventRow], list[UsageValueRow], list[int]]:
+        """A prune raised the floor while the batch was parsed: its events below the floor are
+        refused, as the parser refuses them from now on, and the others are written."""
+        self.parser.floor_us = floor_us
+        kept_rows: list[UsageEventRow] = []
+        kept_places: list[int] = []
+        for row, position in zip(rows, places, strict=True):
+            if row[4] < floor_us:  # row[4]: the time
+                self.refused.append(
+                    self._rejection_at(position, below_floor(row[4], floor_us), row[1])
+                )
+            else:
+                kept_rows.append(row)
+                kept_places.append(position)
+        kept = {(row[0], row[1]) for row in kept_rows}
+        return kept_rows, [v for v in values if (v[0], v[1]) in kept], kept_places
 
     def wait(self) -> None:
         """Until the batch in flight is stored; its errors are raised here."""
@@ -134,4 +185,10 @@ class Run:
     def finish(self) -> IngestReport:
         self.flush()
         self.wait()
+        if self.refused:
+            # In input order, with the parser's own.
+            self.report.rejections = sorted(
+                [*self.report.rejections, *self.refused],
+                key=lambda r: r.line if r.line is not None else r.index or 0,
+            )
         return self.report

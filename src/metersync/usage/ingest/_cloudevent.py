@@ -14,7 +14,7 @@ from metersync.catalog.meters import Meter
 from metersync.catalog.schemas import check_key
 from metersync.store.models import EVENT_ID_MAX, EVENT_TYPE_MAX, SOURCE_MAX
 from metersync.usage.ingest._document import decode_json
-from metersync.usage.ingest._event_time import FUTURE_LIMIT_US, event_time_us
+from metersync.usage.ingest._event_time import FUTURE_LIMIT_US, below_floor, event_time_us
 from metersync.usage.ingest._reasons import Rejected, kind_of, quote
 from metersync.usage.ingest._rows import UsageEventRow, UsageValueRow, json_text
 from metersync.usage.ingest._values import MeterRule
@@ -48,8 +48,11 @@ _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 class EventParser:
     """Checks events against CloudEvents 1.0 and the meters, and turns them into rows."""
 
-    def __init__(self, meters: Sequence[Meter], now_us: int) -> None:
+    def __init__(self, meters: Sequence[Meter], now_us: int, floor_us: int = 0) -> None:
         self.now_us = now_us
+        # The retention floor (µs): events before it are refused. Raised by the run when a
+        # prune moves it while the run goes on (_batches.Run).
+        self.floor_us = floor_us
         rules: dict[str, list[MeterRule]] = {}
         for meter in meters:
             rules.setdefault(meter.settings.event_type, []).append(MeterRule(meter))
@@ -127,7 +130,9 @@ class EventParser:
             _check_storable(id=event_id, source=source, type=event_type)
         subject = self._subject(subject)
         time_us = self.now_us if time is None else event_time_us(time)
-        if not 0 <= time_us <= self.now_us + FUTURE_LIMIT_US:
+        if not self.floor_us <= time_us <= self.now_us + FUTURE_LIMIT_US:
+            if 0 <= time_us < self.floor_us:
+                raise Rejected(below_floor(time_us, self.floor_us))
             raise Rejected(
                 f"time {quote(time, 60)} is "
                 + ("before 1970" if time_us < 0 else "more than a day in the future")

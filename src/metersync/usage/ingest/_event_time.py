@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from metersync.times import rfc3339_seconds
 from metersync.usage.ingest._reasons import Rejected, kind_of, quote
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -59,4 +60,14 @@ def _bad_time(value: str) -> str:
     return (
         f"time {quote(value, 60)} is not an RFC 3339 time with a time zone, "
         'such as "2026-01-01T12:00:00Z"'
+    )
+
+
+def below_floor(time_us: int, floor_us: int) -> str:
+    """Why an event timed before the retention floor is refused: its month was pruned, and a
+    copy of it stored then is gone, so it could no longer be told apart from a duplicate."""
+    return (
+        f"time {rfc3339_seconds(time_us // 1_000_000)} is before the retention floor "
+        f"{rfc3339_seconds(floor_us // 1_000_000)}: usage before it was pruned "
+        "(`metersync usage prune`) and takes no new events"
     )

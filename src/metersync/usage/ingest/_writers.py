@@ -19,7 +19,19 @@ from sqlalchemy import Connection
 from metersync.catalog import Catalog
 from metersync.store import EventRow
 from metersync.store.engine import NEXT_USAGE_SEQ_SQL
+from metersync.store.usage_retention import floor_for_ingest
 from metersync.usage.ingest._rows import EventKey, StoredValueRow, UsageEventRow, UsageValueRow
+
+_US = 1_000_000
+
+
+class FloorRaised(Exception):
+    """A prune raised the retention floor after the batch was parsed, and some of its events
+    are below it now: nothing of the batch was written."""
+
+    def __init__(self, floor_us: int) -> None:
+        super().__init__(f"the retention floor is now {floor_us} µs")
+        self.floor_us = floor_us
 
 
 class _Writer:
@@ -35,11 +47,17 @@ class _Writer:
         processor = column.type.bind_processor(self.engine.dialect)
         self.ingested_at: Any = processor(now) if processor is not None else now
 
-    def write(self, rows: list[UsageEventRow], values: list[UsageValueRow]) -> int:
+    def write(self, rows: list[UsageEventRow], values: list[UsageValueRow], floor_us: int) -> int:
+        """`floor_us`: a floor no higher than any the batch was parsed against. The floor is
+        read again inside the transaction (store.usage_retention orders it against a prune);
+        when it rose above an event of the batch, FloorRaised, and nothing is written."""
         with self.engine.begin() as conn:
             # First: the usage counter's lock orders batches, so a push that saw the counter
             # at N never later finds a value numbered N or less that it missed.
             seq = self.next_seq(conn)
+            floor_now = floor_for_ingest(conn) * _US
+            if floor_now > floor_us and any(row[4] < floor_now for row in rows):  # row[4]: time
+                raise FloorRaised(floor_now)
             new = self.insert_events(conn, rows)
             if new is not None:
                 # Values only for the events this batch stored: a duplicate's values are the
