@@ -7,6 +7,7 @@ be, with its own identifier), a FAILED one does not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ class LedgerTable:
         *,
         last: bool = False,
         customers: Sequence[str] | None = None,
-        window: int | None = None,
+        windows: tuple[int, int] | None = None,
     ) -> dict[tuple[str, int], tuple[int, int, int, bool]]:
         """Per (customer, window): (what the target holds or will hold, the highest revision,
         the newest stamp, whether a refusal's backoff still runs), the planner's `Base`.
@@ -103,8 +104,9 @@ class LedgerTable:
         (refused) drops out and its value is planned again, whatever was planned after it.
         Last meters hold the newest counted report's value.
 
-        `customers` and `window` narrow it to the cells a push plans (the report index
-        serves both), so a tick reads the ledger of what changed, never all of it."""
+        `customers` and `windows` (starts in [lo, hi)) narrow it to the cells a push plans
+        (the report index serves both), so a tick reads the ledger of what changed, never all
+        of it."""
         # Aggregated in the database: one row per window, not per report. A window pushed
         # every tick gathers many reports, and the push must not hold them all in memory.
         counted = _g.state.in_([s.value for s in COUNTED])
@@ -128,8 +130,8 @@ class LedgerTable:
         )
         if customers is not None:
             grouped = grouped.where(_g.customer_key.in_(list(customers)))
-        if window is not None:
-            grouped = grouped.where(_g.window_start == window)
+        if windows is not None:
+            grouped = grouped.where(_g.window_start >= windows[0], _g.window_start < windows[1])
         agg = grouped.subquery()
         if last:  # the newest counted report's value, not the sum
             newest = LEDGER.alias("newest")
@@ -274,15 +276,17 @@ class LedgerTable:
                     _g.id == report_id
                 )
             ).one()
-            if outcome_known:  # its value is owed again: the cell is due (after the backoff)
-                mark_cell(session, self.target, meter, customer_key, int(window))
+            retry_at = now + backoff(attempts + 1, base_s=5.0, cap_s=1800.0)
+            if outcome_known:  # its value is owed again: the cell is due after the backoff
+                due_at = math.ceil(retry_at.timestamp())
+                mark_cell(session, self.target, meter, customer_key, int(window), due_at=due_at)
             session.execute(
                 update(LEDGER)
                 .where(_g.id == report_id)
                 .values(
                     attempts=attempts + 1,
                     last_error=message[:_ERROR_MAX],
-                    next_attempt_at=now + backoff(attempts + 1, base_s=5.0, cap_s=1800.0),
+                    next_attempt_at=retry_at,
                     state=LedgerState.FAILED if outcome_known else LedgerState.PENDING,
                 )
             )

@@ -317,6 +317,9 @@ class UsageCellRow(SQLModel, table=True):
     meter: str = Field(sa_column=Column(String(64), primary_key=True))
     customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
     window_start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    # Not before (unix seconds): a refused report's backoff, or a window that has not begun.
+    # NULL: due now. Cells waiting cost a tick nothing until then.
+    due_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class UsageCursorRow(SQLModel, table=True):

@@ -38,28 +38,34 @@ def usage_mark(store: Store) -> int:
     return store.current_seq(USAGE_SEQUENCE)
 
 
-def mark_cell(session: Session, target: str, meter: str, customer_key: str, window: int) -> None:
-    """Make one cell due again, inside the caller's transaction (a report refused, or found
-    missing at the target: its value must be planned again)."""
-    session.execute(
-        _insert(
-            session,
-            [
-                {
-                    "target": target,
-                    "meter": meter,
-                    "customer_key": customer_key,
-                    "window_start": window,
-                }
-            ],
-        )
-    )
+def mark_cell(
+    session: Session,
+    target: str,
+    meter: str,
+    customer_key: str,
+    window: int,
+    *,
+    due_at: int | None = None,
+) -> None:
+    """Make one cell due again (at `due_at`, unix seconds, or now), inside the caller's
+    transaction: a report refused, or found missing at the target, must be planned again."""
+    row = {"target": target, "meter": meter, "customer_key": customer_key, "window_start": window}
+    session.execute(_insert(session, [{**row, "due_at": due_at}], update_due=True))
 
 
-def _insert(session: Session, rows: list[dict[str, object]]) -> Executable:
+def _insert(
+    session: Session, rows: list[dict[str, object]], *, update_due: bool = False
+) -> Executable:
+    """INSERT … ON CONFLICT: a cell already due keeps its time, unless `update_due` (a new
+    refusal's backoff replaces the old one)."""
     dialect = session.get_bind().dialect.name
-    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(CELLS).values(rows)
-    return statement.on_conflict_do_nothing()
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(CELLS).values(rows)
+    if update_due:
+        return insert.on_conflict_do_update(
+            index_elements=[_c.target, _c.meter, _c.customer_key, _c.window_start],
+            set_={"due_at": insert.excluded.due_at},
+        )
+    return insert.on_conflict_do_nothing()
 
 
 class UsageCellTable:
@@ -89,9 +95,16 @@ class UsageCellTable:
             if not found.rowcount:  # type: ignore[attr-defined]
                 session.execute(CURSORS.insert().values(target=self.target, meter=meter, **values))
 
-    def add(self, meter: str, cells: Iterable[Cell]) -> int:
-        """Make cells due (those already due stay as they are), in batches; how many were
-        offered."""
+    def add(
+        self,
+        meter: str,
+        cells: Iterable[Cell],
+        *,
+        due_at: int | None = None,
+        update_due: bool = False,
+    ) -> int:
+        """Make cells due (at `due_at`, or now); a cell already due keeps its time unless
+        `update_due`. In batches; returns how many were offered."""
         offered = 0
         batch: list[dict[str, object]] = []
         with self.store.session() as session:
@@ -102,22 +115,26 @@ class UsageCellTable:
                         "meter": meter,
                         "customer_key": customer_key,
                         "window_start": window,
+                        "due_at": due_at,
                     }
                 )
                 if len(batch) == _WRITE_BATCH:
-                    session.execute(_insert(session, batch))
+                    session.execute(_insert(session, batch, update_due=update_due))
                     offered += len(batch)
                     batch = []
             if batch:
-                session.execute(_insert(session, batch))
+                session.execute(_insert(session, batch, update_due=update_due))
                 offered += len(batch)
         return offered
 
-    def due(self, meter: str, *, after: Cell | None, limit: int) -> list[Cell]:
-        """The next `limit` due cells of the meter after `after`, by (customer, window): a
-        keyset walk, so each page costs the same however many cells there are."""
+    def due(self, meter: str, *, now: int, after: Cell | None, limit: int) -> list[Cell]:
+        """The next `limit` cells of the meter due at `now` (unix seconds) after `after`, by
+        (customer, window): a keyset walk, so each page costs the same however many cells
+        there are."""
         query = select(_c.customer_key, _c.window_start).where(
-            _c.target == self.target, _c.meter == meter
+            _c.target == self.target,
+            _c.meter == meter,
+            _c.due_at.is_(None) | (_c.due_at <= now),
         )
         if after is not None:
             query = query.where(tuple_(_c.customer_key, _c.window_start) > tuple_(*after))

@@ -31,6 +31,7 @@ from metersync.usage.windows import WindowValue
 
 CHUNK_CELLS = 5_000  # cells per chunk of a tick: one plan, one ledger write, one send
 CHUNK_CUSTOMERS = 500  # customers per chunk of a first push
+FEW_WINDOWS = 8  # up to this many windows in a chunk, each is read on its own
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,16 @@ class Reader:
     def _last(self) -> bool:
         return self.meter.aggregation in (Aggregation.MAX, Aggregation.LATEST)
 
-    def _bases(self, customers: Sequence[str], window: int | None = None) -> dict[Cell, Base]:
+    def _bases(
+        self, customers: Sequence[str], start: int | None = None, end: int | None = None
+    ) -> dict[Cell, Base]:
+        """Bases of `customers`: every window, or those in [start, end)."""
         raw = LedgerTable(self.store, self.target).bases(
-            self.meter.slug, self.moment, last=self._last, customers=customers, window=window
+            self.meter.slug,
+            self.moment,
+            last=self._last,
+            customers=customers,
+            windows=None if start is None or end is None else (start, end),
         )
         return {cell: Base(*value) for cell, value in raw.items()}
 
@@ -66,30 +74,37 @@ class Reader:
         return LinkTable(self.store, self.target).routable_external_ids(customers)
 
     def cells(self, cells: Sequence[Cell]) -> Chunk:
-        """The windows and bases of exactly these cells."""
+        """The windows and bases of exactly these cells: one read per window when the chunk
+        holds few windows (a tick: the current hour, a late one or two), else one read over
+        the chunk's customers and span of windows (a chunk spread over history, as after an
+        outage), filtered to the cells."""
         by_window: dict[int, list[str]] = defaultdict(list)
         for customer_key, window in cells:
             by_window[window].append(customer_key)
+        wanted = set(cells)
+        customers = sorted({customer for customer, _ in cells})
+        if len(by_window) <= FEW_WINDOWS:
+            spans = [
+                (window, keys, self._end(window)) for window, keys in sorted(by_window.items())
+            ]
+        else:
+            spans = [(min(by_window), customers, self._end(max(by_window)))]
         windows: list[WindowValue] = []
         bases: dict[Cell, Base] = {}
-        for window, customers in sorted(by_window.items()):
-            end = month_end(window) if self.window_s == 0 else window + self.window_s
-            wanted = set(customers)
+        for start, keys, end in spans:
             windows += [
                 w
                 for w in self.aggregates.windows(
-                    self.store,
-                    self.meter,
-                    self.window_s,
-                    customers=customers,
-                    start=window,
-                    end=end,
+                    self.store, self.meter, self.window_s, customers=keys, start=start, end=end
                 )
-                if w.window_start == window and w.customer_key in wanted
+                if (w.customer_key, w.window_start) in wanted
             ]
-            bases.update(self._bases(customers, window))
-        customers_all = sorted({customer for customer, _ in cells})
-        return Chunk(windows, bases, self._links(customers_all), list(cells))
+            found = self._bases(keys, start, end)
+            bases.update({cell: base for cell, base in found.items() if cell in wanted})
+        return Chunk(windows, bases, self._links(customers), list(cells))
+
+    def _end(self, window: int) -> int:
+        return month_end(window) if self.window_s == 0 else window + self.window_s
 
     def customers(self, customers: Sequence[str]) -> Chunk:
         """Every window of these customers."""
@@ -110,7 +125,12 @@ class DueCells:
         self.after: Cell | None = None
 
     def next(self) -> Chunk | None:
-        stored = self.table.due(self.reader.meter.slug, after=self.after, limit=CHUNK_CELLS)
+        stored = self.table.due(
+            self.reader.meter.slug,
+            now=int(self.reader.moment.timestamp()),
+            after=self.after,
+            limit=CHUNK_CELLS,
+        )
         cells = stored
         if self.extra:
             # Merge the in-memory cells in order, up to the last stored cell of this page (or

@@ -10,6 +10,7 @@ every report written, delivered or not, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from metersync.logs import get_logger
 from metersync.mechanics.retry import ErrorKind
 from metersync.store import Store
 from metersync.store.ledger import LedgerTable, PendingReport
-from metersync.store.usage_cells import UsageCellTable
+from metersync.store.usage_cells import Cell, UsageCellTable
 from metersync.stripe_facts import METER_EVENT_IDENTIFIER_TRUST
 from metersync.usage.due import Chunk, DueCells, EveryCustomer, Reader
 from metersync.usage.local_aggregates import LOCAL
@@ -221,10 +222,18 @@ class _MeterPush:
         if self.dry_run:
             return []
         ids = self.ledger.record(planned)
-        # A skipped cell stays due: its reason passes (a backoff, a stamp in the future, a link
-        # to come back), and the next tick looks again. Every other cell is settled.
+        # A skipped cell stays due: its reason passes (a backoff, a window not begun, a link to
+        # come back), and a later tick looks again: from the time it passes when that is known
+        # (a refusal's backoff was set on its cell when it was recorded). Every other cell is
+        # settled.
         waiting = {(s.customer_key, s.window_start) for s in skipped}
         self._cells.add(meter.slug, sorted(waiting))
+        timed: dict[int, list[Cell]] = defaultdict(list)
+        for s in skipped:
+            if s.not_before is not None:
+                timed[s.not_before].append((s.customer_key, s.window_start))
+        for not_before, cells in sorted(timed.items()):
+            self._cells.add(meter.slug, sorted(cells), due_at=not_before, update_due=True)
         self._cells.release(meter.slug, [c for c in chunk.cells if c not in waiting])
         return [
             PendingReport(

@@ -67,6 +67,7 @@ class Skipped:
     meter: str
     window_start: int
     reason: str
+    not_before: int | None = None  # when the reason passes by itself (unix seconds), if known
 
 
 def identifier(customer_key: str, meter: str, window_start: int, revision: int) -> str:
@@ -133,7 +134,13 @@ def plan_reports(
             continue
         if window.window_start > moment:
             skipped.append(
-                Skipped(window.customer_key, meter.slug, window.window_start, "in the future")
+                Skipped(
+                    window.customer_key,
+                    meter.slug,
+                    window.window_start,
+                    "in the future",
+                    not_before=window.window_start,
+                )
             )
             continue
         if last_meter:

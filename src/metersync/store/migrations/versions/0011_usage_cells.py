@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("meter", sa.String(length=64), nullable=False),
         sa.Column("customer_key", sa.String(length=256), nullable=False),
         sa.Column("window_start", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("due_at", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint(
             "target", "meter", "customer_key", "window_start", name=op.f("pk_usage_cell")
         ),
