@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from usage_history_events import METERS_TOML, SPLIT, USERS, Expected, customer_key
 from usage_history_step import RESULT_MARKER, status_mb
 
+METERS = tomllib.loads(METERS_TOML)["meters"]
 HISTORY_DAYS = 30
 DAY = 86400
 API_KEY = "sk_test_bench_history"
@@ -84,7 +86,11 @@ STREAM_RATE = 10_000
 
 
 class StepFailed(Exception):
-    pass
+    def __init__(self, message: str, label: str, peak_mb: float | None, stderr: list[str]) -> None:
+        super().__init__(message)
+        self.label = label
+        self.peak_mb = peak_mb  # the step's VmHWM when last seen
+        self.stderr = stderr  # the step's last lines on stderr (a traceback)
 
 
 # -- the stores ----------------------------------------------------------------------------------
@@ -188,13 +194,16 @@ def run_step(
     """Run one step in a fresh process; stop it past --step-timeout or --rss-cap-mb."""
     spec_path = workdir / f"{label}.json"
     spec_path.write_text(json.dumps(spec))
-    out_path = workdir / f"{label}.out"
+    out_path, err_path = workdir / f"{label}.out", workdir / f"{label}.err"
     started = time.perf_counter()
     seen_peak: float | None = None
     stopped = None
-    with out_path.open("w") as out:
+    with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(STEP_SCRIPT), kind, str(spec_path)], stdout=out, env=child_env()
+            [sys.executable, str(STEP_SCRIPT), kind, str(spec_path)],
+            stdout=out,
+            stderr=err,
+            env=child_env(),
         )
         while proc.poll() is None:
             rss = status_mb(proc.pid, "VmRSS")
@@ -210,10 +219,17 @@ def run_step(
             time.sleep(0.05)
     wall = time.perf_counter() - started
     lines = [x for x in out_path.read_text().splitlines() if x.startswith(RESULT_MARKER)]
+    # Cut: an exception can quote a whole SQL statement with its parameters.
+    errors = [x[:300] for x in err_path.read_text().splitlines() if x.strip()]
     if stopped or proc.returncode != 0 or not lines:
-        why = stopped or f"exit code {proc.returncode}"
+        # What went wrong is the exception's own line ("module.Error: message"), the last one
+        # that is neither a frame, nor a quoted statement, nor a note.
+        raised = [x for x in errors if x[0].isalpha() and ": " in x]
+        said = raised[-1] if raised else errors[-1] if errors else "nothing on stderr"
+        why = stopped or f"exit code {proc.returncode}: {said}"
         peak = f", peak RSS {seen_peak:,.0f} MB" if seen_peak else ""
-        raise StepFailed(f"step {label} ({kind}) failed: {why}{peak}")
+        message = f"step {label} ({kind}) failed, {why}{peak}"
+        raise StepFailed(message, label, seen_peak, errors[-30:])
     figures: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARKER) :])
     figures["process_s"] = round(wall, 3)
     return figures
@@ -286,7 +302,8 @@ def emulator_problems(
     with httpx.Client(base_url=emulator_url, headers=auth, timeout=600) as http:
         listed = http.get("/v1/billing/meters", params={"limit": 100})
         listed.raise_for_status()
-        meters = {m["event_name"].removeprefix("history_"): m["id"] for m in listed.json()["data"]}
+        ids = {m["event_name"]: m["id"] for m in listed.json()["data"]}
+        meters = {m["slug"]: ids[m["stripe"]["event_name"]] for m in METERS}
         for index in sample:
             key = customer_key(index)
             for slug, meter_id in sorted(meters.items()):
@@ -322,7 +339,7 @@ class Scenario:
         self.steps: dict[str, dict[str, Any]] = {}
         self.checks: dict[str, list[str]] = {}
         self.context: dict[str, Any] = {}
-        self.error: str | None = None
+        self.errors: list[dict[str, Any]] = []
 
     def run(self, scratch: Path) -> dict[str, Any]:
         from customers import Emulator
@@ -341,8 +358,7 @@ class Scenario:
             try:
                 self._steps(workdir, config, url, emulator)
             except StepFailed as exc:
-                self.error = str(exc)
-                print(f"  {exc}", flush=True)
+                self._failed(exc)
             finally:
                 emulator.close()
             self.context["store_mb"] = store_mb(url)
@@ -355,7 +371,7 @@ class Scenario:
             "steps": self.steps,
             "checks": self.checks,
             "context": self.context,
-            "error": self.error,
+            "errors": self.errors,
         }
 
     def _store(self, workdir: Path) -> contextlib.AbstractContextManager[str]:
@@ -397,6 +413,25 @@ class Scenario:
             **history,
             **ingest,
         )
+        try:
+            self._pushes(step, check, rng)
+        except StepFailed as exc:
+            # The ingest below does not depend on the pushes: it is still measured.
+            self._failed(exc)
+        if self.size == "large":
+            step(
+                "e_more",
+                "ingest",
+                prefix="m-",
+                events=args.more_events,
+                seed=args.seed - 1,
+                **history,
+                **ingest,
+            )
+
+    def _pushes(self, step: Any, check: Any, rng: random.Random) -> None:
+        """b, c and d: the first push, no-op ticks, ticks after new events."""
+        args = self.args
         step("b_bind", "bind")
         step("b_plan", "push", dry_run=True)
         step("b_backfill", "push", dry_run=False)
@@ -420,16 +455,14 @@ class Scenario:
             )
             step(f"d_tick_{tick}", "push", dry_run=False)
         check("after_ticks", touched[: args.check_customers])
-        if self.size == "large":
-            step(
-                "e_more",
-                "ingest",
-                prefix="m-",
-                events=args.more_events,
-                seed=args.seed - 1,
-                **history,
-                **ingest,
-            )
+
+    def _failed(self, exc: StepFailed) -> None:
+        self.errors.append(
+            {"step": exc.label, "error": str(exc), "peak_rss_mb": exc.peak_mb, "stderr": exc.stderr}
+        )
+        print(f"  {self.database} {self.size} {exc}", flush=True)
+        for line in exc.stderr[-8:]:
+            print(f"    | {line}", flush=True)
 
 
 def requests_between(
@@ -441,30 +474,34 @@ def requests_between(
     return {"total": total(made), "non_2xx": non_2xx(made), "by_endpoint": made}
 
 
-def describe(label: str, figures: dict[str, Any]) -> str:
-    parts = [
-        f"{label:12} engine {figures['engine_s']:8.3f} s",
-        f"CPU {figures['cpu_s']:8.3f} s",
-        f"peak RSS {figures['peak_rss_mb']:6.1f} MB",
-        f"(process {figures['process_s']:.1f} s)",
-    ]
+def what(figures: dict[str, Any]) -> str:
+    """What a step did, in a few words."""
+    parts = []
     if "events_per_s" in figures:
         parts.append(
-            f"{figures['accepted']:,} stored, {figures['events_per_s'] or 0:,}/s "
-            f"(+{figures['generating_s']:.1f} s generating)"
+            f"{figures['accepted']:,} events stored, {figures['events_per_s'] or 0:,}/s; "
+            f"generating them {figures['generating_s']:.1f} s more"
         )
     if "counts" in figures:
-        parts.append(f"{figures['counts'] or 'nothing to do'} bound {figures['bound']:,}")
-    if "bound" in figures and "counts" not in figures:
-        parts.append(f"bound {figures['bound']:,}")
+        parts.append(f"{figures['counts'] or 'nothing to do'}, bound {figures['bound']:,}")
+    elif "bound" in figures:
+        parts.append(f"bound {figures['bound']:,} usage rows")
     if "synced" in figures:
         parts.append(
-            f"synced {figures['synced']} in {figures['engine_s']:.1f} s, catalog "
-            f"{figures['catalog_s']:.1f} s"
+            f"synced {figures['synced']}; catalog {figures['catalog_s']:.1f} s, meters "
+            f"{figures['meters_s']:.1f} s"
         )
     if figures["requests"]["total"]:
-        parts.append(f"{figures['requests']['total']:,} requests")
-    return "  ".join(parts)
+        parts.append(f"{figures['requests']['total']:,} requests to the emulator")
+    return "; ".join(parts)
+
+
+def describe(label: str, figures: dict[str, Any]) -> str:
+    return (
+        f"{label:12} engine {figures['engine_s']:8.3f} s  CPU {figures['cpu_s']:8.3f} s  "
+        f"peak RSS {figures['peak_rss_mb']:6.1f} MB  (process {figures['process_s']:.1f} s)  "
+        + what(figures)
+    )
 
 
 # -- the verdict ---------------------------------------------------------------------------------
@@ -498,9 +535,15 @@ def verdict_rows(
     ratio = noop_large / noop_small if noop_large is not None and noop_small else None
     tick = median_engine(large, "d_tick_")
     more = steps.get("e_more", {}).get("events_per_s")
-    judged = {k: f for k, f in steps.items() if k != "setup"}
-    worst = max(judged, key=lambda k: judged[k]["peak_rss_mb"], default=None)
-    rss = judged[worst]["peak_rss_mb"] if worst else None
+    # Every step but the set-up, and those that failed as far as they were seen.
+    peaks = {k: f["peak_rss_mb"] for k, f in steps.items() if k != "setup"}
+    peaks |= {
+        f"{e['step']}, failed": e["peak_rss_mb"]
+        for e in large["errors"]
+        if e["step"] != "setup" and e["peak_rss_mb"] is not None
+    }
+    worst = max(peaks, key=lambda k: peaks[k], default=None)
+    rss = peaks[worst] if worst else None
     problems = correctness(small) + correctness(large)
     return [
         row(
@@ -558,7 +601,7 @@ def verdict_rows(
             float(len(problems)),
             "; ".join(problems[:3]) or "exact",
             "no difference",
-            not problems and not small["error"] and not large["error"],
+            not problems,
         ),
     ]
 
@@ -567,7 +610,7 @@ def correctness(scenario: dict[str, Any]) -> list[str]:
     """What must hold whatever the timings: every event stored, the plan is the push, nothing
     failed or waits, a no-op tick does nothing, a tick after new events pushes them."""
     where = f"{scenario['size']}:"
-    problems = [f"{where} {scenario['error']}"] if scenario["error"] else []
+    problems = [f"{where} {e['error']}" for e in scenario["errors"]]
     steps = scenario["steps"]
     for label, figures in steps.items():
         if figures.get("rejected"):
@@ -624,31 +667,11 @@ def segments(marks: list[list[float]], events: int, stored: int) -> list[dict[st
 
 
 def step_rows(scenario: dict[str, Any]) -> list[str]:
-    lines = []
-    for label, f in scenario["steps"].items():
-        what = []
-        if "events_per_s" in f:
-            what.append(
-                f"{f['accepted']:,} events stored, {f['events_per_s'] or 0:,}/s; "
-                f"generating them {f['generating_s']:.1f} s more"
-            )
-        if "counts" in f:
-            what.append(f"{f['counts'] or 'nothing to do'}, bound {f['bound']:,}")
-        elif "bound" in f:
-            what.append(f"bound {f['bound']:,} usage rows")
-        if "synced" in f:
-            what.append(
-                f"synced {f['synced']}; catalog {f['catalog_s']:.1f} s, meters "
-                f"{f['meters_s']:.1f} s"
-            )
-        if f["requests"]["total"]:
-            what.append(f"{f['requests']['total']:,} requests to the emulator")
-        lines.append(
-            f"| {scenario['database']} | {scenario['size']} | {label} | {f['engine_s']:.3f} | "
-            f"{f['cpu_s']:.3f} | {f['peak_rss_mb']:.0f} | {f['process_s']:.1f} | "
-            f"{'; '.join(what)} |"
-        )
-    return lines
+    return [
+        f"| {scenario['database']} | {scenario['size']} | {label} | {f['engine_s']:.3f} | "
+        f"{f['cpu_s']:.3f} | {f['peak_rss_mb']:.0f} | {f['process_s']:.1f} | {what(f)} |"
+        for label, f in scenario["steps"].items()
+    ]
 
 
 def context_cells(scenario: dict[str, Any]) -> list[str]:
@@ -694,6 +717,17 @@ def markdown(report: dict[str, Any]) -> str:
         for r in report["verdict"]
     ]
     lines += [f"| {db} | not run: {why} | | | NOT RUN |" for db, why in report["not_run"].items()]
+    for per_size in report["scenarios"].values():
+        for scenario in per_size.values():
+            for error in scenario["errors"]:
+                lines += [
+                    "",
+                    f"{scenario['database']}, {scenario['size']}: {error['error']}",
+                    "",
+                    "```",
+                    *error["stderr"][-12:],
+                    "```",
+                ]
     lines += [
         "",
         "## The scenario",
