@@ -306,6 +306,9 @@ def emulator_problems(
         meters = {m["slug"]: ids[m["stripe"]["event_name"]] for m in METERS}
         for index in sample:
             key = customer_key(index)
+            if key not in external:
+                problems.append(f"{key} has no Stripe customer to bill")
+                continue
             for slug, meter_id in sorted(meters.items()):
                 answer = http.get(
                     f"/v1/billing/meters/{meter_id}/event_summaries",
@@ -315,7 +318,11 @@ def emulator_problems(
                         "end_time": end,
                     },
                 )
-                answer.raise_for_status()
+                if answer.status_code != 200:
+                    problems.append(
+                        f"Stripe's {slug} for {key}: {answer.status_code} {answer.text}"
+                    )
+                    continue
                 got = sum(s["aggregated_value"] for s in answer.json()["data"])
                 if got != billed.get((key, slug), 0):
                     problems.append(
