@@ -129,22 +129,31 @@ def postgres_problem(url: str) -> str | None:
 
 
 @contextlib.contextmanager
-def postgres_store(url: str) -> Iterator[Store]:
-    """A store in a fresh schema of its own, migrated, dropped afterwards."""
-    schema = f"bench_ingest_{uuid.uuid4().hex[:12]}"
+def postgres_schema(url: str, prefix: str) -> Iterator[str]:
+    """A fresh schema of its own: yields a URL whose connections use it; dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(url)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    store = Store(build_engine(scoped.render_as_string(hide_password=False)))
     try:
-        store.upgrade()
-        yield store
+        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
     finally:
-        store.dispose()
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@contextlib.contextmanager
+def postgres_store(url: str) -> Iterator[Store]:
+    """A store in a fresh schema of its own, migrated, dropped afterwards."""
+    with postgres_schema(url, "bench_ingest") as scoped:
+        store = Store(build_engine(scoped))
+        try:
+            store.upgrade()
+            yield store
+        finally:
+            store.dispose()
 
 
 def postgres_version(url: str) -> str:
