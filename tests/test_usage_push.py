@@ -614,3 +614,31 @@ def test_a_cell_skipped_for_now_stays_due_and_is_pushed_when_its_time_comes(
         assert usage_status(catalog.store, "stripe", now=later)["cellsDue"] == 0
         acme = stripe_id(emulator, "acme")
         assert stripe_totals(emulator)[(acme, "tokens")] == 12
+
+
+def test_a_first_push_of_more_reports_than_one_query_can_name(catalog: Catalog) -> None:
+    """The ledger writes and reads back 70,000 reports in one call: more than PostgreSQL's
+    65,535 bound parameters in one statement."""
+    from metersync.usage.reports import Report, identifier
+
+    reports = [
+        Report(
+            customer_key=f"c{i % 1000}",
+            meter="tokens",
+            window_start=(i // 1000) * HOUR,
+            window_s=HOUR,
+            revision=1,
+            value=1,
+            total=1,
+            identifier=identifier(f"c{i % 1000}", "tokens", (i // 1000) * HOUR, 1),
+            external_customer_id=f"cus_{i % 1000}",
+            event_name="tokens",
+            timestamp=(i // 1000) * HOUR,
+        )
+        for i in range(70_000)
+    ]
+    ids = LedgerTable(catalog.store, "stripe").record(reports)
+    assert len(set(ids)) == 70_000
+    with catalog.store.read_session() as session:
+        stored = {i: key for i, key in session.execute(select(LedgerRow.id, LedgerRow.identifier))}
+    assert [stored[i] for i in ids] == [r.identifier for r in reports]

@@ -30,7 +30,7 @@ from metersync.usage.reports import Base
 from metersync.usage.windows import WindowValue
 
 CHUNK_CELLS = 5_000  # cells per chunk of a tick: one plan, one ledger write, one send
-CHUNK_CUSTOMERS = 500  # customers per chunk of a first push
+CHUNK_CUSTOMERS = 100  # customers per chunk of a first push (all their windows: ~70,000 at 1h)
 FEW_WINDOWS = 8  # up to this many windows in a chunk, each is read on its own
 
 
