@@ -81,8 +81,9 @@ WINDOW_SIZES = {3600: "HOUR", 86400: "DAY"}
 # into time slices. One window is the smallest slice: the meter query has no paging, and its
 # only subject filter names subjects one by one.
 ROWS_PER_ANSWER = 100_000
-# Subjects per write transaction when an answer is stored (and per SQL IN list).
-STORE_CHUNK = 500
+# Subjects per write transaction when an answer is stored: a short SQL IN list (SQLite takes
+# 32,766 parameters a statement, PostgreSQL 65,535), and few commits.
+STORE_CHUNK = 2000
 T = TypeVar("T")
 
 
