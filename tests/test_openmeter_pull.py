@@ -9,7 +9,6 @@ Against the OpenMeter emulator over real HTTP, on SQLite and PostgreSQL, at a fr
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter import OpenMeterSource, PullResult, SourceUnavailable, _usage_pull
-from metersync.sources.openmeter._window_totals import changed_windows, runs
+from metersync.sources.openmeter._window_totals import changed_windows, runs, slices
 from metersync.store import UpstreamUsageRow
 from metersync.testing import OpenMeterEmulator
 
@@ -179,7 +178,7 @@ def test_a_figure_that_vanished_upstream_falls_to_zero(
 def test_a_long_read_is_cut_into_time_slices(
     om: OpenMeterEmulator, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_usage_pull, "ROWS_PER_ANSWER", 4 * 24)
+    monkeypatch.setattr(_usage_pull, "ROWS_PER_ANSWER", 4 * 5)
     with freeze_time(NOW, tick=True):
         for i in range(4):
             om.create_customer(f"c{i}", f"C{i}", subject_keys=[f"s{i}"])
@@ -188,8 +187,9 @@ def test_a_long_read_is_cut_into_time_slices(
         pull_catalog(om, catalog)
         pull(om, catalog)
         per_subject = [r for r in om.requests(QUERY) if "groupBy=subject" in r["query"]]
-        # 35 days of hours and the open one, 4 subjects: 24 hours (96 rows at most) a query.
-        assert len(per_subject) == math.ceil((35 * 24 + 1) / 24)
+        # 4 subjects, 20 rows an answer: 5 hours with usage a query (15 of them, every other
+        # hour back to 28 h ago); the 34 quiet days before ride along with the first.
+        assert len(per_subject) == 3
         assert figures(catalog) == {key: n + 1 for n, key in enumerate(spread)}
 
 
@@ -213,6 +213,18 @@ def test_changed_windows_and_their_runs() -> None:
     assert changed_windows({0: 1e12 + 1}, {0: 1e12}, start, end, HOUR) == [0]
     assert changed_windows({}, None, start, end, HOUR) == list(range(start, end, HOUR))
     assert changed_windows({}, {}, start, end, HOUR) == []
+
+
+def test_slices_hold_at_most_so_many_windows_with_usage() -> None:
+    busy = {2 * HOUR, 3 * HOUR, 4 * HOUR, 8 * HOUR}
+    assert slices(0, 10 * HOUR, HOUR, busy, 2) == [(0, 4 * HOUR), (4 * HOUR, 10 * HOUR)]
+    assert slices(0, 10 * HOUR, HOUR, busy, 1) == [
+        (0, 3 * HOUR),
+        (3 * HOUR, 4 * HOUR),
+        (4 * HOUR, 8 * HOUR),
+        (8 * HOUR, 10 * HOUR),
+    ]
+    assert slices(0, 10 * HOUR, HOUR, set(), 1) == [(0, 10 * HOUR)]  # a vanished run: one read
 
 
 def test_a_failed_pull_keeps_the_last_totals(om: OpenMeterEmulator, catalog: Catalog) -> None:

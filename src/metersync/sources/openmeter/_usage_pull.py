@@ -11,11 +11,11 @@ subjects, then one query per run of windows whose total moved since the last pul
 _window_totals), over every subject upstream at once (`groupBy=subject`, no subject filter).
 A tick that sees new usage in the open window costs two requests per meter, however many
 subjects there are; a full reconcile reads every window, in time slices sized so that an
-answer holds at most about ROWS_PER_ANSWER rows. Period meters (MAX, LATEST, UNIQUE_COUNT)
-are read per customer for this calendar month (and the months before, back to the lookback),
-100 customers a query: OpenMeter attributes usage only to the customers a query names
-(`filterCustomerId`, at most 100; without it a query's rows carry no customer), and a month's
-maximum or unique count cannot be told from totals.
+answer holds at most about ROWS_PER_ANSWER rows (windows without usage ride along free).
+Period meters (MAX, LATEST, UNIQUE_COUNT) are read per customer for this calendar month (and
+the months before, back to the lookback), 100 customers a query: OpenMeter attributes usage
+only to the customers a query names (`filterCustomerId`, at most 100; without it a query's
+rows carry no customer), and a month's maximum or unique count cannot be told from totals.
 
 Attribution is metersync's, as for local usage: a subject's figures are bound to its customer
 when first pushed and stay with it. OpenMeter's per-customer query attributes by the owner at
@@ -65,6 +65,7 @@ from metersync.sources.openmeter._window_totals import (
     observed_totals,
     recorded_totals,
     runs,
+    slices,
     totals_key,
     totals_record,
 )
@@ -202,13 +203,11 @@ class UsagePull:
         recorded = None if plan.full else recorded_totals(plan.recorded, meter.slug, per)
         changed = changed_windows(totals, recorded, start, end, per)
         result.add("windows_read", len(changed))
-        # As if every subject the catalog knows had usage in every window: an answer holds at
-        # most about ROWS_PER_ANSWER rows, however the usage is spread over time.
-        slice_windows = max(1, ROWS_PER_ANSWER // max(plan.subjects, 1))
+        # As if every subject the catalog knows had usage in every window with a total: an
+        # answer holds at most about ROWS_PER_ANSWER rows, however the usage is spread.
+        most = max(1, ROWS_PER_ANSWER // max(plan.subjects, 1))
         for run_start, run_end in runs(changed, per):
-            at = run_start
-            while at < run_end:
-                stop = min(run_end, at + slice_windows * per)
+            for at, stop in slices(run_start, run_end, per, totals, most):
                 rows = await self.client.query(
                     meter.slug,
                     start=rfc3339_seconds(at),
@@ -219,7 +218,6 @@ class UsagePull:
                 await asyncio.to_thread(
                     _store_per_subject, store, meter.slug, per, at, stop, rows, now, result
                 )
-                at = stop
         return totals
 
     async def _pull_months(

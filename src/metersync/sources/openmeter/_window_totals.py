@@ -23,7 +23,7 @@ pull compares with what was stored last and re-reads anything newer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from metersync.times import epoch_seconds
@@ -85,6 +85,24 @@ def runs(windows: Iterable[int], per: int) -> list[tuple[int, int]]:
             found[-1] = (found[-1][0], window + per)
         else:
             found.append((window, window + per))
+    return found
+
+
+def slices(
+    start: int, end: int, per: int, busy: Container[int], most: int
+) -> list[tuple[int, int]]:
+    """[start, end) cut into [start, end) slices that each hold at most `most` windows with
+    usage (`busy`: those with a total). A window without usage costs a query nothing, so a
+    quiet stretch rides along with the next busy window."""
+    found: list[tuple[int, int]] = []
+    at, held = start, 0
+    for window in range(start, end, per):
+        if window in busy:
+            if held == most:
+                found.append((at, window))
+                at, held = window, 0
+            held += 1
+    found.append((at, end))
     return found
 
 
