@@ -1,8 +1,9 @@
 """The usage pull from OpenMeter, counted: a tick costs the same meter queries whatever the
 number of subjects (one for the windows' totals, one per run of windows whose total moved);
 a late correction inside the lookback is read by the next tick, one beyond it by the full
-re-read; a figure that vanished upstream falls to 0; a long read is cut into time slices; a
-failed pull leaves the last totals to compare with.
+re-read; a figure that vanished upstream falls to 0 (at the next tick where its window's total
+fell, else at the full read); a long read is cut into time slices; a failed pull leaves the last
+totals to compare with.
 Against the OpenMeter emulator over real HTTP, on SQLite and PostgreSQL, at a frozen instant
 (so that no hour ends mid-test)."""
 
@@ -21,7 +22,7 @@ from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter import OpenMeterSource, PullResult, SourceUnavailable, _usage_pull
-from metersync.sources.openmeter._window_totals import changed_windows, runs, slices
+from metersync.sources.openmeter._window_totals import changed_windows, fallen, runs, slices
 from metersync.store import UpstreamUsageRow
 from metersync.testing import OpenMeterEmulator
 
@@ -152,27 +153,31 @@ def test_a_late_correction_inside_the_lookback_is_read_one_beyond_waits_for_the_
         assert full.counts["changed"] == 1  # everything else was already right
 
 
-def test_a_figure_that_vanished_upstream_falls_to_zero(
+def test_a_figure_that_vanished_upstream_falls_to_zero_where_the_total_fell(
     om: OpenMeterEmulator, catalog: Catalog
 ) -> None:
     with freeze_time(NOW, tick=True):
         add_customers(om, range(2))
         pull_catalog(om, catalog)
         pull(om, catalog)
-        assert figures(catalog)[("s1", OPEN - HOUR)] == 2
-        # The meter recreated upstream with only s0's events (OpenMeter itself never drops
-        # events; a meter deleted and made again under the same slug can).
+        before = figures(catalog)
+        assert before[("s1", OPEN - HOUR)] == 2 and before[("s1", OPEN)] == 1
+        # The meter made again upstream under its slug (OpenMeter itself never drops events;
+        # deleting a meter and making another one can), with only some of s0's usage: the
+        # total 3 h ago vanished, the one an hour ago rose (3 to 5), the open one stayed 1.
         om.reset()
         om.add_meter("tokens", event_type="prompt", value_property="$.tokens")
-        om.ingest(event(f"again-{back}", "s0", OPEN - back * HOUR + 60, 2) for back in (1, 0))
+        om.ingest([event("a", "s0", OPEN - HOUR + 60, 5), event("b", "s0", OPEN + 60, 1)])
         pull(om, catalog)
-        stored = figures(catalog)
-        assert {k: v for k, v in stored.items() if k[0] == "s1"} == {
-            ("s1", OPEN - 3 * HOUR): 0,
-            ("s1", OPEN - HOUR): 0,
-            ("s1", OPEN): 0,
-        }
-        assert stored[("s0", OPEN - 3 * HOUR)] == 0 and stored[("s0", OPEN)] == 2
+        tick = figures(catalog)
+        assert tick[("s0", OPEN - 3 * HOUR)] == tick[("s1", OPEN - 3 * HOUR)] == 0
+        assert tick[("s0", OPEN - HOUR)] == 5
+        # Where a total did not fall, a vanished figure cannot be told from the totals: s1's
+        # stay until the full read (an hour ago s0 outgrew it; in the open hour they cancel).
+        assert (tick[("s1", OPEN - HOUR)], tick[("s1", OPEN)], tick[("s0", OPEN)]) == (2, 1, 0)
+        pull(om, catalog, full=True)
+        full = figures(catalog)
+        assert (full[("s1", OPEN - HOUR)], full[("s1", OPEN)], full[("s0", OPEN)]) == (0, 0, 1)
 
 
 def test_a_long_read_is_cut_into_time_slices(
@@ -213,6 +218,7 @@ def test_changed_windows_and_their_runs() -> None:
     assert changed_windows({0: 1e12 + 1}, {0: 1e12}, start, end, HOUR) == [0]
     assert changed_windows({}, None, start, end, HOUR) == list(range(start, end, HOUR))
     assert changed_windows({}, {}, start, end, HOUR) == []
+    assert fallen(observed, recorded) == {3 * HOUR}  # 2 h rose by a rounding error, 3 h vanished
 
 
 def test_slices_hold_at_most_so_many_windows_with_usage() -> None:

@@ -62,6 +62,7 @@ from metersync.sources.openmeter._window_totals import (
     WINDOW_TOTALS,
     Totals,
     changed_windows,
+    fallen,
     observed_totals,
     recorded_totals,
     runs,
@@ -203,6 +204,8 @@ class UsagePull:
         recorded = None if plan.full else recorded_totals(plan.recorded, meter.slug, per)
         changed = changed_windows(totals, recorded, start, end, per)
         result.add("windows_read", len(changed))
+        # Where a subject's figure may have vanished upstream (None: anywhere, on a full read).
+        gone = None if recorded is None else fallen(totals, recorded)
         # As if every subject the catalog knows had usage in every window with a total: an
         # answer holds at most about ROWS_PER_ANSWER rows, however the usage is spread.
         most = max(1, ROWS_PER_ANSWER // max(plan.subjects, 1))
@@ -215,8 +218,17 @@ class UsagePull:
                     window_size=size,
                     per_subject=True,
                 )
+                vanished = gone is None or any(at <= w < stop for w in gone)
                 await asyncio.to_thread(
-                    _store_per_subject, store, meter.slug, per, at, stop, rows, now, result
+                    _store_per_subject,
+                    store,
+                    meter.slug,
+                    per,
+                    (at, stop),
+                    rows,
+                    now,
+                    result,
+                    vanished=vanished,
                 )
         return totals
 
@@ -325,20 +337,25 @@ def _store_per_subject(
     store: Store,
     meter: str,
     per: int,
-    start: int,
-    end: int,
+    windows: tuple[int, int],
     rows: Sequence[Mapping[str, Any]],
     now: int,
     result: PullResult,
+    *,
+    vanished: bool,
 ) -> None:
-    """An answer per subject over the windows of [start, end), stored: every subject's
-    figures there replaced. A subject with figures there that the answer no longer shows is
-    stored too (its figures fall to 0), so its stored subjects are read first. Written
-    STORE_CHUNK subjects a transaction (database work: run in a worker thread)."""
+    """An answer per subject over the windows of [start, end), stored: each subject's figures
+    there replaced, STORE_CHUNK subjects a transaction. When a figure may have `vanished`
+    upstream, the subjects with figures there are read too, and one the answer no longer
+    shows falls to 0 (a read that scans the meter's figures: the table's key leads with the
+    subject). Database work: run in a worker thread."""
+    start, end = windows
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_subject.setdefault(str(row.get("subject") or ""), []).append(dict(row))
-    subjects = {*by_subject, *_subjects_with_figures(store, meter, per, start, end)}
+    subjects = set(by_subject)
+    if vanished:
+        subjects |= _subjects_with_figures(store, meter, per, start, end)
     subjects.discard("")  # a row without a subject is nobody's (and not a per-subject figure)
     for part in _chunks(sorted(subjects), STORE_CHUNK):
         mine = [row for subject in part for row in by_subject.get(subject, ())]

@@ -77,6 +77,14 @@ def changed_windows(
     return sorted(w for w in windows if not _same(observed.get(w), recorded.get(w)))
 
 
+def fallen(observed: Mapping[int, float], recorded: Mapping[int, float]) -> set[int]:
+    """Windows whose total fell, or vanished, since it was recorded. Only there can a
+    subject's figure have vanished upstream: events only add to a COUNT, or to a SUM of
+    values that are never negative (a meter deleted and made again under its slug can drop
+    them)."""
+    return {w for w, before in recorded.items() if observed.get(w, 0.0) < before}
+
+
 def runs(windows: Iterable[int], per: int) -> list[tuple[int, int]]:
     """Sorted window starts as [start, end) runs of adjacent windows: one query each."""
     found: list[tuple[int, int]] = []
