@@ -329,6 +329,35 @@ def test_query_per_customer_and_window(
     ]
 
 
+def test_query_per_subject_without_a_filter_adds_up_to_the_totals(
+    om: OpenMeterEmulator, api: httpx.Client, usage: dict[str, str]
+) -> None:
+    """What the usage pull relies on: groupBy=subject with no subject filter answers every
+    subject (the unattributed one too), and per window its rows add up to the total that the
+    same query without groupBy answers."""
+    hours = {"windowSize": "HOUR", "from": z(T0), "to": z(T0 + timedelta(days=2))}
+    answer = api.get(QUERY.format("tokens_total"), params={**hours, "groupBy": "subject"})
+    per_subject = check(om, answer, request=False)["data"]  # see above: deepObject
+    h0, h1, d1 = z(T0), z(T0 + timedelta(hours=1)), z(T0 + timedelta(days=1, hours=3))
+    assert [(r["windowStart"], r["subject"], r["value"]) for r in per_subject] == [
+        (h0, "a1", 10.0),
+        (h0, "a2", 30.0),
+        (h0, "b1", 100.0),
+        (h0, "stray", 1000.0),
+        (h1, "a1", 5.0),
+        (d1, "a1", 1.0),
+    ]
+    assert all("customerId" not in r and r["groupBy"] == {} for r in per_subject)
+    totals = check(om, api.get(QUERY.format("tokens_total"), params=hours), request=False)
+    assert values(totals) == [(h0, 1140.0), (h1, 5.0), (d1, 1.0)]
+    assert all(r["subject"] is None for r in totals["data"])
+    # A late event moves its window's total, and its subject's row with it.
+    om.ingest([event("late", "b1", T0 + timedelta(minutes=30), tokens=7)])
+    assert values(query(api, "tokens_total", **hours))[0] == (h0, 1147.0)
+    again = query(api, "tokens_total", **hours, groupBy="subject")["data"]
+    assert [r["value"] for r in again if r["subject"] == "b1"] == [107.0]
+
+
 def test_query_bounds_groups_and_bad_parameters(api: httpx.Client, usage: dict[str, str]) -> None:
     acme = {"filterCustomerId": usage["acme"], "windowSize": "HOUR"}
     # from is inclusive, to exclusive; neither needs to be aligned.

@@ -116,17 +116,21 @@ class OpenMeterClient:
         start: str,
         end: str,
         window_size: str | None,
+        per_subject: bool = False,
         subjects: Sequence[str] = (),
         customer_ids: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """The meter's rows over [start, end), per window of `window_size` (HOUR, DAY) or one
-        per group for the whole range (None): per subject when `subjects` are given, per
-        customer when `customer_ids` are."""
+        per group for the whole range (None): per subject when `per_subject` (every subject
+        upstream) or `subjects` are given (those only, at most 100), per customer when
+        `customer_ids` are (at most 100: OpenMeter attributes usage to the customers it is
+        given and to no other), and over all subjects when none is."""
         params: list[tuple[str, str]] = [("from", start), ("to", end)]
         if window_size is not None:
             params += [("windowSize", window_size), ("windowTimeZone", "UTC")]
         if subjects:
             params += [("subject", s) for s in subjects]
+        if subjects or per_subject:
             params.append(("groupBy", "subject"))
         if customer_ids:
             params += [("filterCustomerId", i) for i in customer_ids]

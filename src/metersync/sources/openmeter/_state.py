@@ -39,6 +39,12 @@ def _last_success(store: Store, name: str) -> datetime | None:
     return when
 
 
+def _last_summary(store: Store, name: str) -> dict[str, Any]:
+    """What the pulls recorded (each key as the last pull that wrote it left it)."""
+    row = SyncStateTable(store, name).read()
+    return dict(row.last_summary or {}) if row else {}
+
+
 def _record(store: Store, name: str, *, ok: bool, summary: Mapping[str, Any]) -> None:
     """A pull's outcome, for status and for the next pull: when it ran and last succeeded,
     and what it saw (or the error)."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from metersync.clock import utcnow
@@ -25,7 +25,6 @@ from metersync.times import epoch_seconds
 
 PER_CUSTOMER = ""  # the subject of a period meter's figure, which is per customer
 _U = UpstreamUsageRow.__table__.c  # type: ignore[attr-defined]
-_S = SubjectRow.__table__.c  # type: ignore[attr-defined]
 
 
 def _customer_ids(store: Store) -> dict[str, str]:
@@ -73,19 +72,29 @@ def _bind_to(store: Store, subjects: Sequence[str], customer_key: str) -> None:
         )
 
 
-def _subjects_to_query(store: Store, since: int) -> list[str]:
-    """Every subject the catalog knows (live or not: a deleted customer's subjects may still
-    owe usage), and every subject with figures in the range."""
+def _subject_count(store: Store) -> int:
+    """How many subjects the catalog knows: how many rows a window's per-subject answer may
+    hold, before the first answer tells."""
     with store.read_session() as session:
-        keys = set(session.execute(select(_S.key)).scalars())
-        keys.update(
+        return int(session.execute(select(func.count()).select_from(SubjectRow)).scalar_one())
+
+
+def _subjects_with_figures(store: Store, meter: str, per: int, start: int, end: int) -> set[str]:
+    """Subjects with a figure of `meter` in the windows of size `per` in [start, end)."""
+    with store.read_session() as session:
+        return set(
             session.execute(
                 select(_U.subject)
-                .where(_U.source == SOURCE, _U.subject != PER_CUSTOMER, _U.window_start >= since)
+                .where(
+                    _U.source == SOURCE,
+                    _U.meter == meter,
+                    _U.window_s == per,
+                    _U.window_start >= start,
+                    _U.window_start < end,
+                )
                 .distinct()
             ).scalars()
         )
-    return sorted(keys)
 
 
 def _store_figures(
