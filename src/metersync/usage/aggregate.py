@@ -28,6 +28,7 @@ from metersync.times import month_start, rfc3339_seconds
 from metersync.usage.windows import WindowValue
 
 US = 1_000_000
+_BIND_BATCH = 500  # subjects per binding statement
 # Core columns: this module is SQL through and through.
 USAGE: Table = UsageRow.__table__  # type: ignore[attr-defined]
 _u = USAGE.c
@@ -42,22 +43,32 @@ def subject_owner(subject: ColumnElement[Any]) -> ScalarSelect[Any]:
 def bind_usage(store: Store, target: str) -> int:
     """Bind unbound usage rows to their subject's customer where that customer has a live
     link in `target`. Rows of subjects without such a customer stay unbound and wait. Bound
-    rows take a new change number: their cells changed (store.usage_cells)."""
-    owner = subject_owner(_u.subject)
-    waiting = _u.customer_key.is_(None), _u.subject.in_(routable_subjects(target))
+    rows take a new change number: their cells changed (store.usage_cells).
+
+    Costs what is unbound, not the catalog: the subjects with unbound rows come first (most
+    ticks: none), and only they are looked up among the routable subjects."""
     with store.read_session() as session:
-        # Most ticks bind nothing: look before taking the usage counter's lock.
-        if session.execute(select(_u.id).where(*waiting).limit(1)).first() is None:
-            return 0
-    with store.session() as session:
-        seq = store.next_change_seq(session, USAGE_SEQUENCE)
-        result = session.execute(
-            update(UsageRow)
-            .where(*waiting)
-            .values(customer_key=owner, seq=seq)
-            .execution_options(synchronize_session=False)
+        waiting = list(
+            session.execute(select(_u.subject).where(_u.customer_key.is_(None)).distinct())
+            .scalars()
+            .all()
         )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if not waiting:
+        return 0
+    bound = 0
+    for start in range(0, len(waiting), _BIND_BATCH):
+        subjects = waiting[start : start + _BIND_BATCH]
+        routable = routable_subjects(target).where(_a.subject_key.in_(subjects))
+        with store.session() as session:
+            seq = store.next_change_seq(session, USAGE_SEQUENCE)
+            result = session.execute(
+                update(UsageRow)
+                .where(_u.customer_key.is_(None), _u.subject.in_(routable))
+                .values(customer_key=subject_owner(_u.subject), seq=seq)
+                .execution_options(synchronize_session=False)
+            )
+            bound += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return bound
 
 
 def changed_cells(

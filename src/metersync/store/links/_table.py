@@ -174,15 +174,28 @@ class LinkTable:
     def routable_external_ids(self, keys: Sequence[str] | None = None) -> dict[str, str]:
         """Customer key → external id, for customers usage can be pushed to (all, or `keys`)."""
         link = link_columns()
-        query = select(link.local_key, link.external_id).where(
-            link.target == self.target,
-            link.kind == LinkKind.CUSTOMER,
-            link.external_id.is_not(None),
-            link.state.in_([s.value for s in ROUTABLE]),
+        routable = [s.value for s in ROUTABLE]
+        if keys is None:
+            query = select(link.local_key, link.external_id).where(
+                link.target == self.target,
+                link.kind == LinkKind.CUSTOMER,
+                link.external_id.is_not(None),
+                link.state.in_(routable),
+            )
+            with self.store.read_session() as session:
+                return {key: external_id for key, external_id in session.execute(query)}
+        # By key only, the rest checked here: given the state or external-id conditions too,
+        # SQLite walks another index over every customer instead of looking each key up.
+        by_key = select(link.local_key, link.external_id, link.state).where(
+            link.target == self.target, link.kind == LinkKind.CUSTOMER
         )
         with self.store.read_session() as session:
-            rows = in_batches(session, query, link.local_key, None if keys is None else list(keys))
-            return {key: external_id for key, external_id in rows}
+            rows = in_batches(session, by_key, link.local_key, list(keys))
+        return {
+            key: external_id
+            for key, external_id, state in rows
+            if external_id is not None and state in routable
+        }
 
     def customer_page(self, after: str | None, limit: int) -> list[tuple[str, str | None]]:
         """One page of a walk over every customer link, in key order, the keys after `after`:
