@@ -278,7 +278,12 @@ class UsageRow(SQLModel, table=True):
     __tablename__ = "usage_value"
     __table_args__ = (
         UniqueConstraint("source", "event_id", "meter", name="uq_usage_value_event_meter"),
-        Index("ix_usage_value_meter_customer_time", "meter", "customer_key", "time_us"),
+        # Aggregation reads a customer's rows of a meter by time, and everything it needs is in
+        # the index (value, value_text): without them every row read was a lookup of its own in
+        # the table, whose rows lie in arrival order, not by customer.
+        Index(
+            "ix_usage_value_aggregate", "meter", "customer_key", "time_us", "value", "value_text"
+        ),
         Index("ix_usage_value_unbound", "customer_key", "subject"),
         # The push reads what changed since its cursor: rows by meter past a sequence number.
         Index("ix_usage_value_meter_seq", "meter", "seq"),

@@ -10,6 +10,7 @@ every report written, delivered or not, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ class PushResult:
     skipped: list[Skipped] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     waiting_subjects: int = 0
+    # Where the push's time went, by stage (seconds): the rates docs/scale.md reasons with,
+    # and the first place to look when a tick is slow.
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
     def counts(self) -> dict[str, int]:
         out = {
@@ -126,7 +133,8 @@ async def push_usage(
             reports=result.late,
         )
     if not dry_run and result.planned:
-        _log.info("usage pushed", target=target, **result.counts())
+        stages = {stage: round(seconds, 3) for stage, seconds in result.seconds.items()}
+        _log.info("usage pushed", target=target, seconds=stages, **result.counts())
     return result
 
 
@@ -149,11 +157,20 @@ class _MeterPush:
         should_stop: Callable[[], bool] | None,
     ) -> bool:
         """False when `should_stop` cut it short (what is written and unsent stays PENDING)."""
+        started = time.perf_counter()
         walk, first = await asyncio.to_thread(self._walk, upto, customers)
-        while (chunk := await asyncio.to_thread(walk.next)) is not None:
+        self.result.timed("collect", started)
+        while True:
+            started = time.perf_counter()
+            chunk = await asyncio.to_thread(walk.next)
+            self.result.timed("read", started)
+            if chunk is None:
+                break
             to_send = await asyncio.to_thread(self._plan_and_record, chunk)
             if to_send:
+                started = time.perf_counter()
                 await _send(self.ledger, sink, to_send, self.result, progress, should_stop)
+                self.result.timed("send", started)
             if should_stop is not None and should_stop():
                 return False
         if first and not self.dry_run:
@@ -207,6 +224,7 @@ class _MeterPush:
         """Plan a chunk, write its reports, let its settled cells go (database work, run in a
         worker thread); returns the reports to send now."""
         meter = self.reader.meter
+        started = time.perf_counter()
         planned, skipped = plan_reports(
             meter,
             chunk.windows,
@@ -219,8 +237,10 @@ class _MeterPush:
         self.result.skipped += skipped
         self.result.planned += len(planned)
         self.result.late += sum(1 for r in planned if r.late)
+        self.result.timed("plan", started)
         if self.dry_run:
             return []
+        started = time.perf_counter()
         ids = self.ledger.record(planned)
         # A skipped cell stays due: its reason passes (a backoff, a window not begun, a link to
         # come back), and a later tick looks again: from the time it passes when that is known
@@ -235,6 +255,7 @@ class _MeterPush:
         for not_before, cells in sorted(timed.items()):
             self._cells.add(meter.slug, sorted(cells), due_at=not_before, update_due=True)
         self._cells.release(meter.slug, [c for c in chunk.cells if c not in waiting])
+        self.result.timed("record", started)
         return [
             PendingReport(
                 id=i,

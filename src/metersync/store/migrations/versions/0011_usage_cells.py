@@ -4,7 +4,8 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-06
 
-Rows stored before this revision carry change number 0, and no meter has a cursor yet: the
+The aggregation index gains value and value_text, so that aggregating a customer's rows reads
+the index alone. Rows stored before this revision carry change number 0, and no meter has a cursor yet: the
 first push after the upgrade plans every cell once (as every push did before), then only what
 changes.
 """
@@ -27,6 +28,12 @@ def upgrade() -> None:
                 sa.Column("seq", sa.BigInteger(), nullable=False, server_default=sa.text("0"))
             )
     op.create_index("ix_usage_value_meter_seq", "usage_value", ["meter", "seq"])
+    op.drop_index("ix_usage_value_meter_customer_time", table_name="usage_value")
+    op.create_index(
+        "ix_usage_value_aggregate",
+        "usage_value",
+        ["meter", "customer_key", "time_us", "value", "value_text"],
+    )
     op.create_index(
         "ix_upstream_usage_source_meter_seq", "upstream_usage", ["source", "meter", "seq"]
     )
@@ -60,6 +67,10 @@ def downgrade() -> None:
     op.drop_table("usage_cell")
     op.drop_index("ix_upstream_usage_source_meter_seq", table_name="upstream_usage")
     op.drop_index("ix_usage_value_meter_seq", table_name="usage_value")
+    op.drop_index("ix_usage_value_aggregate", table_name="usage_value")
+    op.create_index(
+        "ix_usage_value_meter_customer_time", "usage_value", ["meter", "customer_key", "time_us"]
+    )
     for table in ("upstream_usage", "usage_value"):
         with op.batch_alter_table(table) as batch:
             batch.drop_column("seq")
