@@ -642,3 +642,39 @@ def test_a_first_push_of_more_reports_than_one_query_can_name(catalog: Catalog) 
     with catalog.store.read_session() as session:
         stored = {i: key for i, key in session.execute(select(LedgerRow.id, LedgerRow.identifier))}
     assert [stored[i] for i in ids] == [r.identifier for r in reports]
+
+
+def test_pushes_in_chunks_of_a_few_cells_add_up_exactly(
+    catalog: Catalog, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of two cells, a first push walking one customer at a time, and a dry run
+    merging cells not yet collected: every chunk boundary falls somewhere, and the totals in
+    Stripe are those of the events."""
+    from metersync.usage import due
+
+    monkeypatch.setattr(due, "CHUNK_CELLS", 2)
+    monkeypatch.setattr(due, "FIRST_CHUNK_CUSTOMERS", 1)
+    customers = {f"k{i}": [f"s{i}"] for i in range(5)}
+    setup(catalog, emulator, customers)
+    expected: dict[str, int] = defaultdict(int)
+    for i in range(5):
+        for hour in range(3):
+            add(catalog, f"s{i}", T - hour * HOUR + 10, i + hour + 1, f"u{hour}")
+            expected[f"k{i}"] += i + hour + 1
+    first = push(catalog, emulator)
+    assert first.failed == 0 and first.planned == first.delivered
+    for i in range(5):  # late events for two windows of every customer
+        add(catalog, f"s{i}", T - HOUR + 20, 2, "u9")
+        add(catalog, f"s{i}", T + 30, 3, "u9")
+        expected[f"k{i}"] += 5
+    # Bound but not collected yet: what a dry run merges into the cells it reads.
+    from metersync.usage.local_aggregates import LOCAL
+
+    assert LOCAL.bind(catalog.store, "stripe") == 5 * 2 * 4
+    preview = push(catalog, emulator, dry_run=True)
+    tick = push(catalog, emulator)
+    assert preview.planned == tick.planned == tick.delivered == 5 * (2 + 2 + 1)
+    totals = stripe_totals(emulator)
+    for key, tokens in expected.items():
+        assert totals[(stripe_id(emulator, key), "tokens")] == tokens
+    assert push(catalog, emulator).planned == 0

@@ -29,8 +29,9 @@ from metersync.usage.ports import UsageAggregates
 from metersync.usage.reports import Base
 from metersync.usage.windows import WindowValue
 
-CHUNK_CELLS = 5_000  # cells per chunk of a tick: one plan, one ledger write, one send
-CHUNK_CUSTOMERS = 100  # customers per chunk of a first push (all their windows: ~70,000 at 1h)
+CHUNK_CELLS = 20_000  # cells per chunk: one plan, one ledger write, one send (~15 MB)
+FIRST_CHUNK_CUSTOMERS = 50  # customers in a first push's first chunk; then sized by CHUNK_CELLS
+MAX_CHUNK_CUSTOMERS = 2_000  # an IN list per query far below any bound-parameter limit
 FEW_WINDOWS = 8  # up to this many windows in a chunk, each is read on its own
 
 
@@ -155,16 +156,23 @@ class EveryCustomer:
         self.reader = reader
         self.given = sorted(set(customers)) if customers is not None else None
         self.after: str | None = None
+        # Customers per chunk, sized from the last chunk so that one holds about CHUNK_CELLS
+        # windows: few queries when customers have few windows (daily windows), bounded memory
+        # when they have many (hourly windows over a month).
+        self.size = FIRST_CHUNK_CUSTOMERS
 
     def next(self) -> Chunk | None:
         if self.given is not None:
             chunk = [k for k in self.given if self.after is None or k > self.after]
-            chunk = chunk[:CHUNK_CUSTOMERS]
+            chunk = chunk[: self.size]
         else:
             chunk = self.reader.aggregates.customers(
-                self.reader.store, self.reader.meter, after=self.after, limit=CHUNK_CUSTOMERS
+                self.reader.store, self.reader.meter, after=self.after, limit=self.size
             )
         if not chunk:
             return None
         self.after = chunk[-1]
-        return self.reader.customers(chunk)
+        read = self.reader.customers(chunk)
+        per_customer = max(1.0, len(read.windows) / len(chunk))
+        self.size = max(1, min(MAX_CHUNK_CUSTOMERS, int(CHUNK_CELLS / per_customer)))
+        return read

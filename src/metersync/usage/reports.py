@@ -82,6 +82,10 @@ def scaled(value: float, scale: float) -> int:
     as 29. The total is first rounded to 9 decimals: a SQL SUM of doubles depends on the order
     it adds rows in (in the last bits), and a window's total must not flip across a half
     between two pushes with no new events."""
+    if scale == 1.0 and value.is_integer() and abs(value) <= STRIPE_VALUE_LIMIT:
+        # The common case, and the same answer: a whole number below 2**53 is exact as a
+        # double, and rounding it changes nothing (the Decimal path costs a report 3 µs).
+        return int(value)
     exact = Decimal(repr(round(value, 9))) * Decimal(repr(scale))
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
