@@ -433,6 +433,39 @@ def test_v1_uses_the_meter_event_limiter_not_the_customer_limiter(
     assert target.limiter.stats.acquired == 0 and target.requests == 0
 
 
+def most_in_flight(requests: list[dict[str, Any]]) -> int:
+    """The most requests the emulator was handling at once, from its log."""
+    edges = sorted(
+        [(r["time"], 1) for r in requests]
+        + [(r["time"] + r["duration_ms"] / 1000, -1) for r in requests]
+    )
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_v1_concurrency_above_a_hundred_is_not_capped_by_the_connection_pool(
+    emulator: StripeEmulator,
+) -> None:
+    # The SDK's HTTP clients pool 100 connections by default: 150 lanes would run as 100.
+    meter_id = new_meter(emulator, "tokens_used")
+    customers = [new_customer(emulator) for _ in range(150)]
+    now = int(time.time())
+    events = [
+        MeterEvent("tokens_used", c, 1, now - 60, f"wide-{i}") for i, c in enumerate(customers)
+    ]
+    emulator.configure(latency_ms=500)
+    try:
+        [answer], _, _ = sender_run(emulator, [events], concurrency=150)
+    finally:
+        emulator.configure(latency_ms=0)
+    assert all(d.delivered for d in answer)
+    assert most_in_flight(emulator.requests("billing.meter_events.create")) > 100
+    assert sum(total(emulator, meter_id, c) for c in customers) == 150
+
+
 def test_repeated_identifiers_in_one_send_are_a_bug(emulator: StripeEmulator) -> None:
     event = events_for("cus_x", [1])[0]
     with pytest.raises(ValueError, match="appears twice"):

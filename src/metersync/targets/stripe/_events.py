@@ -9,10 +9,12 @@ can never double-count, and a rejected repeat counts as delivered (`is_duplicate
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import stripe
 
@@ -26,11 +28,15 @@ from metersync.stripe_facts import (
     SEND_PAST_MARGIN_S,
 )
 from metersync.sync.ports import ErrorKind, TargetError
+from metersync.times import rfc3339
 from metersync.usage.ports import MeterEvent
 
 # Error codes Stripe (or the emulator) gives these answers.
 DUPLICATE_EVENT_CODE = "duplicate_meter_event"
 SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
+# Where meter events are posted: one a request on v1, batches on the v2 stream.
+V1_PATH = "/v1/billing/meter_events"
+STREAM_PATH = "/v2/billing/meter_event_stream"
 # Stripe's code for a repeated identifier is undocumented (the emulator's code is a guess);
 # its message is known: "An event already exists with identifier …". Either one identifies it.
 _DUPLICATE_MESSAGE = re.compile(
@@ -95,16 +101,34 @@ def session_rejected(exc: BaseException) -> bool:
     return False
 
 
+def v1_form(event: MeterEvent) -> str:
+    """The v1 request's form body, as stripe-python encodes the same params."""
+    return urlencode(
+        (
+            ("event_name", event.event_name),
+            (f"payload[{METER_EVENT_CUSTOMER_KEY}]", event.customer_id),
+            (f"payload[{METER_EVENT_VALUE_KEY}]", str(event.value)),
+            ("identifier", event.identifier),
+            ("timestamp", str(event.timestamp)),
+        ),
+        safe="[]",
+    )
+
+
 def stream_event(event: MeterEvent) -> dict[str, Any]:
     return {
         "event_name": event.event_name,
         "payload": payload(event),
         "identifier": event.identifier,
-        # The stream takes RFC 3339 times, not v1's unix seconds.
-        "timestamp": datetime.fromtimestamp(event.timestamp, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "timestamp": _rfc3339_ms(event.timestamp),
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_ms(timestamp: int) -> str:
+    # The stream takes RFC 3339 times, not v1's unix seconds. A push's events share a few
+    # stamps (the starts of their windows): each is formatted once.
+    return rfc3339(datetime.fromtimestamp(timestamp, UTC))
 
 
 def payload(event: MeterEvent) -> dict[str, str]:

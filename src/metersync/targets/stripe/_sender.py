@@ -7,6 +7,7 @@ the stream), apart from the 25/100 ops/s that customer calls share.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,16 +26,21 @@ from metersync.sync.ports import ErrorKind, TargetError
 from metersync.targets.stripe._calls import CALL_ERRORS, classify
 from metersync.targets.stripe._customers import StripeTarget
 from metersync.targets.stripe._events import (
+    STREAM_PATH,
+    V1_PATH,
     check_unique_identifiers,
     is_duplicate_event,
-    payload,
     refuse_locally,
     session_rejected,
     stream_event,
+    v1_form,
 )
 from metersync.usage.ports import Delivery, MeterEvent
 
 _log = get_logger("metersync.stripe.meters")
+
+# The meter event limiter's bucket, in seconds of its rate (see MeterEventSender.__init__).
+LIMITER_BURST_S = 0.02
 
 # Refresh a v2 session this long before Stripe says it expires, so that no batch leaves with a
 # token that dies on the way.
@@ -101,8 +107,12 @@ class MeterEventSender:
         self.retry_delay_s = retry_delay_s
         self.session_margin_s = session_margin_s
         # Meter events have their own budget at Stripe: their own limiter, so a usage push
-        # never slows customer sync down, nor the other way round.
-        self.limiter = AdaptiveLimiter(rate, burst=1.0)
+        # never slows customer sync down, nor the other way round. Its bucket holds a few
+        # milliseconds' worth: at 1,000/s a bucket of one token refills every millisecond,
+        # and an event loop busy with a couple of hundred answers misses most of those
+        # refills (an unused token is lost when the bucket is full), which held v1 at a third
+        # of its rate. Stripe's own bucket takes far larger bursts than this.
+        self.limiter = AdaptiveLimiter(rate, burst=max(1.0, rate * LIMITER_BURST_S))
         self.sessions_created = 0
         self._clock = clock
         self._session: _Session | None = None
@@ -161,14 +171,7 @@ class MeterEventSender:
     async def _post_v1(self, event: MeterEvent) -> Delivery:
         await self.limiter.acquire()
         try:
-            await self.target.account.client.v1.billing.meter_events.create_async(
-                {
-                    "event_name": event.event_name,
-                    "payload": payload(event),
-                    "identifier": event.identifier,
-                    "timestamp": event.timestamp,
-                }
-            )
+            await self.target.account.post_meter_events_raw(V1_PATH, v1_form(event), api="V1")
         except CALL_ERRORS as exc:
             if is_duplicate_event(exc):
                 return Delivery(event.identifier, True, duplicate=True)
@@ -192,7 +195,8 @@ class MeterEventSender:
         return [delivery for batch in answered for delivery in batch]
 
     async def _post_batch(self, batch: list[MeterEvent]) -> list[Delivery]:
-        body = {"events": [stream_event(e) for e in batch]}
+        # Encoded once, resent as is: a retry carries the same identifiers.
+        body = json.dumps({"events": [stream_event(e) for e in batch]}, separators=(",", ":"))
         error: TargetError | None = None
         # Two tries: a session that expires on the way (or that Stripe no longer knows) is
         # replaced and the batch resent, with the same identifiers.
@@ -204,10 +208,9 @@ class MeterEventSender:
                 break
             await self.limiter.acquire()
             try:
-                await self.target.account.client.v2.billing.meter_event_stream.create_async(
-                    body,  # type: ignore[arg-type]
-                    # The stream authenticates with the session's token, not the API key.
-                    {"api_key": session.token},
+                # The stream authenticates with the session's token, not the API key.
+                await self.target.account.post_meter_events_raw(
+                    STREAM_PATH, body, api="V2", api_key=session.token
                 )
             except CALL_ERRORS as exc:
                 if session_rejected(exc):
