@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 from freezegun import freeze_time
@@ -793,6 +794,67 @@ def test_event_summaries_equal_the_sum_of_accepted_events(
             for window, size in ((None, end - start), ("hour", HOUR), ("day", DAY)):
                 got = summaries(client, meter.id, customer, start, end, window)
                 assert got == _expected(mine, formula, start, end, size, grouped=bool(window))
+
+
+def test_every_customers_summaries_in_one_read(
+    client: stripe.StripeClient,
+    emulator: StripeEmulator,
+    frozen: FrozenDateTimeFactory,
+) -> None:
+    """The control read answers, for every customer with events, what the summaries endpoint
+    answers that customer (objects and all), from Python and over HTTP."""
+    meter = new_meter(client)
+    customers = [new_customer(client) for _ in range(3)]
+    idle = new_customer(client)  # its only event is cancelled: left out of the read
+    start = NOW - 6 * HOUR
+    for index in range(30):
+        send(client, customers[index % 3], str(index), timestamp=start + index * 11 * 60)
+    cancel(
+        client,
+        client.v1.billing.meter_events.create(
+            {
+                "event_name": "api_calls",
+                "payload": {"stripe_customer_id": idle, "value": "5"},
+                "timestamp": start,
+            }
+        ).identifier,
+    )
+    # The day's range runs from one UTC midnight to the next; NOW is noon.
+    ranges = {None: (start, NOW), "hour": (start, NOW), "day": (NOW - 12 * HOUR, NOW + 12 * HOUR)}
+    for window, (begin, finish) in ranges.items():
+        read = emulator.meter_event_summaries(meter.id, begin, finish, window=window)
+        params: dict[str, Any] = {"start_time": begin, "end_time": finish, "limit": 100}
+        if window:
+            params["value_grouping_window"] = window
+        assert read == [
+            {
+                "customer": customer,
+                "summaries": [
+                    s.to_dict()
+                    for s in client.v1.billing.meters.event_summaries.list(
+                        meter.id, {**params, "customer": customer}
+                    ).data
+                ],
+            }
+            for customer in sorted(customers)
+        ]
+    over_http = httpx.get(
+        f"{emulator.url}/_emulator/meter_event_summaries",
+        params={"meter": meter.id, "start_time": start, "end_time": NOW},
+    )
+    assert over_http.status_code == 200
+    assert over_http.json()["data"] == emulator.meter_event_summaries(meter.id, start, NOW)
+    misaligned = httpx.get(
+        f"{emulator.url}/_emulator/meter_event_summaries",
+        params={"meter": meter.id, "start_time": start + 1, "end_time": NOW},
+    )
+    assert misaligned.status_code == 400
+    assert "start_time" in misaligned.json()["error"]["message"]
+    unknown = httpx.get(
+        f"{emulator.url}/_emulator/meter_event_summaries",
+        params={"meter": "mtr_missing", "start_time": start, "end_time": NOW},
+    )
+    assert unknown.status_code == 404
 
 
 def _expected(

@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from metersync.testing._config import ENDPOINT_CLASSES, Counters, EmulatorConfig, FaultKind
@@ -28,6 +28,8 @@ from metersync.testing._state import EmulatorState, StoredResponse
 _TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 IDEMPOTENCY_TTL_S = 24 * 3600  # Stripe keeps idempotency keys at least 24 hours
 _IDEMPOTENT_METHODS = ("POST", "DELETE")
+# A control read: the state and the query's parameters in, a JSON-ready answer out.
+ControlRead = Callable[[EmulatorState, dict[str, Any]], Any]
 
 
 def _json(data: Any) -> bytes:
@@ -42,8 +44,11 @@ class EmulatorApp:
         *,
         loop_clock: Callable[[], float],
         on_events: Callable[[Call], None] | None = None,
+        reads: Mapping[str, ControlRead] | None = None,
     ) -> None:
         self.routes = routes
+        # `GET /_emulator/<name>`: reads of the state for tests and benchmarks, beside the API.
+        self.reads = dict(reads or {})
         self.state = EmulatorState()
         self.loop_clock = loop_clock
         self.on_events = on_events
@@ -343,6 +348,11 @@ class EmulatorApp:
                 return Response(200, _json({"reset": True}))
             if name == "health" and request.method == "GET":
                 return Response(200, _json({"ok": True}))
+            if name in self.reads and request.method == "GET":
+                answer = self.reads[name](self.state, decode_form(request.query))
+                return Response(200, _json(answer))
+        except StripeApiError as exc:  # a read's parameters, checked as the API checks them
+            return Response(exc.status, _json(exc.body()))
         except (ValueError, TypeError, KeyError) as exc:
             return Response(
                 400, _json({"error": {"type": "invalid_request_error", "message": str(exc)}})

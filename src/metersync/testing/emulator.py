@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import stripe
 
 from metersync.testing import _customers, _meters, _v2
-from metersync.testing._app import EmulatorApp
+from metersync.testing._app import ControlRead, EmulatorApp
 from metersync.testing._config import EmulatorConfig
 from metersync.testing._routes import Call, Route
 from metersync.testing._server import BackgroundServer, Handler, ServedEmulator
@@ -35,6 +35,12 @@ DEFAULT_TEST_KEY = "sk_test_metersync_emulator"
 
 def all_routes() -> list[Route]:
     return [*_customers.routes(), *_meters.routes(), *_v2.routes()]
+
+
+# `GET /_emulator/<name>`: what a test or a benchmark in another process can read in one go.
+CONTROL_READS: dict[str, ControlRead] = {
+    "meter_event_summaries": _meters.summaries_of_every_customer,
+}
 
 
 class StripeEmulator(ServedEmulator):
@@ -73,7 +79,11 @@ class StripeEmulator(ServedEmulator):
         self._webhooks = WebhookSender()
         self._webhooks.start()
         self._app = EmulatorApp(
-            all_routes(), self._config, loop_clock=loop.time, on_events=self._on_events
+            all_routes(),
+            self._config,
+            loop_clock=loop.time,
+            on_events=self._on_events,
+            reads=CONTROL_READS,
         )
         return self._app
 
@@ -189,6 +199,19 @@ class StripeEmulator(ServedEmulator):
             return len(lost)
 
         return self._on_loop(lose)
+
+    def meter_event_summaries(
+        self, meter_id: str, start: int, end: int, *, window: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every customer's event summaries of one meter over [start, end) (window "hour" or
+        "day", or None for one summary each), as the summaries endpoint answers them, for
+        the customers that have events there: [{"customer": id, "summaries": [...]}]."""
+        params: dict[str, Any] = {"meter": meter_id, "start_time": start, "end_time": end}
+        if window is not None:
+            params["value_grouping_window"] = window
+        return self._on_loop(
+            lambda: _meters.summaries_of_every_customer(self._require_app().state, params)["data"]
+        )
 
     def meter_event_errors(self) -> list[dict[str, Any]]:
         """Events of the v2 stream rejected after acceptance (Stripe reports these by webhook)."""
