@@ -605,6 +605,8 @@ def test_the_factory_reads_usage_settings(tmp_path: Path, emulator: StripeEmulat
 
     sender = with_target(emulator, work)
     assert (sender.api, sender.concurrency, sender.limiter.rate) == ("v2", 3, 100.0)
+    # 50 ms of the rate: a loop stalled that long catches up instead of losing the tokens.
+    assert sender.limiter.burst == 5.0
 
 
 # -- event summaries ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from metersync.usage.ports import Delivery, MeterEvent
 _log = get_logger("metersync.stripe.meters")
 
 # The meter event limiter's bucket, in seconds of its rate (see MeterEventSender.__init__).
-LIMITER_BURST_S = 0.02
+LIMITER_BURST_S = 0.05
 
 # Refresh a v2 session this long before Stripe says it expires, so that no batch leaves with a
 # token that dies on the way.
@@ -107,11 +107,12 @@ class MeterEventSender:
         self.retry_delay_s = retry_delay_s
         self.session_margin_s = session_margin_s
         # Meter events have their own budget at Stripe: their own limiter, so a usage push
-        # never slows customer sync down, nor the other way round. Its bucket holds a few
-        # milliseconds' worth: at 1,000/s a bucket of one token refills every millisecond,
-        # and an event loop busy with a couple of hundred answers misses most of those
-        # refills (an unused token is lost when the bucket is full), which held v1 at a third
-        # of its rate. Stripe's own bucket takes far larger bursts than this.
+        # never slows customer sync down, nor the other way round. Its bucket holds 50 ms of
+        # its rate: at 1,000/s a bucket of one token refills every millisecond, and an event
+        # loop busy with a couple of hundred answers (or waiting for a busy CPU) misses most of
+        # those refills, since a token that finds the bucket full is lost: that held v1 at a
+        # third of its rate. A stall of up to 50 ms is now caught up afterwards; Stripe's own
+        # bucket takes far larger bursts than 5% of a second.
         self.limiter = AdaptiveLimiter(rate, burst=max(1.0, rate * LIMITER_BURST_S))
         self.sessions_created = 0
         self._clock = clock
