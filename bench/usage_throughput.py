@@ -729,9 +729,18 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for name, r in report["cases"].items():
         s = r["setup"]
+        saw = r["emulator_saw"]
         lines.append(
             f"- **{name}**: push counts {r['push']['counts']}; sender {r['push']['sender']}; "
-            f"push process peak RSS {r['push']['peak_rss_mb']} MB; set-up: ingest "
+            + (
+                f"the emulator saw {saw['requests']:,} meter event requests over "
+                f"{saw['span_s']:.2f} s, each {saw['server_ms_p50']:.0f} ms inside it (p50; "
+                f"p99 {saw['server_ms_p99']:.0f} ms), {saw['held_on_average']} at once on "
+                "average; "
+                if saw
+                else ""
+            )
+            + f"push process peak RSS {r['push']['peak_rss_mb']} MB; set-up: ingest "
             f"{s['ingest']['wall_s']:.1f} s (CPU {s['ingest']['cpu_s']:.1f} s), customer sync "
             f"{s['customer_sync']['wall_s']:.1f} s (CPU {s['customer_sync']['cpu_s']:.1f} s, "
             f"{s['customer_sync']['outcomes']}), peak RSS {s['peak_rss_mb']} MB; the check: "
@@ -765,7 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--v2-rate", type=float, default=10_000.0, help="stream requests/s (default 10,000)"
     )
     parser.add_argument(
-        "--v2-concurrency", type=int, default=128, help="stream requests at once (default 128)"
+        "--v2-concurrency", type=int, default=256, help="stream requests at once (default 256)"
     )
     parser.add_argument("--e2e-customers", type=int, default=None, help="default 100,000")
     parser.add_argument(
