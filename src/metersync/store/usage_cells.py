@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Table, and_, delete, func, or_, select, tuple_
+from sqlalchemy import Table, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -50,16 +50,15 @@ def mark_cell(
     """Make one cell due again (at `due_at`, unix seconds, or now), inside the caller's
     transaction: a report refused, or found missing at the target, must be planned again."""
     row = {"target": target, "meter": meter, "customer_key": customer_key, "window_start": window}
-    session.execute(_insert(session, [{**row, "due_at": due_at}], update_due=True))
+    session.execute(_insert(session, update_due=True), [{**row, "due_at": due_at}])
 
 
-def _insert(
-    session: Session, rows: list[dict[str, object]], *, update_due: bool = False
-) -> Executable:
+def _insert(session: Session, *, update_due: bool = False) -> Executable:
     """INSERT … ON CONFLICT: a cell already due keeps its time, unless `update_due` (a new
-    refusal's backoff replaces the old one)."""
+    refusal's backoff replaces the old one). Run with a list of rows: one statement,
+    compiled once (a VALUES list of 2,000 rows cost more to compile than to run)."""
     dialect = session.get_bind().dialect.name
-    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(CELLS).values(rows)
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(CELLS)
     if update_due:
         return insert.on_conflict_do_update(
             index_elements=[_c.target, _c.meter, _c.customer_key, _c.window_start],
@@ -119,11 +118,11 @@ class UsageCellTable:
                     }
                 )
                 if len(batch) == _WRITE_BATCH:
-                    session.execute(_insert(session, batch, update_due=update_due))
+                    session.execute(_insert(session, update_due=update_due), batch)
                     offered += len(batch)
                     batch = []
             if batch:
-                session.execute(_insert(session, batch, update_due=update_due))
+                session.execute(_insert(session, update_due=update_due), batch)
                 offered += len(batch)
         return offered
 
@@ -146,16 +145,16 @@ class UsageCellTable:
         """Cells whose reports are written, or that owed nothing: no longer due."""
         if not cells:
             return
+        # One statement run for every cell, compiled once, each an indexed delete: an OR of
+        # 500 cells a statement cost more to compile than the deletes themselves.
+        statement = delete(CELLS).where(
+            _c.target == self.target,
+            _c.meter == meter,
+            _c.customer_key == bindparam("cell_customer"),
+            _c.window_start == bindparam("cell_window"),
+        )
         with self.store.session() as session:
-            for start in range(0, len(cells), 500):
-                chunk = cells[start : start + 500]
-                session.execute(
-                    delete(CELLS).where(
-                        _c.target == self.target,
-                        _c.meter == meter,
-                        or_(*(and_(_c.customer_key == k, _c.window_start == w) for k, w in chunk)),
-                    )
-                )
+            session.execute(statement, [{"cell_customer": k, "cell_window": w} for k, w in cells])
 
     def count(self) -> int:
         """Cells due, over every meter: what the next push will plan at least."""
