@@ -109,7 +109,7 @@ class StripeAccount:
         return body  # type: ignore[return-value]  # not a stream: str or bytes
 
     async def post_meter_events_raw(
-        self, path: str, body: str, *, api: Literal["V1", "V2"], api_key: str | None = None
+        self, path: str, body: str | bytes, *, api: Literal["V1", "V2"], api_key: str | None = None
     ) -> None:
         """POST a body the caller encoded (a form for v1, JSON for v2) to the meter events
         host; the answer is checked, not parsed. The meter event sender's fast path: per

@@ -7,12 +7,13 @@ the stream), apart from the 25/100 ops/s that customer calls share.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+
+import msgspec
 
 from metersync.logs import get_logger
 from metersync.mechanics.limiter import AdaptiveLimiter
@@ -196,8 +197,9 @@ class MeterEventSender:
         return [delivery for batch in answered for delivery in batch]
 
     async def _post_batch(self, batch: list[MeterEvent]) -> list[Delivery]:
-        # Encoded once, resent as is: a retry carries the same identifiers.
-        body = json.dumps({"events": [stream_event(e) for e in batch]}, separators=(",", ":"))
+        # Encoded once, resent as is: a retry carries the same identifiers. msgspec encodes
+        # the 100 events several times faster than json.dumps.
+        body = msgspec.json.encode({"events": [stream_event(e) for e in batch]})
         error: TargetError | None = None
         # Two tries: a session that expires on the way (or that Stripe no longer knows) is
         # replaced and the batch resent, with the same identifiers.
