@@ -6,13 +6,13 @@ stripe SDK over HTTP to the Stripe emulator in a process of its own. Three cases
 
 1. **v1** (`/v1/billing/meter_events`, one request per event), the emulator at 200 ms and with
    Stripe's live limits, metersync configured for 1,000 meter events/s and 256 lanes (Stripe
-   takes one concurrent v1 call per customer and meter: 2,000 customers × 5 meters, one
+   takes one concurrent v1 call per customer and meter: 5,000 customers × 5 meters, one
    window, keep ~200 in flight): the rate achieved while sending ≥ 0.9 × 1,000/s.
 2. **v2** (a meter event session and `/v2/billing/meter_event_stream`, ≤ 100 events a
    request) at 200 ms: ≥ 14,000 meter events/s from one metersync process while it sends,
    with that process's CPU time and share of one core.
 3. **End to end**: 100,000 customers × 5 meters × one hour of usage, ingested through the
-   real ingest path (`ingest_json`; each subject brings its customer, as the catalog's
+   real ingest path (`ingest_file`; each subject brings its customer, as the catalog's
    auto-customer rule makes it), synced to the emulator by metersync's customer sync (latency
    0, timed apart), then ONE push through the v2 stream at 200 ms: its wall and CPU time; then
    Stripe's hourly summaries must equal, for every customer and meter, the figures this script
@@ -21,6 +21,13 @@ stripe SDK over HTTP to the Stripe emulator in a process of its own. Three cases
    (`GET /_emulator/meter_event_summaries`): through the summaries endpoint, 500,000 reads
    each scanning 500,000 events would take hours. A sample is also read through the endpoint
    itself, and must agree.
+
+Which push: the push measured in cases 1 to 3 is a tick. Each meter's first push runs during
+set-up, before any usage exists (as a deployment's first tick does), and sets the meter's
+cursor; the usage then ingested is pushed by one push that walks the changed cells, 5,000 a
+chunk, each chunk planned, written and sent (one `send`, all its requests at once) before the
+next. A fourth case, **first**, measures a meter's first push over usage already there, for
+context: it walks every customer with usage, 100 customers (here 100 reports) a chunk.
 
 Processes: the emulator runs in a process of its own (bench/emulator.py --serve) and every
 metersync step in a fresh process of this script (--worker setup|push), so the CPU time of a
@@ -33,7 +40,7 @@ events/s, 10,000 stream requests/s, each with a bucket of one second); during se
 and latency 0. The emulator does not enforce Stripe's one-concurrent-v1-call per customer and
 meter; the sender keeps it by construction (its lanes).
 
-    .venv/bin/python bench/usage_throughput.py           # the full run, about 10 minutes
+    .venv/bin/python bench/usage_throughput.py           # the full run, about 15 minutes
     .venv/bin/python bench/usage_throughput.py --quick   # small sizes, seconds; writes nothing
 
 Writes bench/results/usage_throughput.json and .md; exits 1 if a target is missed.
@@ -120,6 +127,9 @@ class Case:
     api: str  # v1 | v2
     rate: float  # metersync's usage.meter_event_rate (events/s on v1, requests/s on v2)
     concurrency: int  # usage.concurrency
+    # The measured push is each meter's first (it walks every customer with usage); else a
+    # push before the usage arrived set the meters' cursors and it walks the changed cells.
+    first_push: bool = False
 
 
 # -- the workload ---------------------------------------------------------------------------------
@@ -184,36 +194,48 @@ def _timed(figures: dict[str, Any], name: str, started: float, cpu: float) -> No
     }
 
 
-def setup_worker(events_path: Path) -> dict[str, Any]:
-    """Ingest the events, sync the customers they brought, make the meters exist."""
+def setup_worker(events_path: Path, first_push: bool) -> dict[str, Any]:
+    """Make the meters exist and, unless the case measures a meter's first push, push once
+    before any usage exists (which sets each meter's cursor, as a deployment's first tick
+    does); then ingest the events and sync the customers they brought."""
     from metersync.catalog.meters import Meter
     from metersync.pipeline import Pipeline, SyncRun
-    from metersync.usage.ingest import ingest_json
+    from metersync.usage.ingest import ingest_file
 
     settings = _settings()
     catalog = _catalog(settings)
     figures: dict[str, Any] = {}
+
+    async def before_usage() -> None:
+        async with Pipeline(settings, catalog) as pipeline:
+            started, cpu = time.perf_counter(), time.process_time()
+            checks = await pipeline.ensure_meters(dry_run=False)
+            _timed(figures, "ensure_meters", started, cpu)
+            figures["ensure_meters"]["outcomes"] = [str(c.outcome) for c in checks]
+            if not first_push:
+                started, cpu = time.perf_counter(), time.process_time()
+                primed = await pipeline.push_usage()
+                _timed(figures, "push_before_usage", started, cpu)
+                figures["push_before_usage"]["counts"] = primed.counts()
+
+    async def customers() -> None:
+        async with Pipeline(settings, catalog) as pipeline:
+            started, cpu = time.perf_counter(), time.process_time()
+            synced = await pipeline.sync_stripe(SyncRun())
+            _timed(figures, "customer_sync", started, cpu)
+            figures["customer_sync"]["outcomes"] = synced.counts
+
+    asyncio.run(before_usage())
     started, cpu = time.perf_counter(), time.process_time()
-    report = ingest_json(catalog, [Meter.of(m) for m in settings.meters], events_path.read_bytes())
+    with events_path.open("rb") as events:  # as `metersync events ingest FILE` reads it
+        report = ingest_file(catalog, [Meter.of(m) for m in settings.meters], events)
     _timed(figures, "ingest", started, cpu)
     figures["ingest"].update(
         accepted=report.accepted,
         rejected=len(report.rejections),
         subjects_created=len(report.subjects_created),
     )
-
-    async def remote() -> None:
-        async with Pipeline(settings, catalog) as pipeline:
-            started, cpu = time.perf_counter(), time.process_time()
-            synced = await pipeline.sync_stripe(SyncRun())
-            _timed(figures, "customer_sync", started, cpu)
-            figures["customer_sync"]["outcomes"] = synced.counts
-            started, cpu = time.perf_counter(), time.process_time()
-            checks = await pipeline.ensure_meters(dry_run=False)
-            _timed(figures, "ensure_meters", started, cpu)
-            figures["ensure_meters"]["outcomes"] = [str(c.outcome) for c in checks]
-
-    asyncio.run(remote())
+    asyncio.run(customers())
     catalog.close()
     figures["peak_rss_mb"] = peak_rss_mb()
     return figures
@@ -299,7 +321,7 @@ def push_worker(emulator_pid: int) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> int:
     if args.worker == "setup":
-        figures = setup_worker(Path(args.events))
+        figures = setup_worker(Path(args.events), args.first_push)
     else:
         figures = push_worker(args.emulator_pid)
     print(RESULT_MARKER + json.dumps(figures), flush=True)
@@ -498,7 +520,8 @@ def run_case(
     env = worker_env(case, folder, emulator.url)
     emulator.reset()
     emulator.configure(**NO_LIMITS)
-    setup = run_worker("setup", env, ["--events", str(events_path)], args.timeout)
+    extra = ["--events", str(events_path)] + (["--first-push"] if case.first_push else [])
+    setup = run_worker("setup", env, extra, args.timeout)
     print(
         "  set-up (latency 0): ingest {i[wall_s]:.1f} s ({i[accepted]:,} events, "
         "{i[subjects_created]:,} subjects and customers); customer sync {s[wall_s]:.1f} s "
@@ -619,7 +642,7 @@ def verdicts(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> li
             f"≥ {target:,.0f}/s (0.9 × {args.v1_rate:,.0f}/s)",
             rate(v1["send_rate"] >= target),
         )
-    for name in ("v2", "e2e"):
+    for name in ("v2", "first", "e2e"):
         if name not in results:
             continue
         case = results[name]
@@ -690,10 +713,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"seconds of the last whole hour, each counting on {len(METERS)} meters "
         f"({', '.join(f'{s} {a}' for s, a, *_ in METERS)}; Stripe `sum` meters, hourly "
         "windows): one report per customer and meter.",
-        "- Set-up of each case (timed apart, not measured against a target): the events "
-        "through `ingest_json` (each new subject brings its customer), `sync_stripe` (customer "
-        "sync, 64 at once, the engine's limiter out of the way) and `ensure_meters`, with the "
-        "emulator at latency 0 and no limits.",
+        "- Set-up of each case (timed apart, not measured against a target), with the emulator "
+        "at latency 0 and no limits: `ensure_meters`; each meter's first push, before any usage "
+        "exists (it sets the meter's cursor, as a deployment's first tick does; not in case "
+        "`first`); the events through `ingest_file` (as `metersync events ingest` reads a "
+        "file; each new subject brings its customer); `sync_stripe` (customer sync, 64 at "
+        "once, the engine's limiter out of the way).",
+        "- So the measured push of v1, v2 and e2e is a tick over changed cells: 5,000 cells a "
+        "chunk, each planned, written and sent (one `send`, all its requests at once) before "
+        "the next; each send waits for its last answer, so at 200 ms a chunk takes at least "
+        "one round trip. Case `first` is a meter's first push over usage already stored: 100 "
+        "customers a chunk (here 100 reports, one stream request), chunk after chunk.",
         f"- Each push: the emulator at {p['latency_ms']:g} ms (no jitter) with Stripe's live "
         "limits (100 ordinary calls/s, 1,000 v1 meter events/s, 10,000 stream requests/s). "
         "Rate while sending = events ÷ the time inside the sink's `send` (the first event "
@@ -764,9 +794,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="small sizes, seconds; writes no files"
     )
     parser.add_argument(
-        "--cases", default="v1,v2,e2e", help="which cases, comma-separated (default v1,v2,e2e)"
+        "--cases",
+        default="v1,v2,first,e2e",
+        help="which cases, comma-separated (default v1,v2,first,e2e)",
     )
-    parser.add_argument("--v1-customers", type=int, default=None, help="default 2,000")
+    parser.add_argument("--v1-customers", type=int, default=None, help="default 5,000")
     parser.add_argument("--v1-rate", type=float, default=1000.0, help="events/s (default 1,000)")
     parser.add_argument("--v1-concurrency", type=int, default=256, help="lanes (default 256)")
     parser.add_argument("--v2-customers", type=int, default=None, help="default 20,000")
@@ -775,6 +807,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--v2-concurrency", type=int, default=256, help="stream requests at once (default 256)"
+    )
+    parser.add_argument(
+        "--first-customers", type=int, default=None, help="a meter's first push (2,000)"
     )
     parser.add_argument("--e2e-customers", type=int, default=None, help="default 100,000")
     parser.add_argument(
@@ -799,20 +834,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", choices=("setup", "push"), help=argparse.SUPPRESS)
     parser.add_argument("--events", help=argparse.SUPPRESS)
+    parser.add_argument("--first-push", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--emulator-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
-    args.v1_customers = args.v1_customers or (100 if quick else 2000)
+    args.v1_customers = args.v1_customers or (100 if quick else 5000)
+    args.first_customers = args.first_customers or (100 if quick else 2000)
     args.v2_customers = args.v2_customers or (400 if quick else 20_000)
     args.e2e_customers = args.e2e_customers or (1000 if quick else 100_000)
     args.endpoint_sample = (
         args.endpoint_sample if args.endpoint_sample is not None else 5 if quick else 20
     )
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(args.cases) - {"v1", "v2", "e2e"})
+    unknown = sorted(set(args.cases) - {"v1", "v2", "first", "e2e"})
     if unknown or not args.cases:
-        parser.error(f"--cases: choose among v1, v2, e2e (got {', '.join(unknown) or 'none'})")
-    for name in ("v1_customers", "v2_customers", "e2e_customers", "events_per_customer"):
+        parser.error(
+            f"--cases: choose among v1, v2, first, e2e (got {', '.join(unknown) or 'none'})"
+        )
+    for name in (
+        "v1_customers",
+        "v2_customers",
+        "first_customers",
+        "e2e_customers",
+        "events_per_customer",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("v1_concurrency", "v2_concurrency"):
@@ -827,6 +872,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
     known = {
         "v1": Case("v1", args.v1_customers, "v1", args.v1_rate, args.v1_concurrency),
         "v2": Case("v2", args.v2_customers, "v2", args.v2_rate, args.v2_concurrency),
+        "first": Case("first", args.first_customers, "v2", args.v2_rate, args.v2_concurrency, True),
         "e2e": Case("e2e", args.e2e_customers, "v2", args.v2_rate, args.v2_concurrency),
     }
     return [known[name] for name in args.cases]
