@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from metersync.errors import DatabaseUnavailable
 from metersync.store import LinkKind, LinkRow, LinkState, Store, SubjectRow
 from metersync.store.engine import build_engine
+from metersync.store.links import LinkTable
 from metersync.store.migrate import head_revision
 from metersync.store.models import metadata
 
@@ -186,6 +187,43 @@ def test_link_is_unique_per_local_key_and_per_external_id(store: Store) -> None:
             select(LinkRow).where(LinkRow.local_key == "acme", LinkRow.target == "stripe")
         ).one()
     assert (row.generation, row.attempts, row.owned_metadata_keys) == (1, 0, [])
+
+
+def test_usage_routes_only_to_linked_customers_in_a_routable_state(store: Store) -> None:
+    states = {
+        "synced": (LinkState.SYNCED, "cus_1"),
+        "updating": (LinkState.UPDATING, "cus_2"),
+        "archived": (LinkState.ARCHIVED, "cus_3"),
+        "creating": (LinkState.CREATING, None),
+        "pending": (LinkState.PENDING, None),
+        "deleting": (LinkState.DELETING, "cus_4"),
+        "deleted": (LinkState.DELETED, "cus_5"),
+        "missing": (LinkState.MISSING, "cus_6"),
+        "released": (LinkState.RELEASED, "cus_7"),
+        "no-id": (LinkState.SYNCED, None),
+    }
+    with store.session() as session:
+        for key, (state, external_id) in states.items():
+            row = _link(key, external_id)
+            row.state = state
+            session.add(row)
+        # A subject's link under a customer's key is not that customer's.
+        session.add(
+            LinkRow(
+                target="stripe",
+                kind=LinkKind.SUBJECT,
+                local_key="subject-only",
+                external_id="cus_9",
+                state=LinkState.SYNCED,
+            )
+        )
+    routable = {"synced": "cus_1", "updating": "cus_2", "archived": "cus_3"}
+    links = LinkTable(store, "stripe")
+    assert links.routable_external_ids() == routable
+    asked = [*states, "subject-only", "unknown"]
+    assert links.routable_external_ids(asked) == routable
+    assert links.routable_external_ids(["updating", "deleted"]) == {"updating": "cus_2"}
+    assert LinkTable(store, "hubspot").routable_external_ids(asked) == {}
 
 
 def test_change_numbers_are_handed_out_in_commit_order(store: Store) -> None:
