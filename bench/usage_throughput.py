@@ -24,10 +24,10 @@ stripe SDK over HTTP to the Stripe emulator in a process of its own. Three cases
 
 Which push: the push measured in cases 1 to 3 is a tick. Each meter's first push runs during
 set-up, before any usage exists (as a deployment's first tick does), and sets the meter's
-cursor; the usage then ingested is pushed by one push that walks the changed cells, 5,000 a
-chunk, each chunk planned, written and sent (one `send`, all its requests at once) before the
-next. A fourth case, **first**, measures a meter's first push over usage already there, for
-context: it walks every customer with usage, 100 customers (here 100 reports) a chunk.
+cursor; the usage then ingested is pushed by one push that walks the changed cells chunk by
+chunk (usage.due sizes them), each chunk planned, written and sent (one `send`, all its
+requests at once) before the next. A fourth case, **first**, measures a meter's first push
+over usage already there, for context: it walks every customer with usage instead.
 
 Processes: the emulator runs in a process of its own (bench/emulator.py --serve) and every
 metersync step in a fresh process of this script (--worker setup|push), so the CPU time of a
@@ -551,7 +551,8 @@ def run_case(
     )
     print(
         f"  push at {args.latency_ms:g} ms: {push['counts']}; sending {send['events']:,} events "
-        f"took {send['wall_s']:.2f} s = {send_rate:,.0f} events/s (CPU {send['cpu_s']:.2f} s = "
+        f"({send['calls']} sends) took {send['wall_s']:.2f} s = {send_rate:,.0f} events/s "
+        f"(CPU {send['cpu_s']:.2f} s = "
         f"{send['cpu_s'] / send['wall_s'] * 100 if send['wall_s'] else 0:.0f}% of a core; "
         f"emulator {emulator_share * 100 if emulator_share is not None else float('nan'):.0f}%"
         f"); whole push {push['push']['wall_s']:.2f} s, CPU {push['push']['cpu_s']:.2f} s = "
@@ -719,11 +720,12 @@ def markdown(report: dict[str, Any]) -> str:
         "`first`); the events through `ingest_file` (as `metersync events ingest` reads a "
         "file; each new subject brings its customer); `sync_stripe` (customer sync, 64 at "
         "once, the engine's limiter out of the way).",
-        "- So the measured push of v1, v2 and e2e is a tick over changed cells: 5,000 cells a "
-        "chunk, each planned, written and sent (one `send`, all its requests at once) before "
-        "the next; each send waits for its last answer, so at 200 ms a chunk takes at least "
-        "one round trip. Case `first` is a meter's first push over usage already stored: 100 "
-        "customers a chunk (here 100 reports, one stream request), chunk after chunk.",
+        "- So the measured push of v1, v2 and e2e is a tick over changed cells, chunk by chunk "
+        "(`usage.due` sizes the chunks), each planned, written and sent (one `send`, all its "
+        "requests at once) before the next; each send waits for its last answer, so at 200 ms "
+        "a chunk takes at least one round trip (the table gives the number of sends: one a "
+        "chunk). Case `first` is a meter's first push over usage already stored: it "
+        "walks every customer with usage, chunk after chunk.",
         f"- Each push: the emulator at {p['latency_ms']:g} ms (no jitter) with Stripe's live "
         "limits (100 ordinary calls/s, 1,000 v1 meter events/s, 10,000 stream requests/s). "
         "Rate while sending = events ÷ the time inside the sink's `send` (the first event "
@@ -740,7 +742,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Cases",
         "",
         "| case | customers × meters | API, rate, lanes | set-up: ingest / customer sync | "
-        "push wall / CPU | sending: wall, events/s, CPU (% core) | emulator while sending | "
+        "push wall / CPU | sending: sends, wall, events/s, CPU (% core) | emulator while sending | "
         "requests | mismatches |",
         "|---|--:|---|---|---|---|--:|---|--:|",
     ]
@@ -751,7 +753,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {c['customers']:,} × {len(METERS)} | {c['api']}, {c['rate']:g}/s, "
             f"{c['concurrency']} | {s['ingest']['wall_s']:.1f} s / "
             f"{s['customer_sync']['wall_s']:.1f} s | {push['wall_s']:.2f} s / "
-            f"{push['cpu_s']:.2f} s | {send['wall_s']:.2f} s, {r['send_rate']:,.0f}/s, "
+            f"{push['cpu_s']:.2f} s | {send['calls']}, {send['wall_s']:.2f} s, "
+            f"{r['send_rate']:,.0f}/s, "
             f"{send['cpu_s']:.2f} s ({r['send_cpu_share'] * 100:.0f}%) | "
             f"{'?' if emulator_share is None else f'{emulator_share * 100:.0f}%'} | "
             f"{r['requests']} | {r['check']['mismatches']} |"
