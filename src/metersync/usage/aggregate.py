@@ -24,7 +24,7 @@ from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, Store, UsageRow
 from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import routable_subjects
-from metersync.times import month_start, rfc3339_seconds
+from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.windows import WindowValue
 
 US = 1_000_000
@@ -201,23 +201,26 @@ def _monthly(session: Session, meter: Meter, conditions: list[Any]) -> Iterable[
     UNIQUE_COUNT, which are computed over the month's rows directly."""
     day = window_start_expr(86400).label("day")
     if meter.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.AVG):
-        rows = session.execute(
-            select(_u.customer_key, day, _u.value, _u.value_text, _u.time_us)
-            .where(and_(*conditions))
-            .order_by(_u.customer_key, _u.time_us)
-        )
-        months: dict[tuple[str, int], list[Any]] = {}
-        for customer, day_start, value, text, time_us in rows:
-            months.setdefault((customer, month_start(int(day_start))), []).append(
-                (value, text, int(time_us))
+        # Not foldable from days: one query per calendar month the rows span, each grouped by
+        # customer in SQL (a month's bounds are computed here, not in SQL).
+        lo, hi = session.execute(
+            select(func.min(_u.time_us), func.max(_u.time_us)).where(and_(*conditions))
+        ).one()
+        if lo is None:
+            return
+        month = month_start(int(lo) // US)
+        while month <= int(hi) // US:
+            following = month_end(month)
+            in_month = [*conditions, _u.time_us >= month * US, _u.time_us < following * US]
+            rows = session.execute(
+                select(_u.customer_key, _value(meter.aggregation), func.max(_u.time_us))
+                .where(and_(*in_month))
+                .group_by(_u.customer_key)
+                .order_by(_u.customer_key)
             )
-        for (customer, start), items in sorted(months.items()):
-            latest = max(t for _, _, t in items)
-            if meter.aggregation is Aggregation.UNIQUE_COUNT:
-                value = float(len({text for _, text, _ in items}))
-            else:
-                value = sum(v for v, _, _ in items) / len(items)
-            yield WindowValue(customer, start, value, latest)
+            for customer, value, latest in rows:
+                yield WindowValue(customer, month, float(value or 0), int(latest))
+            month = following
         return
     daily = (
         list(_latest(session, [day], conditions))

@@ -44,6 +44,9 @@ class Base:
     waiting: bool = False
 
 
+NEVER_REPORTED = Base(total=0, revision=0)
+
+
 @dataclass(frozen=True)
 class Report:
     customer_key: str
@@ -113,7 +116,7 @@ def plan_reports(
     skipped: list[Skipped] = []
     for window in sorted(windows, key=lambda w: (w.customer_key, w.window_start)):
         key = (window.customer_key, window.window_start)
-        base = bases.get(key, Base(total=0, revision=0))
+        base = bases.get(key, NEVER_REPORTED)
         external_id = external_ids.get(window.customer_key)
         if external_id is None:
             skipped.append(Skipped(*key[:1], meter.slug, window.window_start, "no target link"))
