@@ -49,6 +49,15 @@ def verdict(page: Path) -> str:
     return "\n".join(keep[:40]) or "no verdict found"
 
 
+def history_sections() -> list[str]:
+    """One section per history page: usage_history.md, and any run of one database alone kept
+    beside it (usage_history-sqlite.md: a run on code the combined run predates)."""
+    sections: list[str] = []
+    for page in sorted(RESULTS.glob("usage_history*.md")):
+        sections += [f"## History: [{page.name}]({page.name})", "", verdict(page), ""]
+    return sections or ["## History", "", "no results written", ""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes; writes nothing")
@@ -80,10 +89,7 @@ def main() -> int:
         f"Written {stamp} by `python bench/usage.py {how}`{ran}: the verdicts of its two "
         "parts; each page gives its run's command, machine line and load.",
         "",
-        "## History: [usage_history.md](usage_history.md)",
-        "",
-        verdict(RESULTS / "usage_history.md"),
-        "",
+        *history_sections(),
         "## Throughput: [usage_throughput.md](usage_throughput.md)",
         "",
         verdict(RESULTS / "usage_throughput.md"),
