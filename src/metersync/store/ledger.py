@@ -27,7 +27,6 @@ from metersync.store.usage_cells import mark_cell
 LEDGER: Table = LedgerRow.__table__  # type: ignore[attr-defined]
 _g = LEDGER.c
 _ERROR_MAX = 2000  # characters of an error kept on a report
-_READ_BACK = 5_000  # identifiers per query reading new reports' ids back
 # States whose value the target has, or will have: the base of the next delta.
 COUNTED = (LedgerState.PENDING, LedgerState.DELIVERED, LedgerState.LATE)
 # States whose value was sent: what `usage verify` compares with the target's figures.
@@ -212,22 +211,14 @@ class LedgerTable:
             }
             for r in reports
         ]
-        identifiers = [r.identifier for r in reports]
-        found: dict[str, int] = {}
         with self.store.session() as session:
-            session.execute(insert(LEDGER), rows)
-            # Read back in slices: one IN list of every report would pass the databases' bound
-            # parameter limits (65,535 on PostgreSQL) on a large first push.
-            for start in range(0, len(identifiers), _READ_BACK):
-                found.update(
-                    session.execute(
-                        select(_g.identifier, _g.id).where(
-                            _g.target == self.target,
-                            _g.identifier.in_(identifiers[start : start + _READ_BACK]),
-                        )
-                    ).all()
-                )
-        return [int(found[i]) for i in identifiers]
+            # The ids come back from the INSERT itself, in the order of the rows (SQLAlchemy's
+            # insertmanyvalues): reading them back by identifier afterwards cost PostgreSQL a
+            # scan per chunk on a ledger never analyzed.
+            result = session.execute(
+                insert(LEDGER).returning(_g.id, sort_by_parameter_order=True), rows
+            )
+            return [int(report_id) for (report_id,) in result]
 
     def pending(
         self, now: datetime, *, customers: Iterable[str] | None = None
