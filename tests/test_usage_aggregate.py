@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import calendar
 import json
+from collections import Counter
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.store import UsageRow
 from metersync.sync.journal import Journal
 from metersync.times import month_start
+from metersync.usage import aggregate
 from metersync.usage.aggregate import (
     bind_usage,
     customer_windows,
@@ -94,6 +96,30 @@ def test_usage_binds_to_the_subjects_customer_once_it_is_linked(catalog: Catalog
     assert bind_usage(catalog.store, "stripe") == 1
     assert set(bound(catalog).values()) == {"acme"}
     assert unbound_subjects(catalog.store) == {}
+
+
+def test_binding_walks_unbound_rows_in_slices_and_leaves_the_waiting_ones(
+    catalog: Catalog, monkeypatch: Any
+) -> None:
+    # Slices of two rows: binding statements end inside runs of one subject's rows, and rows
+    # that must wait (no linked customer) lie between rows that bind.
+    monkeypatch.setattr(aggregate, "_BIND_ROWS", 2)
+    linked(catalog, "acme", ["s1", "s2"])
+    catalog.upsert_subject({"key": "lost"})
+    for i, subject in enumerate(["s1", "lost", "s2", "s2", "lost", "s1", "s1"]):
+        add(catalog, subject, T + i)
+    columns = aggregate.USAGE.c
+    with catalog.store.read_session() as session:
+        mark = session.execute(select(func.max(columns.seq))).scalar()
+    assert bind_usage(catalog.store, "stripe") == 5
+    assert Counter(bound(catalog).values()) == {"acme": 5, None: 2}
+    assert unbound_subjects(catalog.store) == {"lost": 2}
+    with catalog.store.read_session() as session:
+        seqs = session.execute(
+            select(columns.seq).where(columns.customer_key.is_not(None))
+        ).scalars()
+        assert all(seq > (mark or 0) for seq in seqs)  # bound rows are changes the push sees
+    assert bind_usage(catalog.store, "stripe") == 0  # what waits is not bound twice
 
 
 def test_bound_usage_stays_and_new_usage_follows_a_re_attribution(catalog: Catalog) -> None:

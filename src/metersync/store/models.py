@@ -284,7 +284,15 @@ class UsageRow(SQLModel, table=True):
         Index(
             "ix_usage_value_aggregate", "meter", "customer_key", "time_us", "value", "value_text"
         ),
-        Index("ix_usage_value_unbound", "customer_key", "subject"),
+        # Only the rows waiting to be bound, in the order stored: ingest appends to it, binding
+        # walks it a slice at a time and removes what it binds (usage/aggregate.bind_usage).
+        Index(
+            "ix_usage_value_unbound",
+            "id",
+            "subject",
+            sqlite_where=text("customer_key IS NULL"),
+            postgresql_where=text("customer_key IS NULL"),
+        ),
         # The push reads what changed since its cursor: rows by meter past a sequence number.
         Index("ix_usage_value_meter_seq", "meter", "seq"),
     )

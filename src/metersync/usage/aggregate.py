@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Table, and_, func, literal, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import ScalarSelect
+from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, Store, UsageRow
@@ -28,7 +28,9 @@ from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.windows import WindowValue
 
 US = 1_000_000
-_BIND_BATCH = 500  # subjects per binding statement
+# Unbound rows per binding statement: a transaction short enough that ingest, which takes the
+# same usage counter, waits a fraction of a second for it.
+_BIND_ROWS = 50_000
 # Core columns: this module is SQL through and through.
 USAGE: Table = UsageRow.__table__  # type: ignore[attr-defined]
 _u = USAGE.c
@@ -45,30 +47,46 @@ def bind_usage(store: Store, target: str) -> int:
     link in `target`. Rows of subjects without such a customer stay unbound and wait. Bound
     rows take a new change number: their cells changed (store.usage_cells).
 
-    Costs what is unbound, not the catalog: the subjects with unbound rows come first (most
-    ticks: none), and only they are looked up among the routable subjects."""
-    with store.read_session() as session:
-        waiting = list(
-            session.execute(select(_u.subject).where(_u.customer_key.is_(None)).distinct())
-            .scalars()
-            .all()
-        )
-    if not waiting:
-        return 0
-    bound = 0
-    for start in range(0, len(waiting), _BIND_BATCH):
-        subjects = waiting[start : start + _BIND_BATCH]
-        routable = routable_subjects(target).where(_a.subject_key.in_(subjects))
+    Costs what is unbound, not the history nor the catalog: the rows waiting are walked in id
+    order through their own partial index, `_BIND_ROWS` a statement, and each row's subject
+    is looked up by key. A slice by id is also a slice of the table's pages (rows are stored
+    in arrival order), so binding a large import reads the table once; slicing by subject
+    instead read every page for every slice on PostgreSQL. Each slice is its own transaction,
+    so ingest waits for one slice at most, never for the whole binding."""
+    bound, after = 0, 0
+    while True:
+        with store.read_session() as session:
+            upto = session.execute(_unbound_slice_end(after)).scalar()
+        if upto is None:
+            return bound
         with store.session() as session:
             seq = store.next_change_seq(session, USAGE_SEQUENCE)
             result = session.execute(
                 update(UsageRow)
-                .where(_u.customer_key.is_(None), _u.subject.in_(routable))
+                .where(
+                    _u.customer_key.is_(None),
+                    _u.id > after,
+                    _u.id <= upto,
+                    routable_subjects(target).where(_a.subject_key == _u.subject).exists(),
+                )
                 .values(customer_key=subject_owner(_u.subject), seq=seq)
                 .execution_options(synchronize_session=False)
             )
             bound += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return bound
+        after = int(upto)
+
+
+def _unbound_slice_end(after: int) -> Select[Any]:
+    """The id of the `_BIND_ROWS`-th unbound row past `after` (or the last one): one ordered
+    walk of the partial index, stopped by the LIMIT."""
+    ids = (
+        select(_u.id)
+        .where(_u.customer_key.is_(None), _u.id > after)
+        .order_by(_u.id)
+        .limit(_BIND_ROWS)
+        .subquery()
+    )
+    return select(func.max(ids.c.id))
 
 
 def changed_cells(
