@@ -128,6 +128,24 @@ def postgres_url(admin_url: str) -> Iterator[str]:
         yield url
 
 
+def vacuum_analyze(url: str) -> float:
+    """VACUUM (ANALYZE) every table of the store's schema; the seconds it took."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")  # VACUUM refuses a transaction
+    started = time.perf_counter()
+    try:
+        with engine.connect() as conn:
+            tables = conn.exec_driver_sql(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            ).scalars()
+            for table in list(tables):
+                conn.exec_driver_sql(f'VACUUM (ANALYZE) "{table}"')
+    finally:
+        engine.dispose()
+    return round(time.perf_counter() - started, 1)
+
+
 def store_mb(url: str) -> float:
     """What the store takes on disk: the SQLite files, or the schema's tables and indexes."""
     if url.startswith("sqlite"):
@@ -420,8 +438,9 @@ class Scenario:
             **history,
             **ingest,
         )
+        self._maintain(url, "after_history")
         try:
-            self._pushes(step, check, rng)
+            self._pushes(step, check, rng, url)
         except StepFailed as exc:
             # The ingest below does not depend on the pushes: it is still measured.
             self._failed(exc)
@@ -436,12 +455,14 @@ class Scenario:
                 **ingest,
             )
 
-    def _pushes(self, step: Any, check: Any, rng: random.Random) -> None:
+    def _pushes(self, step: Any, check: Any, rng: random.Random, url: str) -> None:
         """b, c and d: the first push, no-op ticks, ticks after new events."""
         args = self.args
         step("b_bind", "bind")
+        self._maintain(url, "after_bind")
         step("b_plan", "push", dry_run=True)
         step("b_backfill", "push", dry_run=False)
+        self._maintain(url, "after_backfill")
         check("after_backfill", rng.sample(range(args.customers), args.check_customers))
         for tick in range(1, args.ticks + 1):
             step(f"c_noop_{tick}", "push", dry_run=False)
@@ -462,6 +483,18 @@ class Scenario:
             )
             step(f"d_tick_{tick}", "push", dry_run=False)
         check("after_ticks", touched[: args.check_customers])
+
+    def _maintain(self, url: str, label: str) -> None:
+        """PostgreSQL only: VACUUM (ANALYZE) the schema's tables, as autovacuum would after a
+        bulk write (millions of rows inserted, or updated by binding). This machine's cluster
+        runs with `autovacuum = off`; without it the 10 million dead row versions binding
+        leaves are walked by every later read (docs/scale.md). Timed apart from the steps."""
+        if self.database != "postgresql":
+            return
+        seconds = vacuum_analyze(url)
+        self.context.setdefault("maintenance_s", {})[label] = seconds
+        shown = f"  {self.database} {self.size} VACUUM (ANALYZE) {label}: {seconds:.1f} s"
+        print(shown, flush=True)
 
     def _failed(self, exc: StepFailed) -> None:
         self.errors.append(
@@ -760,6 +793,10 @@ def markdown(report: dict[str, Any]) -> str:
         "step of their own, then a push.",
         f"- Then (the large size only) {p['more_events']:,} more events over the same 30 days, "
         "new ids, same shape.",
+        "- PostgreSQL only: after the history's ingest, after the binding and after the "
+        "backfill, `VACUUM (ANALYZE)` of the schema's tables, as autovacuum would after such "
+        "bulk writes (the benchmark machine's cluster runs with `autovacuum = off`); timed "
+        "apart from the steps, under Maintenance below.",
         "- Every step is a fresh process (bench/usage_history_step.py). Engine time: wall time "
         "around metersync's call inside it (no interpreter start, imports, store opening or "
         "event generation); CPU: the process's, every thread; peak RSS: its VmHWM, imports "
@@ -778,6 +815,15 @@ def markdown(report: dict[str, Any]) -> str:
     for per_size in report["scenarios"].values():
         for scenario in per_size.values():
             lines += step_rows(scenario)
+    vacuums = [
+        f"| {scenario['database']} | {scenario['size']} | {label} | {seconds:,.1f} |"
+        for per_size in report["scenarios"].values()
+        for scenario in per_size.values()
+        for label, seconds in scenario["context"].get("maintenance_s", {}).items()
+    ]
+    if vacuums:
+        lines += ["", "## Maintenance (PostgreSQL: VACUUM (ANALYZE), not part of any step)", ""]
+        lines += ["| database | size | when | s |", "|---|---|---|--:|", *vacuums]
     lines += ["", "## Ingest rate as the store grows", ""]
     lines += ["| database | size | step | stored | events/s |", "|---|---|---|---|--:|"]
     for per_size in report["scenarios"].values():
