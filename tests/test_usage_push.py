@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -30,6 +30,7 @@ from metersync.targets.stripe import (
     ensure_meters,
 )
 from metersync.testing import StripeEmulator
+from metersync.usage.local_aggregates import LocalAggregates
 from metersync.usage.push import PushResult, UsagePusher
 from metersync.usage.status import usage_status
 from metersync.usage.verify import verify_usage
@@ -548,6 +549,39 @@ def _keys_in(params: Any) -> set[str]:
     return found
 
 
+def test_many_small_writes_since_the_last_tick_are_collected_in_pages_of_rows(
+    catalog: Catalog, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write takes a change number of its own. A tick after 60 of them (one event each,
+    four rows: one per meter) reads them in pages of about COLLECT_ROWS rows of the meter,
+    not one page per handful of change numbers, and pushes every one."""
+    from metersync.usage import push as push_module
+    from metersync.usage.local_aggregates import LOCAL
+
+    setup(catalog, emulator, {"k1": ["s1"], "k2": ["s2"]})
+    add(catalog, "s1", T, 1)
+    assert push(catalog, emulator).failed == 0
+    for i in range(60):
+        add(catalog, f"s{1 + i % 2}", T - (i % 5) * HOUR + 1, 1)
+        LOCAL.bind(catalog.store, "stripe")  # a change number of its own for each row
+    pages: list[tuple[str, int, int]] = []
+    original = LocalAggregates.changed_cells
+
+    def counted(self: Any, store: Any, meter: Any, window_s: int, *, after: int, upto: int) -> Any:
+        pages.append((meter.slug, after, upto))
+        return original(self, store, meter, window_s, after=after, upto=upto)
+
+    monkeypatch.setattr(LocalAggregates, "changed_cells", counted)
+    monkeypatch.setattr(push_module, "COLLECT_ROWS", 40)
+    tick = push(catalog, emulator)
+    assert tick.failed == 0 and tick.planned == tick.delivered > 0
+    per_meter = Counter(slug for slug, _after, _upto in pages)
+    assert per_meter == {"tokens": 2, "calls": 2, "peak": 2, "users": 2}  # 60 rows: 40 + 20
+    totals = stripe_totals(emulator)
+    assert totals[(stripe_id(emulator, "k1"), "tokens")] == 31
+    assert totals[(stripe_id(emulator, "k2"), "tokens")] == 30
+
+
 def test_a_tick_reads_only_the_cells_that_changed(
     catalog: Catalog, emulator: StripeEmulator
 ) -> None:
@@ -647,12 +681,14 @@ def test_a_first_push_of_more_reports_than_one_query_can_name(catalog: Catalog) 
 def test_pushes_in_chunks_of_a_few_cells_add_up_exactly(
     catalog: Catalog, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chunks of two cells, a first push walking one customer at a time, and a dry run
-    merging cells not yet collected: every chunk boundary falls somewhere, and the totals in
-    Stripe are those of the events."""
+    """Chunks of two cells, pages of three changed rows, a first push walking one customer at
+    a time, and a dry run merging cells not yet collected: every chunk and page boundary
+    falls somewhere, and the totals in Stripe are those of the events."""
     from metersync.usage import due
+    from metersync.usage import push as push_module
 
     monkeypatch.setattr(due, "CHUNK_CELLS", 2)
+    monkeypatch.setattr(push_module, "COLLECT_ROWS", 3)
     monkeypatch.setattr(due, "FIRST_CHUNK_CUSTOMERS", 1)
     customers = {f"k{i}": [f"s{i}"] for i in range(5)}
     setup(catalog, emulator, customers)

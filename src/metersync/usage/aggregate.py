@@ -113,6 +113,21 @@ def changed_cells(
     return {(str(key), int(start)) for key, start in rows}
 
 
+def change_page_end(store: Store, meter: Meter, *, after: int, upto: int, rows: int) -> int:
+    """The change number of the meter's `rows`-th row numbered in (after, upto], or `upto`
+    when there are fewer: an ordered walk of the `(meter, seq)` index, stopped at the row."""
+    query = (
+        select(_u.seq)
+        .where(_u.meter == meter.slug, _u.seq > after, _u.seq <= upto)
+        .order_by(_u.seq)
+        .offset(rows - 1)
+        .limit(1)
+    )
+    with store.read_session() as session:
+        end = session.execute(query).scalar()
+    return upto if end is None else int(end)
+
+
 def customers_with_usage(store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
     """The next `limit` customers (by key, after `after`) with bound usage of the meter."""
     query = select(_u.customer_key).where(_u.meter == meter.slug, _u.customer_key.is_not(None))

@@ -19,6 +19,7 @@ from metersync.store.usage_cells import usage_mark
 from metersync.store.usage_retention import retention_floor
 from metersync.usage.aggregate import (
     bind_usage,
+    change_page_end,
     changed_cells,
     customer_windows,
     customers_with_usage,
@@ -85,6 +86,11 @@ class LocalAggregates:
         self, store: Store, meter: Meter, window_s: int, *, after: int, upto: int
     ) -> set[tuple[str, int]]:
         return changed_cells(store, meter, window_s, after=after, upto=upto)
+
+    def change_page_end(
+        self, store: Store, meter: Meter, *, after: int, upto: int, rows: int
+    ) -> int:
+        return change_page_end(store, meter, after=after, upto=upto, rows=rows)
 
     def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
         return customers_with_usage(store, meter, after=after, limit=limit)

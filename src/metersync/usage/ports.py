@@ -97,6 +97,15 @@ class UsageAggregates(Protocol):
         in (after, upto]; windows of `window_s`, or calendar months when it is 0."""
         ...
 
+    def change_page_end(
+        self, store: Store, meter: Meter, *, after: int, upto: int, rows: int
+    ) -> int:
+        """The change number that ends a page of about `rows` of the meter's rows numbered past
+        `after`: the number of the `rows`-th one (the page takes all its rows), or `upto` when
+        fewer remain. Pages by rows, not by change numbers: a thousand small writes are one
+        page, one large write is one page of its own."""
+        ...
+
     def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
         """The next `limit` customers (by key, after `after`) with bound usage of the meter: a
         meter's first push walks them all."""

@@ -32,8 +32,9 @@ from metersync.usage.ports import MeterEvent, MeterEventSink, UsageAggregates
 from metersync.usage.reports import Skipped, plan_reports, push_window_s
 
 _log = get_logger("metersync.usage")
-# Change numbers collected per page: an ingest batch (≤ 10,000 events) takes one number.
-COLLECT_PAGE = 20
+# Changed rows collected per page (a page takes the whole of its last change number: an ingest
+# batch is ≤ 10,000 rows a meter, a binding slice ≤ 50,000): its distinct cells are held at once.
+COLLECT_ROWS = 100_000
 
 
 @dataclass
@@ -199,14 +200,18 @@ class _MeterPush:
                 self.reader.store, meter, self.reader.window_s, after=cursor[0], upto=upto
             )
             return DueCells(self.reader, extra=sorted(changed)), False
-        # A page of change numbers at a time (an ingest batch takes one), so a tick after a
-        # large import holds one page of cells, not all. Collected before the cursor moves: a
-        # crash in between collects them again.
+        # A page of about COLLECT_ROWS changed rows at a time, so a tick after a large import
+        # holds one page of cells, not all, and a catch-up after many small writes (one change
+        # number each) reads them in a few pages, not one per handful of writes. Collected
+        # before the cursor moves: a crash in between collects them again.
         seen = cursor[0]
+        aggregates, store = self.reader.aggregates, self.reader.store
         while seen < upto:
-            page_end = min(seen + COLLECT_PAGE, upto)
-            changed = self.reader.aggregates.changed_cells(
-                self.reader.store, meter, self.reader.window_s, after=seen, upto=page_end
+            page_end = aggregates.change_page_end(
+                store, meter, after=seen, upto=upto, rows=COLLECT_ROWS
+            )
+            changed = aggregates.changed_cells(
+                store, meter, self.reader.window_s, after=seen, upto=page_end
             )
             self._cells.add(meter.slug, sorted(changed))
             self._set_cursor(page_end)

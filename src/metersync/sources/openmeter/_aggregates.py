@@ -148,6 +148,22 @@ class OpenMeterAggregates:
             )
         return cells
 
+    def change_page_end(
+        self, store: Store, meter: Meter, *, after: int, upto: int, rows: int
+    ) -> int:
+        """The change number of the meter's `rows`-th figure numbered in (after, upto], or
+        `upto` when there are fewer."""
+        query = (
+            select(_U.seq)
+            .where(_U.source == SOURCE, _U.meter == meter.slug, _U.seq > after, _U.seq <= upto)
+            .order_by(_U.seq)
+            .offset(rows - 1)
+            .limit(1)
+        )
+        with store.read_session() as session:
+            end = session.execute(query).scalar()
+        return upto if end is None else int(end)
+
     def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
         query = select(_U.customer_key).where(
             _U.source == SOURCE, _U.meter == meter.slug, _U.customer_key.is_not(None)
