@@ -19,6 +19,7 @@ from sqlalchemy import Table, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Executable
 
 from metersync.store.engine import USAGE_SEQUENCE, Store
@@ -36,6 +37,26 @@ Cell = tuple[str, int]  # (customer key, window start)
 def usage_mark(store: Store) -> int:
     """The newest usage change number committed: a push collects up to it."""
     return store.current_seq(USAGE_SEQUENCE)
+
+
+def change_page_end(
+    store: Store,
+    seq: ColumnElement[int],
+    where: ColumnElement[bool],
+    *,
+    after: int,
+    upto: int,
+    rows: int,
+) -> int:
+    """The change number of the `rows`-th row (by `seq`) of those `where` selects numbered in
+    (after, upto], or `upto` when there are fewer: where a page of about `rows` changed rows
+    ends. An ordered walk of a `(…, seq)` index, stopped at that row."""
+    query = (
+        select(seq).where(where, seq > after, seq <= upto).order_by(seq).offset(rows - 1).limit(1)
+    )
+    with store.read_session() as session:
+        end = session.execute(query).scalar()
+    return upto if end is None else int(end)
 
 
 def mark_cell(

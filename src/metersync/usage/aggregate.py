@@ -24,6 +24,7 @@ from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, Store, UsageRow
 from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import routable_subjects
+from metersync.store.usage_cells import change_page_end as page_end
 from metersync.times import month_end, month_start, rfc3339_seconds
 from metersync.usage.windows import WindowValue
 
@@ -114,18 +115,8 @@ def changed_cells(
 
 
 def change_page_end(store: Store, meter: Meter, *, after: int, upto: int, rows: int) -> int:
-    """The change number of the meter's `rows`-th row numbered in (after, upto], or `upto`
-    when there are fewer: an ordered walk of the `(meter, seq)` index, stopped at the row."""
-    query = (
-        select(_u.seq)
-        .where(_u.meter == meter.slug, _u.seq > after, _u.seq <= upto)
-        .order_by(_u.seq)
-        .offset(rows - 1)
-        .limit(1)
-    )
-    with store.read_session() as session:
-        end = session.execute(query).scalar()
-    return upto if end is None else int(end)
+    """Where a page of about `rows` of the meter's changed rows ends (store.usage_cells)."""
+    return page_end(store, _u.seq, _u.meter == meter.slug, after=after, upto=upto, rows=rows)
 
 
 def customers_with_usage(store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:

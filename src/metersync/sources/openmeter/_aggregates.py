@@ -15,7 +15,7 @@ from metersync.sources.openmeter._usage_store import _U
 from metersync.store import Store, UpstreamUsageRow
 from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.links import routable_subjects
-from metersync.store.usage_cells import usage_mark
+from metersync.store.usage_cells import change_page_end, usage_mark
 from metersync.times import month_start
 from metersync.usage.aggregate import subject_owner
 from metersync.usage.reports import push_window_s
@@ -151,18 +151,8 @@ class OpenMeterAggregates:
     def change_page_end(
         self, store: Store, meter: Meter, *, after: int, upto: int, rows: int
     ) -> int:
-        """The change number of the meter's `rows`-th figure numbered in (after, upto], or
-        `upto` when there are fewer."""
-        query = (
-            select(_U.seq)
-            .where(_U.source == SOURCE, _U.meter == meter.slug, _U.seq > after, _U.seq <= upto)
-            .order_by(_U.seq)
-            .offset(rows - 1)
-            .limit(1)
-        )
-        with store.read_session() as session:
-            end = session.execute(query).scalar()
-        return upto if end is None else int(end)
+        where = (_U.source == SOURCE) & (_U.meter == meter.slug)
+        return change_page_end(store, _U.seq, where, after=after, upto=upto, rows=rows)
 
     def customers(self, store: Store, meter: Meter, *, after: str | None, limit: int) -> list[str]:
         query = select(_U.customer_key).where(
