@@ -122,6 +122,28 @@ def test_binding_walks_unbound_rows_in_slices_and_leaves_the_waiting_ones(
     assert bind_usage(catalog.store, "stripe") == 0  # what waits is not bound twice
 
 
+def test_rows_stored_while_binding_walks_wait_for_the_next_binding(
+    catalog: Catalog, monkeypatch: Any
+) -> None:
+    """The walk ends at the last row stored when it began: a steady ingest cannot keep one
+    binding walking forever."""
+    monkeypatch.setattr(aggregate, "_BIND_ROWS", 1)
+    linked(catalog, "acme", ["s1"])
+    add(catalog, "s1", T)
+    add(catalog, "s1", T + 1)
+    slice_end = aggregate._unbound_slice_end
+
+    def storing_meanwhile(after: int, last: int) -> Any:
+        add(catalog, "s1", T + 2)  # one more row for every slice walked
+        return slice_end(after, last)
+
+    monkeypatch.setattr(aggregate, "_unbound_slice_end", storing_meanwhile)
+    assert bind_usage(catalog.store, "stripe") == 2
+    monkeypatch.setattr(aggregate, "_unbound_slice_end", slice_end)
+    assert unbound_subjects(catalog.store) == {"s1": 3}
+    assert bind_usage(catalog.store, "stripe") == 3
+
+
 def test_bound_usage_stays_and_new_usage_follows_a_re_attribution(catalog: Catalog) -> None:
     linked(catalog, "acme", ["s1"])
     linked(catalog, "beta", [])

@@ -54,12 +54,16 @@ def bind_usage(store: Store, target: str) -> int:
     in arrival order), so binding a large import reads the table once; slicing by subject
     instead read every page for every slice on PostgreSQL. Each slice is its own transaction,
     so ingest waits for one slice at most, never for the whole binding."""
+    with store.read_session() as session:
+        # Rows stored from now on wait for the next push: under a steady ingest faster than
+        # binding, a walk to the moving end of the table would never finish.
+        last = session.execute(select(func.max(_u.id))).scalar()
     bound, after = 0, 0
-    while True:
+    while last is not None:
         with store.read_session() as session:
-            upto = session.execute(_unbound_slice_end(after)).scalar()
+            upto = session.execute(_unbound_slice_end(after, last)).scalar()
         if upto is None:
-            return bound
+            break
         with store.session() as session:
             seq = store.next_change_seq(session, USAGE_SEQUENCE)
             result = session.execute(
@@ -75,14 +79,15 @@ def bind_usage(store: Store, target: str) -> int:
             )
             bound += int(result.rowcount or 0)  # type: ignore[attr-defined]
         after = int(upto)
+    return bound
 
 
-def _unbound_slice_end(after: int) -> Select[Any]:
-    """The id of the `_BIND_ROWS`-th unbound row past `after` (or the last one): one ordered
-    walk of the partial index, stopped by the LIMIT."""
+def _unbound_slice_end(after: int, last: int) -> Select[Any]:
+    """The id of the `_BIND_ROWS`-th unbound row in (after, last] (or the last of them): one
+    ordered walk of the partial index, stopped by the LIMIT."""
     ids = (
         select(_u.id)
-        .where(_u.customer_key.is_(None), _u.id > after)
+        .where(_u.customer_key.is_(None), _u.id > after, _u.id <= last)
         .order_by(_u.id)
         .limit(_BIND_ROWS)
         .subquery()
