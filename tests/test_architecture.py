@@ -22,6 +22,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 VIOLATIONS = [
     ("layers", "sync/apply.py", "import metersync.targets.stripe"),  # engine → adapter
     ("layers", "usage/push.py", "import metersync.sync.journal"),  # usage below sync
+    ("layers", "usage/aggregate.py", "import metersync.entitlements"),  # usage below them
     ("layers", "store/engine.py", "import metersync.catalog"),  # store → catalog
     ("layers", "targets/hubspot/__init__.py", "import metersync.sources.openmeter"),  # siblings
     ("layers", "mechanics/limiter.py", "import metersync.store"),  # foundation → store
@@ -31,6 +32,7 @@ VIOLATIONS = [
     ("one-composition-root", "service/daemon.py", "import metersync.sources.openmeter"),
     ("pure-planners", "sync/plan.py", "import metersync.store.links"),
     ("pure-planners", "usage/reports.py", "import sqlalchemy"),
+    ("pure-planners", "entitlements/_periods.py", "import metersync.store"),
     ("emulators-stand-alone", "testing/_state.py", "import metersync.catalog"),
     ("no-test-harness-in-the-product", "pipeline/_steps.py", "import metersync.chaos.customers"),
     ("no-test-harness-in-the-product", "usage/push.py", "import metersync.testing"),
