@@ -99,19 +99,36 @@ def add(catalog: Catalog, subject: str, seconds: int, tokens: int, user: str = "
         )
 
 
+def usage_pusher(
+    catalog: Catalog,
+    stripe: Any,
+    *,
+    api: str = "v1",
+    meters: Any = METERS,
+    window_s: int = HOUR,
+    late_usage: str = "report",
+    **sender: Any,
+) -> UsagePusher:
+    """The pusher the tests use: v1 at 1,000/s to the emulator, quick retries unless
+    `sender` says otherwise."""
+    return UsagePusher(
+        store=catalog.store,
+        target="stripe",
+        sink=MeterEventSender(stripe, api=api, rate=1000, **(sender or {"retry_delay_s": 0.01})),
+        meters=[Meter.of(m) for m in meters],
+        window_s=window_s,
+        late_usage=late_usage,
+    )
+
+
 def push(catalog: Catalog, emulator: StripeEmulator, **kw: Any) -> PushResult:
     async def go() -> PushResult:
         t = target(emulator)
         try:
-            pusher = UsagePusher(
-                store=catalog.store,
-                target="stripe",
-                sink=MeterEventSender(t, api=kw.pop("api", "v1"), rate=1000, retry_delay_s=0.01),
-                meters=[Meter.of(m) for m in kw.pop("meters", METERS)],
-                window_s=kw.pop("window_s", HOUR),
-                late_usage=kw.pop("late_usage", "report"),
-            )
-            return await pusher.run(**kw)
+            settings = {
+                k: kw.pop(k) for k in ("api", "meters", "window_s", "late_usage") if k in kw
+            }
+            return await usage_pusher(catalog, t, **settings).run(**kw)
         finally:
             await t.close()
 
@@ -329,14 +346,7 @@ def reconcile_with_usage(catalog: Catalog, emulator: StripeEmulator) -> Any:
     async def go() -> Any:
         t = target(emulator)
         try:
-            pusher = UsagePusher(
-                store=catalog.store,
-                target="stripe",
-                sink=MeterEventSender(t, api="v1", rate=1000, retries=0),
-                meters=[Meter.of(m) for m in METERS],
-                window_s=HOUR,
-                late_usage="report",
-            )
+            pusher = usage_pusher(catalog, t, retries=0)
             options = SyncOptions(retry=RetryPolicy(attempts=2, base_delay_s=0.01))
             return await sync_customers(catalog, t, options, before_delete=pusher.flush)
         finally:

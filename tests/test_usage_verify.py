@@ -24,7 +24,6 @@ from metersync.targets.stripe import MeterEventSender, StripeMeterFigures
 from metersync.testing import StripeEmulator
 from metersync.usage.local_aggregates import LOCAL, LocalAggregates
 from metersync.usage.ports import UsageAggregates
-from metersync.usage.push import UsagePusher
 from metersync.usage.verify import MAX_CHUNK, VerifyResult, verify_usage
 from metersync.usage.windows import WindowValue
 from test_usage_push import (
@@ -38,6 +37,7 @@ from test_usage_push import (
     stripe_id,
     stripe_totals,
     target,
+    usage_pusher,
 )
 
 FROZEN = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -213,14 +213,7 @@ def test_the_steps_progress_counts_both_walks_of_a_repair(
     async def go() -> Verification:
         t = target(emulator)
         try:
-            pusher = UsagePusher(
-                store=catalog.store,
-                target="stripe",
-                sink=MeterEventSender(t, api="v1", rate=1000, retry_delay_s=0.01),
-                meters=[Meter.of(m) for m in METERS],
-                window_s=HOUR,
-                late_usage="report",
-            )
+            pusher = usage_pusher(catalog, t)
             figures: Any = StripeMeterFigures(t)
             return await verify_step(
                 catalog.store,
