@@ -39,10 +39,10 @@ class Interval:
     def parse(cls, text: str, *, field: str = "interval") -> Interval:
         """DAY, WEEK, MONTH, YEAR or an ISO-8601 duration of at least an hour (PT1H, P2W,
         P1M15D); anything else is InvalidInput naming `field` and the value."""
-        iso = _NAMED.get(text.upper(), text) if isinstance(text, str) else text
+        iso = _NAMED.get(text.upper(), text)
         try:
             parsed = isodate.parse_duration(iso)
-        except (isodate.ISO8601Error, ValueError, TypeError):
+        except (isodate.ISO8601Error, ValueError):
             raise _invalid(
                 field,
                 f"{text!r} is neither DAY, WEEK, MONTH, YEAR nor an ISO-8601 duration"
