@@ -459,3 +459,139 @@ class UpstreamUsageRow(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+# -- entitlements ---------------------------------------------------------------------------
+# Amounts are decimal text: balances are figured in decimal arithmetic, and a float column
+# would round a grant of 0.1 before the engine saw it. Both databases store text exactly.
+
+_NOT_ARCHIVED = text("archived_at IS NULL")
+_NOT_DELETED = text("deleted_at IS NULL")
+
+
+class FeatureRow(SQLModel, table=True):
+    """Something a customer can be entitled to: metered features name a meter (and may narrow
+    it to some group_by values). Archived, never deleted: entitlements keep referring to it."""
+
+    __tablename__ = "feature"
+    __table_args__ = (
+        # A key names one live feature; an archived feature's key can be taken again.
+        Index(
+            "ix_feature_key_live",
+            "key",
+            unique=True,
+            sqlite_where=_NOT_ARCHIVED,
+            postgresql_where=_NOT_ARCHIVED,
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=ULID_LEN)
+    key: str = Field(sa_column=Column(String(64), nullable=False))
+    name: str = Field(sa_column=Column(String(NAME_MAX), nullable=False))
+    meter_slug: str | None = Field(default=None, sa_column=Column(String(64)))
+    # group_by dimension → the one value counted (OpenMeter's meterGroupByFilters).
+    group_filters: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    meta: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    archived_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+
+
+class EntitlementRow(SQLModel, table=True):
+    """A customer's entitlement to a feature: metered (usage period and grants), boolean, or
+    static (a JSON config). Deleted entitlements stay, with deleted_at, so that what was true
+    at an earlier time can still be read; only one is live per customer and feature."""
+
+    __tablename__ = "entitlement"
+    __table_args__ = (
+        Index(
+            "ix_entitlement_customer_feature_live",
+            "customer_id",
+            "feature_id",
+            unique=True,
+            sqlite_where=_NOT_DELETED,
+            postgresql_where=_NOT_DELETED,
+        ),
+        Index("ix_entitlement_feature_id", "feature_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=ULID_LEN)
+    kind: str = Field(max_length=16)  # metered | boolean | static
+    customer_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("customer.id"), nullable=False)
+    )
+    feature_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("feature.id"), nullable=False)
+    )
+    feature_key: str = Field(sa_column=Column(String(64), nullable=False))
+    # Metered: the usage period (an interval as DAY/WEEK/MONTH/YEAR or ISO-8601, and its
+    # anchor), where usage counts from, and what a reset does.
+    usage_interval: str | None = Field(default=None, sa_column=Column(String(64)))
+    usage_anchor: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    measure_usage_from: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    is_soft_limit: bool = Field(default=False, nullable=False)
+    preserve_overage_at_reset: bool = Field(default=False, nullable=False)
+    # The grant issued with the entitlement (and restored at every reset): decimal text.
+    issue_amount: str | None = Field(default=None, sa_column=Column(String(64)))
+    issue_priority: int | None = Field(default=None, sa_column=Column(Integer))
+    # Static: the JSON config, as given.
+    config: str | None = Field(default=None, sa_column=Column(Text))
+    meta: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    deleted_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+
+
+class GrantRow(SQLModel, table=True):
+    """An amount of a metered entitlement's feature, usable from effective_at until it
+    expires or is voided; rolled over at each reset and restored at each recurrence."""
+
+    __tablename__ = "entitlement_grant"
+    __table_args__ = (Index("ix_entitlement_grant_entitlement_id", "entitlement_id"),)
+
+    id: str = Field(primary_key=True, max_length=ULID_LEN)
+    entitlement_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("entitlement.id"), nullable=False)
+    )
+    amount: str = Field(sa_column=Column(String(64), nullable=False))
+    priority: int = Field(sa_column=Column(Integer, nullable=False))
+    effective_at: datetime = Field(sa_column=_timestamp())
+    # The expiration as given (HOUR, DAY, WEEK, MONTH or YEAR, times count), and its result.
+    expiration_duration: str | None = Field(default=None, sa_column=Column(String(8)))
+    expiration_count: int | None = Field(default=None, sa_column=Column(Integer))
+    expires_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    min_rollover: str = Field(sa_column=Column(String(64), nullable=False))
+    max_rollover: str | None = Field(default=None, sa_column=Column(String(64)))
+    recurrence_interval: str | None = Field(default=None, sa_column=Column(String(64)))
+    recurrence_anchor: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    meta: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+    voided_at: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+
+
+class EntitlementResetRow(SQLModel, table=True):
+    """A manual reset of a metered entitlement's usage at `reset_at`: what it did with the
+    overage, and whether the usage period kept its anchor or started anew at the reset."""
+
+    __tablename__ = "entitlement_reset"
+    __table_args__ = (
+        UniqueConstraint("entitlement_id", "reset_at", name="uq_entitlement_reset_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=ULID_LEN)
+    entitlement_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("entitlement.id"), nullable=False)
+    )
+    reset_at: datetime = Field(sa_column=_timestamp())
+    preserve_overage: bool = Field(nullable=False)
+    retain_anchor: bool = Field(nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
