@@ -76,3 +76,8 @@ class TargetUnusable(MetersyncError):
 
 class DatabaseUnavailable(MetersyncError):
     """The database cannot be reached or is not at the schema this version needs."""
+
+
+class PreconditionFailed(MetersyncError):
+    """A request about a record in a state that forbids it: an entitlement of a deleted
+    customer, a subject with no customer (HTTP 412)."""
