@@ -10,9 +10,11 @@ from metersync.entitlements._periods import (
     truncate_minute,
     value_minute,
 )
+from metersync.entitlements._writes import EntitlementBook
 
 __all__ = [
     "Burn",
+    "EntitlementBook",
     "Grant",
     "Interval",
     "Period",
