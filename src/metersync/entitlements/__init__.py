@@ -1,8 +1,20 @@
 """Entitlements (seed 003): what a customer may still use of a feature, read from the same
 usage aggregates as billing. Built a piece at a time; so far, the usage periods and the
-burn-down of usage through grants within one period."""
+burn-down of usage through grants within one period, and the engine that strings periods
+together (resets, rollover, recurrence) into a value, a history and a snapshot."""
 
 from metersync.entitlements._burn import Burn, Grant, Segment, burn
+from metersync.entitlements._engine import (
+    EntitlementValue,
+    GrantTerms,
+    HistorySegment,
+    MeteredTerms,
+    Reset,
+    Snapshot,
+    history,
+    state_at,
+    value_at,
+)
 from metersync.entitlements._periods import (
     Interval,
     Period,
@@ -15,12 +27,21 @@ from metersync.entitlements._writes import EntitlementBook
 __all__ = [
     "Burn",
     "EntitlementBook",
+    "EntitlementValue",
     "Grant",
+    "GrantTerms",
+    "HistorySegment",
     "Interval",
+    "MeteredTerms",
     "Period",
+    "Reset",
     "Segment",
+    "Snapshot",
     "UsagePeriod",
     "burn",
+    "history",
+    "state_at",
     "truncate_minute",
+    "value_at",
     "value_minute",
 ]
