@@ -5,15 +5,27 @@ together (resets, rollover, recurrence) into a value, a history and a snapshot."
 
 from metersync.entitlements._burn import Burn, Grant, Segment, burn
 from metersync.entitlements._engine import (
-    EntitlementValue,
     GrantTerms,
     HistorySegment,
     MeteredTerms,
+    MeteredValue,
     Reset,
     Snapshot,
+    current_period,
     history,
     state_at,
     value_at,
+)
+from metersync.entitlements._model import (
+    BurnDownSegment,
+    Entitlement,
+    EntitlementGrant,
+    EntitlementValue,
+    Feature,
+    HistoryWindow,
+    Kind,
+    UsageReset,
+    WindowedHistory,
 )
 from metersync.entitlements._periods import (
     Interval,
@@ -26,19 +38,29 @@ from metersync.entitlements._writes import EntitlementBook
 
 __all__ = [
     "Burn",
+    "BurnDownSegment",
+    "Entitlement",
     "EntitlementBook",
+    "EntitlementGrant",
     "EntitlementValue",
+    "Feature",
     "Grant",
     "GrantTerms",
     "HistorySegment",
+    "HistoryWindow",
     "Interval",
+    "Kind",
     "MeteredTerms",
+    "MeteredValue",
     "Period",
     "Reset",
     "Segment",
     "Snapshot",
     "UsagePeriod",
+    "UsageReset",
+    "WindowedHistory",
     "burn",
+    "current_period",
     "history",
     "state_at",
     "truncate_minute",

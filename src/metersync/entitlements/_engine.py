@@ -146,7 +146,7 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class EntitlementValue:
+class MeteredValue:
     balance: Decimal  # Σ of the balances of the grants usable at the minute
     usage: Decimal  # in the current period, up to the minute
     overage: Decimal
@@ -309,13 +309,19 @@ def _reset(state: _Run, grants: Sequence[GrantTerms], at: datetime, preserve: bo
         state.overage = ZERO
 
 
+def current_period(terms: MeteredTerms, at: datetime) -> Period:
+    """The usage period holding `value_minute(at)`: from the latest reset (a boundary or a
+    manual one) to the next."""
+    return _Timeline(terms).period_at(value_minute(at))
+
+
 def value_at(
     terms: MeteredTerms,
     usage_between: UsageBetween,
     at: datetime,
     *,
     since: Snapshot | None = None,
-) -> EntitlementValue:
+) -> MeteredValue:
     """The entitlement's value at `value_minute(at)`. With `since` (a snapshot at a period's
     start, from `state_at`), only the span after it is computed: the same value."""
     minute = value_minute(at)
@@ -337,7 +343,7 @@ def value_at(
     burnt = sum((sum(s.grant_usages.values(), ZERO) for s in current), ZERO)
     burnt += sum(drawn.values(), ZERO)
     measuring = truncate_minute(terms.measure_usage_from)
-    return EntitlementValue(
+    return MeteredValue(
         balance=balance,
         usage=sum((s.usage for s in current), ZERO),
         overage=overage,
