@@ -595,3 +595,61 @@ class EntitlementResetRow(SQLModel, table=True):
     preserve_overage: bool = Field(nullable=False)
     retain_anchor: bool = Field(nullable=False)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
+# -- entitlement usage ---------------------------------------------------------------------
+# A metered entitlement burns its customer's usage of a feature, counted as billing counts it
+# (entitlements/_usage.py). These tables are caches of figures that the usage rows determine:
+# dropping their rows loses nothing but time.
+
+
+class EntitlementUsageHourRow(SQLModel, table=True):
+    """A feature's usage bound to one customer in one hour (UTC): the sum over the hour's
+    minutes of each minute's usage, as decimal text. Recomputed from the raw rows whenever a
+    row of the cell changes (never incremented), so that a crash or a second refresh is
+    harmless. Holds bound usage only; usage not bound yet is read live."""
+
+    __tablename__ = "entitlement_usage_hour"
+
+    feature_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("feature.id"), primary_key=True)
+    )
+    customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    # Seconds since the epoch, a multiple of 3600.
+    hour_start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class EntitlementUsageCursorRow(SQLModel, table=True):
+    """How far a feature's hourly usage has folded the `usage` change numbers: every bound row
+    numbered at or below `seq` is in its cell. No row (or -1): nothing folded yet."""
+
+    __tablename__ = "entitlement_usage_cursor"
+
+    feature_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("feature.id"), primary_key=True)
+    )
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class EntitlementSnapshotRow(SQLModel, table=True):
+    """A metered entitlement's balances at `at`, so that a value computes from there on only.
+    A cache: the hourly refresh drops those after a cell it changes, grant and reset writes
+    drop an entitlement's all, and a reader checks the rest (store.entitlement_usage)."""
+
+    __tablename__ = "entitlement_snapshot"
+
+    entitlement_id: str = Field(
+        sa_column=Column(String(ULID_LEN), ForeignKey("entitlement.id"), primary_key=True)
+    )
+    at: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    # grant id → balance, decimal text.
+    balances: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    overage: str = Field(sa_column=Column(Text, nullable=False))
+    # The feature's usage cursor the balances were computed at.
+    usage_mark: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The largest usage_value id when computed: unbound rows above it are news to it.
+    max_usage_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # A hash of the customer's subject keys then: unbound usage follows the subjects.
+    subjects_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
