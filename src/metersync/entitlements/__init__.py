@@ -34,6 +34,7 @@ from metersync.entitlements._periods import (
     truncate_minute,
     value_minute,
 )
+from metersync.entitlements._values import EntitlementValues
 from metersync.entitlements._writes import EntitlementBook
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "EntitlementBook",
     "EntitlementGrant",
     "EntitlementValue",
+    "EntitlementValues",
     "Feature",
     "Grant",
     "GrantTerms",

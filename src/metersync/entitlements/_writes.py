@@ -56,6 +56,7 @@ from metersync.store import (
     GrantRow,
     Store,
 )
+from metersync.store.entitlement_usage import drop_snapshots
 
 METERED_AGGREGATIONS = (Aggregation.SUM, Aggregation.COUNT)
 
@@ -317,6 +318,7 @@ class EntitlementBook:
                 )
             row = _grant_row(ent.id, given, utcnow())
             session.add(row)
+            drop_snapshots(session, ent.id)  # balances change from the grant's time on
             session.flush()
             return grant_of(row)
 
@@ -359,6 +361,7 @@ class EntitlementBook:
                 raise Conflict(f"grant {grant_id!r} expired at {row.expires_at}")
             row.voided_at = row.updated_at = now
             session.add(row)
+            drop_snapshots(session, row.entitlement_id)
             session.flush()
             return grant_of(row)
 
@@ -407,6 +410,7 @@ class EntitlementBook:
                 created_at=now,
             )
             session.add(row)
+            drop_snapshots(session, ent.id)
             session.flush()
             return reset_of(row)
 
