@@ -33,7 +33,7 @@ from metersync.entitlements._model import (
 from metersync.entitlements._periods import Period, truncate_minute, value_minute
 from metersync.entitlements._usage import FeatureUsage, MeteredFeature
 from metersync.entitlements._writes import EntitlementBook
-from metersync.errors import FieldProblem, InvalidInput
+from metersync.errors import FieldProblem, InvalidInput, NotFound
 from metersync.store import Store
 from metersync.store.entitlement_usage import (
     EntitlementSnapshot,
@@ -95,7 +95,13 @@ class EntitlementValues:
         self, customer: str, entitlement: str, at: datetime | None = None
     ) -> EntitlementValue:
         moment = at or utcnow()
-        found = self.book.get_entitlement(entitlement, customer=customer, at=at)
+        try:
+            found = self.book.get_entitlement(entitlement, customer=customer, at=at)
+        except NotFound:
+            if at is None:
+                raise
+            # None was live then: the live one says what it is, and that it was not yet.
+            found = self.book.get_entitlement(entitlement, customer=customer)
         return self._value(found, moment)
 
     def access(self, customer: str, at: datetime | None = None) -> dict[str, EntitlementValue]:
@@ -174,7 +180,9 @@ class EntitlementValues:
 
     def _value(self, found: Entitlement, moment: datetime) -> EntitlementValue:
         if not found.active_at(moment):
-            return EntitlementValue(has_access=False)
+            if found.kind != Kind.METERED:
+                return EntitlementValue(has_access=False)
+            return EntitlementValue(False, ZERO, ZERO, ZERO, ZERO)
         if found.kind == Kind.BOOLEAN:
             return EntitlementValue(has_access=True)
         if found.kind == Kind.STATIC:
