@@ -221,7 +221,10 @@ class EntitlementBook:
         )
         if given.usage_period is not None:
             row.usage_interval = given.usage_period.interval
-            row.usage_anchor = truncate_minute(given.usage_period.anchor or now)
+            # No anchor: periods count from an explicit measureUsageFrom time, or from now.
+            measured = getattr(given, "measure_usage_from", None)
+            default = measured if isinstance(measured, datetime) else now
+            row.usage_anchor = truncate_minute(given.usage_period.anchor or default)
         if isinstance(given, MeteredCreate):
             self._metered(row, feature, given, now)
         elif isinstance(given, StaticCreate):
