@@ -81,6 +81,10 @@ class ServiceSettings(Section):
     shutdown_deadline_s: float = Field(default=30.0, gt=0)
     # How often a standby tries to take the lock over from a leader that died.
     standby_poll_s: float = Field(default=5.0, gt=0)
+    # OpenMeter's deprecated subject entitlement endpoints (/api/v1/subjects/{subject}/
+    # entitlements…), served through the subject's customer with Deprecation and Sunset
+    # headers; false answers them 404.
+    legacy_subject_entitlements: bool = True
 
     @field_validator("full_reconcile_cron")
     @classmethod
