@@ -9,64 +9,29 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from openmeter import Client
 from structlog.testing import capture_logs
 
 from metersync.catalog import Catalog
-from metersync.entitlements import (
-    EntitlementBook,
-    EntitlementValue,
-    HistoryWindow,
-    Kind,
-    UsageReset,
-    WindowedHistory,
-)
+from metersync.entitlements import EntitlementBook, EntitlementValues
 from metersync.service.api import api_routes
 from metersync.service.entitlement_api import entitlement_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
 from test_api import PROBLEM, TOKEN, TOKENS_METER, Api
-from test_service import free_port, get, wait_for
+from test_service import free_port, get, start, wait_for
 
 ULID_ZERO = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
 
 Serve = Callable[..., Api]
-
-
-class EntitlementValues:
-    """A stand-in for entitlements.EntitlementValues until it is merged: the same calls, with
-    figures that only add up the grants (no usage). The routes' rendering is what is tested."""
-
-    def __init__(self, book: EntitlementBook, _store: Any, _meters: Any) -> None:
-        self.book = book
-
-    def value(
-        self, customer: str, entitlement: str, at: datetime | None = None
-    ) -> EntitlementValue:
-        found = self.book.get_entitlement(entitlement, customer=customer)
-        if found.kind is not Kind.METERED:
-            return EntitlementValue(True, config=found.config)
-        total = sum((g.amount for g in self.book.grants_of(found.id)), Decimal(0))
-        return EntitlementValue(True, total, Decimal(0), Decimal(0), total)
-
-    def access(self, customer: str, at: datetime | None = None) -> dict[str, EntitlementValue]:
-        live = self.book.list_entitlements(customer=customer)
-        return {e.feature_key: self.value(customer, e.id) for e in live}
-
-    def history(
-        self, customer: str, entitlement: str, *, start: datetime, end: datetime, **_: str
-    ) -> WindowedHistory:
-        self.book.get_entitlement(entitlement, customer=customer)
-        return WindowedHistory((HistoryWindow(start, end, Decimal(0), Decimal(0)),), ())
-
-    def reset(self, customer: str, entitlement: str, data: Any) -> UsageReset:
-        return self.book.record_reset(customer, entitlement, data)
 
 
 @pytest.fixture
@@ -238,19 +203,22 @@ def test_a_customer_entitlement_from_creation_to_deletion(api: Api) -> None:
     ingest(api, "acme_api", 7, minute_ago(20), "e1")
 
     value = api.call("GET", f"{base}/gpt_tokens/value").json()
-    assert value["hasAccess"] is True and value["balance"] == pytest.approx(100.1)
+    assert value["hasAccess"] is True and value["usage"] == 7.0
+    assert value["balance"] == pytest.approx(93.1)
     earlier = api.call("GET", f"{base}/gpt_tokens/value", params={"time": stamp(minute_ago(40))})
-    assert earlier.json()["hasAccess"] is True
+    assert earlier.json()["usage"] == 0.0
     history = api.call(
         "GET",
         f"{base}/gpt_tokens/history",
         params={"windowSize": "HOUR", "from": stamp(minute_ago(60)), "windowTimeZone": "UTC"},
     ).json()
-    assert history["windowedHistory"]
+    assert sum(w["usage"] for w in history["windowedHistory"]) == 7.0
+    assert history["burndownHistory"]
 
     assert api.call("POST", f"{base}/gpt_tokens/reset", json={}).status_code == 204
     after = api.call("GET", f"{base}/gpt_tokens").json()
     assert after["lastReset"] > ent["lastReset"]
+    assert api.call("GET", f"{base}/gpt_tokens/value").json()["usage"] == 0.0
 
     overridden = api.call(
         "PUT", f"{base}/gpt_tokens/override", json=metered("gpt_tokens", isSoftLimit=True)
@@ -532,3 +500,77 @@ def test_subject_endpoints_are_404s_when_turned_off(serve: Serve) -> None:
     assert "legacy_subject_entitlements" in problem_of(off, 404)
     assert "deprecation" not in off.headers
     assert api.call("GET", "/api/v2/customers/acme/entitlements").status_code == 200
+
+
+# -- the official client ---------------------------------------------------------------------
+
+
+def test_the_official_openmeter_client_works_against_a_running_service(
+    database_url: str, tmp_path: Path
+) -> None:
+    """openmeter (PyPI, pinned) through its v2 calls, against `metersync run` itself."""
+    config = tmp_path / "metersync.toml"
+    config.write_text(
+        '[[meters]]\nslug = "tokens"\nevent_type = "prompt"\naggregation = "SUM"\n'
+        'value_property = "$.tokens"\n'
+    )
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("METERSYNC_")},
+        "METERSYNC_CONFIG": str(config),
+        "METERSYNC_DATABASE_URL": database_url,
+        "STRIPE_API_KEY": "sk_test_client",
+        "METERSYNC_STRIPE_API_BASE": "http://127.0.0.1:9",  # no Stripe needed here
+        "METERSYNC_HTTP_TOKENS": json.dumps([TOKEN]),
+        "METERSYNC_SERVICE_CUSTOMER_TICK_S": "3600",
+        "METERSYNC_SERVICE_USAGE_TICK_S": "3600",
+    }
+    service = start(env, tmp_path / "service.log", port=port)
+    try:
+        wait_for(lambda: get(port, "/healthz") is not None)
+        client = Client(endpoint=f"http://127.0.0.1:{port}", token=TOKEN)
+        client.customers.create(
+            {"key": "acme", "name": "ACME", "usageAttribution": {"subjectKeys": ["acme_api"]}}
+        )
+        made = client.features.create({"key": "gpt_tokens", "name": "GPT", "meterSlug": "tokens"})
+        assert made.key == "gpt_tokens"
+        start_at = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+        entitlement = client.customer_entitlements_v2.post(
+            "acme",
+            {
+                "type": "metered",
+                "featureKey": "gpt_tokens",
+                "usagePeriod": {"interval": "DAY"},
+                "measureUsageFrom": start_at,
+            },
+        )
+        assert entitlement["customerKey"] == "acme"  # a union: the client gives a dict
+        grant = client.customer_entitlement_v2.create_customer_entitlement_grant(
+            "acme", "gpt_tokens", {"amount": 100, "effectiveAt": start_at}
+        )
+        assert grant.amount == 100
+        client.events.ingest_events(
+            [
+                {
+                    "specversion": "1.0",
+                    "id": "e1",
+                    "source": "client",
+                    "type": "prompt",
+                    "subject": "acme_api",
+                    "time": start_at + timedelta(minutes=5),
+                    "data": {"tokens": 42},
+                }
+            ]
+        )
+        value = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "gpt_tokens")
+        assert (value.has_access, value.usage, value.balance) == (True, 42, 58)
+        history = client.customer_entitlement_v2.get_customer_entitlement_history(
+            "acme", "gpt_tokens", window_size="HOUR", from_parameter=start_at
+        )
+        assert sum(w.usage for w in history.windowed_history) == 42
+        client.customer_entitlement_v2.reset_customer_entitlement("acme", "gpt_tokens", {})
+        after = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "gpt_tokens")
+        assert after.usage == 0
+    finally:
+        service.kill()
+        service.wait()

@@ -39,9 +39,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
+from metersync.entitlements import EntitlementBook, EntitlementValues
 from metersync.logs import get_logger
 from metersync.pipeline import Pipeline, SyncRun
 from metersync.service.api import api_routes
+from metersync.service.entitlement_api import entitlement_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, Webhooks, build_app
 from metersync.service.memory import limit_arenas, limit_sqlite_heap, release_free_memory
 from metersync.service.retention import prune
@@ -138,16 +140,34 @@ class Service:
             stale_after_s=3 * service.customer_tick_s + service.misfire_grace_s,
         )
         hooks = Webhooks(secrets=self.settings.stripe.webhook_secrets, on_event=self.wake_webhooks)
+        meters = [Meter.of(m) for m in self.settings.meters]
+        tokens = self.settings.http.token_values
+        upstream = self.settings.openmeter.enabled
         api = api_routes(
             self.catalog,
-            [Meter.of(m) for m in self.settings.meters],
-            self.settings.http.token_values,
+            meters,
+            tokens,
             upstream=(
                 "subjects, customers and usage come from OpenMeter (openmeter.url is set): "
                 "write them there"
-                if self.settings.openmeter.enabled
+                if upstream
                 else None
             ),
+        )
+        book = EntitlementBook(self.catalog.store, meters)
+        api += entitlement_routes(
+            self.catalog,
+            book,
+            EntitlementValues(book, self.catalog.store, meters),
+            tokens,
+            # OpenMeter keeps the entitlements of the customers it is the source of.
+            upstream=(
+                "features, entitlements and grants live in OpenMeter (openmeter.url is set): "
+                "write them there"
+                if upstream
+                else None
+            ),
+            legacy_subjects=service.legacy_subject_entitlements,
         )
         app = build_app(self.catalog.store, self.metrics, readiness, "stripe", hooks, api)
         server = HttpServer(app, *address)
