@@ -25,6 +25,7 @@ from metersync.entitlements import EntitlementBook, EntitlementValues
 from metersync.service.api import api_routes
 from metersync.service.entitlement_api import entitlement_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
+from metersync.store import Store
 from test_api import PROBLEM, TOKEN, TOKENS_METER, Api
 from test_service import free_port, get, start, wait_for
 
@@ -506,9 +507,11 @@ def test_subject_endpoints_are_404s_when_turned_off(serve: Serve) -> None:
 
 
 def test_the_official_openmeter_client_works_against_a_running_service(
-    database_url: str, tmp_path: Path
+    store: Store, database_url: str, tmp_path: Path
 ) -> None:
-    """openmeter (PyPI, pinned) through its v2 calls, against `metersync run` itself."""
+    """openmeter (PyPI, pinned) through its v2 calls, against `metersync run` itself (the
+    `store` fixture migrates the database first: the service does so only for a new SQLite
+    file)."""
     config = tmp_path / "metersync.toml"
     config.write_text(
         '[[meters]]\nslug = "tokens"\nevent_type = "prompt"\naggregation = "SUM"\n'
