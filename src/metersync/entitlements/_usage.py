@@ -11,12 +11,14 @@ A feature is a meter (SUM or COUNT only: the others do not add up over time) and
 group_by filters, dimension → value, matched against each row's `groups` (a string matches
 itself; a number or a boolean its JSON text; null and a missing dimension match nothing).
 
-Figures are Decimal at one-minute resolution. The usage of a minute is the database's SUM of
-its rows' values (COUNT: the number of rows), made Decimal from the float's shortest text
-(`repr`); anything longer is a sum of minutes in exact decimal arithmetic, so spans add up
-exactly: usage(a, b) + usage(b, c) = usage(a, c). Values that are exact in binary (integers,
-halves, …) give exact figures; others are rounded once per minute by the float SUM, as billing
-rounds its windows.
+Figures are Decimal, at one-minute resolution. A stretch of rows is summed by the database
+(SUM of the float values; COUNT of the rows) and made Decimal from the float's shortest text
+(`repr`), so 0.1 is 0.1; stretches are added in exact decimal arithmetic (a rounding raises).
+An hour's figure is one such sum, as billing sums a window; a span is P(end) - P(start), where
+P(x) is the usage from the loaded span's first hour up to x (whole hours, plus the part of x's
+hour before x), so spans add up exactly: usage(a, b) + usage(b, c) = usage(a, c). Values
+exact in binary (integers, halves, …) give exact figures; others are rounded by the float
+sums, as billing's are (a figure may then move in its last digit when its rows are bound).
 
 Fast reads: a feature's bound usage is kept per (customer, hour) in `entitlement_usage_hour`,
 folded from the `usage` change numbers past the feature's own cursor (`refresh_feature_usage`):
@@ -24,13 +26,16 @@ the rows numbered past it name the (customer, hour) cells that changed, those ce
 recomputed from their raw rows on the aggregate index, and the cursor moves, in one
 transaction. A refresh costs what changed, never the history; cells are recomputed, not
 incremented, so a crash or a second refresh is harmless. A feature's first refresh folds every
-row of its meter (a page of about `_PAGE_ROWS` rows a transaction).
+row of its meter (a page of about `_PAGE_ROWS` rows a transaction; the rows of a store upgraded
+from before change numbers all carry 0, and are one page).
 
-`FeatureUsage.load` reads, in one read snapshot, the span's hours from that table, the minutes
-of the hours it is cut in (and of the hours whose cells the cursor has not folded yet: always
-exact, a refresh only makes reads cheaper), and the unbound rows of the customer's subjects.
-The last are read live, so a read's cost grows with what waits unbound, which every push keeps
-small. `between` then adds in memory.
+`FeatureUsage.load` reads, in one read snapshot, the span's hours from that table (the hours
+whose cells the cursor has not folded yet are read raw instead, so a read is exact whether or
+not a refresh ran; a refresh only makes it cheaper), the unbound rows of the customer's
+subjects, and, for every cut time given (segment boundaries), the part of its hour on the
+nearer side of it, raw, in one statement. The unbound rows are read live, so a read's cost
+grows with what waits unbound, which every push keeps small (a customer linked to no target
+waits for ever, and pays its span's unbound rows at each read). `between` then adds in memory.
 
 Snapshots of balances (store.entitlement_usage) let a value compute its current period only. A
 refresh drops the snapshots of the (feature, customer)s it changes whose time is after the hour
@@ -43,19 +48,33 @@ cursor has not folded yet.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, String, Table, and_, case, cast, func, literal, null, or_, select
+from sqlalchemy import (
+    JSON,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
 from metersync.catalog.meters import Aggregation, Meter
-from metersync.store import AttributionRow, FeatureRow, Store, UsageRow
+from metersync.store import AttributionRow, CatalogSequenceRow, FeatureRow, Store, UsageRow
+from metersync.store.engine import USAGE_SEQUENCE
 from metersync.store.entitlement_usage import (
     NOTHING_FOLDED,
     Cell,
@@ -87,6 +106,7 @@ _T = TypeVar("_T")
 USAGE: Table = UsageRow.__table__  # type: ignore[attr-defined]
 _u = USAGE.c
 _a = AttributionRow.__table__.c  # type: ignore[attr-defined]
+_q = CatalogSequenceRow.__table__.c  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -196,15 +216,12 @@ def _recompute(
     for key, hour in cells:
         hours_of[key].append(hour // HOUR_S)
     values: dict[Cell, Decimal | None] = {}
-    with localcontext(_EXACT):
-        for key, hours in sorted(hours_of.items()):
-            for hour in hours:
-                values[(key, hour * HOUR_S)] = None
-            for ranges in _chunks(_ranges(hours), _RANGES):
-                bound = _u.customer_key == key
-                for minute, amount in _minutes(session, feature, bound, ranges):
-                    cell = (key, minute // 60 * HOUR_S)
-                    values[cell] = (values[cell] or _ZERO) + amount
+    for key, hours in sorted(hours_of.items()):
+        for hour in hours:
+            values[(key, hour * HOUR_S)] = None
+        for ranges in _chunks(_ranges(hours), _RANGES):
+            for hour, amount in _hour_sums(session, feature, _u.customer_key == key, ranges):
+                values[(key, hour * HOUR_S)] = amount
     return values
 
 
@@ -212,11 +229,14 @@ def _recompute(
 
 
 class FeatureUsage:
-    """One customer's usage of one feature over a span [start, end], loaded once
-    (`load`), then `between` any whole minutes of it in memory.
+    """One customer's usage of one feature over a span [start, end], loaded once (`load`),
+    then `between` any whole minutes of it in memory.
 
-    `usage_mark`, `max_usage_id` and `subjects_hash` are what a snapshot computed from these
-    figures records (store.entitlement_usage.save_snapshot)."""
+    Every figure is P(b) - P(a), where P(x) is the usage from the span's first hour up to x:
+    the whole hours before x's hour (cells, and unbound rows), plus the part of x's hour before
+    x (read raw, from the nearer end of the hour). So spans add up exactly, whatever the float
+    sums round to. `usage_mark`, `max_usage_id` and `subjects_hash` are what a snapshot
+    computed from these figures records (store.entitlement_usage.save_snapshot)."""
 
     def __init__(
         self,
@@ -225,8 +245,8 @@ class FeatureUsage:
         customer_key: str,
         *,
         span: tuple[int, int],
-        totals: Sequence[Decimal],
-        minutes: dict[int, dict[int, Decimal]],
+        bound: Sequence[Decimal],
+        unbound: Mapping[int, Decimal],
         subjects: tuple[str, ...],
         usage_mark: int,
         max_usage_id: int,
@@ -237,12 +257,14 @@ class FeatureUsage:
         self.customer_key = customer_key
         self._lo, self._hi = span  # minutes since the epoch
         self._first_hour = self._lo // 60
-        self._minutes = minutes  # hour → minute → usage, for the hours read by the minute
+        self._bound = bound  # per hour of the span
+        self._unbound = unbound  # hour → usage not bound yet
         prefix = [_ZERO]
         with localcontext(_EXACT):
-            for value in totals:
-                prefix.append(prefix[-1] + value)
+            for index, value in enumerate(bound):
+                prefix.append(prefix[-1] + value + unbound.get(self._first_hour + index, _ZERO))
         self._prefix = prefix
+        self._within: dict[int, Decimal] = {}  # minute → usage from its hour's start to it
         self.subjects = subjects
         self.subjects_hash = subjects_hash(subjects)
         self.usage_mark = usage_mark
@@ -264,14 +286,13 @@ class FeatureUsage:
     ) -> FeatureUsage:
         """Read the customer's usage over [start, end] (whole minutes, aware) in one read
         snapshot. `cuts`: the other times `between` will be asked about (segment boundaries);
-        the hours they cut are read by the minute now, in the same snapshot, where any other
-        cut costs a read of its own later. `snapshot`: checked against what the store holds
-        now, into `snapshot_current`."""
+        the parts of hours they cut are read now, in the same snapshot and one statement,
+        where any other time costs a read of its own later. `snapshot`: checked against what
+        the store holds now, into `snapshot_current`."""
         lo, hi = _minute_of(start), _minute_of(end)
         if hi < lo:
             raise ValueError(f"usage span ends ({end}) before it starts ({start})")
         first_hour, end_hour = lo // 60, -(-hi // 60)
-        cut_hours = {m // 60 for m in (lo, hi, *map(_minute_of, cuts)) if m % 60 and lo <= m <= hi}
         with store.read_session() as session:
             cursor = read_cursor(session, feature.id)
             subjects = tuple(
@@ -282,59 +303,54 @@ class FeatureUsage:
                 ).scalars()
             )
             max_id = int(session.execute(select(func.max(_u.id))).scalar() or 0)
-            totals = [_ZERO] * (end_hour - first_hour)
+            bound = [_ZERO] * (end_hour - first_hour)
             if cursor == NOTHING_FOLDED:
                 raw = set(range(first_hour, end_hour))
                 unfolded: set[int] | None = None
             else:
                 unfolded = _unfolded_hours(session, feature, customer_key, after=cursor)
                 raw = {h for h in unfolded if first_hour <= h < end_hour}
-                for hour, value in hour_values(
+                for hour_s, value in hour_values(
                     session,
                     feature.id,
                     customer_key,
                     start=first_hour * HOUR_S,
                     end=end_hour * HOUR_S,
                 ):
-                    totals[hour // HOUR_S - first_hour] = Decimal(value)
-            minutes: dict[int, dict[int, Decimal]] = {h: {} for h in cut_hours}
-            with localcontext(_EXACT):
-                for hour in raw:
-                    totals[hour - first_hour] = _ZERO
-                ranges = _ranges(sorted(raw | cut_hours))
-                for chunk in _chunks(ranges, _RANGES):
-                    for minute, amount in _minutes(
-                        session, feature, _u.customer_key == customer_key, chunk
-                    ):
-                        hour = minute // 60
-                        if hour in raw:
-                            totals[hour - first_hour] += amount
-                        if hour in minutes:
-                            minutes[hour][minute] = minutes[hour].get(minute, _ZERO) + amount
-                for minute, amount in _unbound_minutes(
-                    session, feature, subjects, first_hour, end_hour
-                ):
-                    hour = minute // 60
-                    totals[hour - first_hour] += amount
-                    if hour in minutes:
-                        minutes[hour][minute] = minutes[hour].get(minute, _ZERO) + amount
-            current = None
+                    bound[hour_s // HOUR_S - first_hour] = Decimal(value)
+            for hour in raw:
+                bound[hour - first_hour] = _ZERO
+            mine = _u.customer_key == customer_key
+            for chunk in _chunks(_ranges(raw), _RANGES):
+                for hour, amount in _hour_sums(session, feature, mine, chunk):
+                    bound[hour - first_hour] = amount
+            unbound: dict[int, Decimal] = {}
+            if subjects:
+                with localcontext(_EXACT):
+                    for chunk in _chunks(subjects, _SUBJECTS):
+                        waiting = and_(_u.customer_key.is_(None), _u.subject.in_(chunk))
+                        for hour, amount in _hour_sums(
+                            session, feature, waiting, [(first_hour, end_hour)]
+                        ):
+                            unbound[hour] = unbound.get(hour, _ZERO) + amount
+            usage = cls(
+                store,
+                feature,
+                customer_key,
+                span=(lo, hi),
+                bound=bound,
+                unbound=unbound,
+                subjects=subjects,
+                usage_mark=cursor,
+                max_usage_id=max_id,
+                snapshot_current=None,
+            )
+            usage._read_within(session, [lo, hi, *map(_minute_of, cuts)])
             if snapshot is not None:
-                current = _snapshot_holds(
+                usage.snapshot_current = _snapshot_holds(
                     session, feature, snapshot, subjects, cursor=cursor, unfolded=unfolded
                 )
-        return cls(
-            store,
-            feature,
-            customer_key,
-            span=(lo, hi),
-            totals=totals,
-            minutes=minutes,
-            subjects=subjects,
-            usage_mark=cursor,
-            max_usage_id=max_id,
-            snapshot_current=current,
-        )
+        return usage
 
     def between(self, start: datetime, end: datetime) -> Decimal:
         """The customer's usage in [start, end): whole minutes within the loaded span."""
@@ -345,42 +361,53 @@ class FeatureUsage:
             )
         if a == b:
             return _ZERO
-        ha, hb = a // 60, b // 60
         with localcontext(_EXACT):
-            if ha == hb:
-                return self._part(ha, a, b)
-            total = _ZERO
-            whole_from = ha
-            if a % 60:
-                total += self._part(ha, a, (ha + 1) * 60)
-                whole_from = ha + 1
-            total += (
-                self._prefix[hb - self._first_hour] - self._prefix[whole_from - self._first_hour]
-            )
-            if b % 60:
-                total += self._part(hb, hb * 60, b)
-            return total
+            return self._upto(b) - self._upto(a)
 
-    def _part(self, hour: int, lo: int, hi: int) -> Decimal:
-        """Usage of minutes [lo, hi) of one hour."""
-        detail = self._minutes.get(hour)
-        if detail is None:
-            detail = self._read_hour(hour)
-        return sum((v for m, v in detail.items() if lo <= m < hi), _ZERO)
+    def _upto(self, minute: int) -> Decimal:
+        """P(minute): the usage from the span's first hour up to `minute`."""
+        hour = minute // 60
+        whole = self._prefix[hour - self._first_hour]
+        if not minute % 60:
+            return whole
+        within = self._within.get(minute)
+        if within is None:
+            # A time no cut given to `load` named: read now (a read of its own, so of the
+            # store as it is now).
+            with self._store.read_session() as session:
+                self._read_within(session, [minute])
+            within = self._within[minute]
+        return whole + within
 
-    def _read_hour(self, hour: int) -> dict[int, Decimal]:
-        """An hour that no cut given to `load` named: read by the minute now (a read of its
-        own, so of the store as it is now; every figure of it is exact for that moment)."""
-        detail: dict[int, Decimal] = {}
-        with self._store.read_session() as session, localcontext(_EXACT):
-            bound = _minutes(
-                session, self.feature, _u.customer_key == self.customer_key, [(hour, hour + 1)]
-            )
-            unbound = _unbound_minutes(session, self.feature, self.subjects, hour, hour + 1)
-            for minute, amount in (*bound, *unbound):
-                detail[minute] = detail.get(minute, _ZERO) + amount
-        self._minutes[hour] = detail
-        return detail
+    def _read_within(self, session: Session, minutes: Iterable[int]) -> None:
+        """For each minute inside an hour of the span: the usage from the hour's start to it,
+        one statement for all. The nearer end of the hour is read: the part before the
+        minute, or the hour's figure less the part after it."""
+        wanted = sorted(
+            {m for m in minutes if m % 60 and self._lo <= m <= self._hi and m not in self._within}
+        )
+        if not wanted:
+            return
+        mine = _u.customer_key == self.customer_key
+        parts: list[tuple[int, ColumnElement[bool], int, int]] = []
+        for index, minute in enumerate(wanted):
+            hour = minute // 60
+            early = minute % 60 <= 30
+            lo, hi = (hour * 60, minute) if early else (minute, hour * 60 + 60)
+            parts.append((index, mine, lo, hi))
+            if self.subjects and hour in self._unbound:
+                for chunk in _chunks(self.subjects, _SUBJECTS):
+                    waiting = and_(_u.customer_key.is_(None), _u.subject.in_(chunk))
+                    parts.append((index, waiting, lo, hi))
+        sums = _span_sums(session, self.feature, parts)
+        with localcontext(_EXACT):
+            for index, minute in enumerate(wanted):
+                hour = minute // 60
+                part = sums.get(index, _ZERO)
+                if minute % 60 > 30:
+                    total = self._bound[hour - self._first_hour]
+                    part = total + self._unbound.get(hour, _ZERO) - part
+                self._within[minute] = part
 
 
 def _snapshot_holds(
@@ -446,74 +473,75 @@ def _group_match(session: Session, feature: MeteredFeature) -> list[ColumnElemen
     return out
 
 
-def _minutes(
+def _hour_sums(
     session: Session,
     feature: MeteredFeature,
     whose: ColumnElement[bool],
     hour_ranges: Sequence[tuple[int, int]],
 ) -> list[tuple[int, Decimal]]:
-    """(minute, usage) of the rows `whose` selects in the hour ranges [from, to) (hours since
-    the epoch): on the aggregate index, whose time ranges these are."""
+    """(hour, usage) of the rows `whose` selects in the hour ranges [from, to) (hours since
+    the epoch), on the aggregate index: its time ranges."""
     if not hour_ranges:
         return []
     within = or_(
         *(and_(_u.time_us >= lo * HOUR_US, _u.time_us < hi * HOUR_US) for lo, hi in hour_ranges)
     )
-    return _minute_sums(session, feature, [whose, within])
+    hour = (_u.time_us // literal(HOUR_US)).label("hour")
+    query: Select[Any] = (
+        select(hour, _amount(feature))
+        .where(_u.meter == feature.meter, whose, within, *_group_match(session, feature))
+        .group_by(hour)
+    )
+    return [(int(h), _decimal(amount)) for h, amount in session.execute(query).all()]
 
 
-def _unbound_minutes(
+def _span_sums(
     session: Session,
     feature: MeteredFeature,
-    subjects: Sequence[str],
-    first_hour: int,
-    end_hour: int,
-) -> list[tuple[int, Decimal]]:
-    """(minute, usage) of the rows not bound yet of these subjects in [first_hour, end_hour)."""
-    out: list[tuple[int, Decimal]] = []
-    for chunk in _chunks(subjects, _SUBJECTS):
-        out += _minute_sums(
-            session,
-            feature,
-            [
-                _u.customer_key.is_(None),
-                _u.subject.in_(chunk),
-                _u.time_us >= first_hour * HOUR_US,
-                _u.time_us < end_hour * HOUR_US,
-            ],
+    parts: Sequence[tuple[int, ColumnElement[bool], int, int]],
+) -> dict[int, Decimal]:
+    """For (key, whose, from, to) parts: the usage of the rows `whose` selects in the minutes
+    [from, to), added up by key. One statement (UNION ALL), each part a range of an index."""
+    groups = _group_match(session, feature)
+    selects = [
+        select(literal(key).label("part"), _amount(feature).label("amount")).where(
+            _u.meter == feature.meter,
+            whose,
+            _u.time_us >= lo * MINUTE_US,
+            _u.time_us < hi * MINUTE_US,
+            *groups,
         )
+        for key, whose, lo, hi in parts
+    ]
+    out: dict[int, Decimal] = {}
+    with localcontext(_EXACT):
+        for chunk in _chunks(selects, _RANGES):
+            for key, amount in session.execute(union_all(*chunk)).all():
+                out[int(key)] = out.get(int(key), _ZERO) + _decimal(amount)
     return out
-
-
-def _minute_sums(
-    session: Session, feature: MeteredFeature, where: list[ColumnElement[bool]]
-) -> list[tuple[int, Decimal]]:
-    minute = (_u.time_us // literal(MINUTE_US)).label("minute")
-    query: Select[Any] = (
-        select(minute, _amount(feature))
-        .where(_u.meter == feature.meter, *where, *_group_match(session, feature))
-        .group_by(minute)
-    )
-    return [(int(m), _decimal(amount)) for m, amount in session.execute(query)]
 
 
 def _unfolded_hours(
     session: Session, feature: MeteredFeature, customer_key: str, *, after: int
 ) -> set[int]:
     """Hours (since the epoch) of the customer's bound rows numbered past the cursor: their
-    cells may be behind, so they are read raw. Few after a refresh (the (meter, seq) index)."""
-    hour = _u.time_us // literal(HOUR_US)
+    cells may be behind, so they are read raw. The meter's rows numbered past the cursor, in
+    order, on the (meter, seq) index: few after a refresh. The range is closed by the counter
+    (no row visible is numbered above it), and the customer is picked here rather than in
+    SQL: an open range, or a condition on the customer, had SQLite walk the customer's whole
+    history on the aggregate index instead."""
+    upto = session.execute(select(_q.value).where(_q.name == USAGE_SEQUENCE)).scalar_one()
     rows = session.execute(
-        select(hour)
+        select(_u.customer_key, _u.time_us)
         .where(
             _u.meter == feature.meter,
             _u.seq > after,
-            _u.customer_key == customer_key,
+            _u.seq <= upto,
             *_group_match(session, feature),
         )
-        .distinct()
+        .order_by(_u.seq)
     )
-    return {int(h) for (h,) in rows}
+    return {int(t) // HOUR_US for key, t in rows if key == customer_key}
 
 
 # -- small pieces --------------------------------------------------------------------------------
