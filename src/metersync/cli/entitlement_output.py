@@ -19,15 +19,16 @@ from metersync.cli.output import print_details, print_table
 from metersync.times import rfc3339
 
 if TYPE_CHECKING:  # imported when first used: see the start-up note in metersync.cli
-    from metersync.entitlements._model import (
+    from metersync.entitlements import (
         Entitlement,
         EntitlementGrant,
         EntitlementValue,
         Feature,
+        Period,
+        UsagePeriod,
         UsageReset,
         WindowedHistory,
     )
-    from metersync.entitlements._periods import UsagePeriod
 
 
 def print_exact_json(data: Any) -> None:
@@ -170,8 +171,12 @@ def entitlement_json(
     period = current_usage_period(entitlement, resets)
     if period is not None:
         out["usagePeriod"] = _recurring(period)
-        current = period.period_at(moment)
-        out["currentUsagePeriod"] = {"from": rfc3339(current.start), "to": rfc3339(current.end)}
+        current = current_period_at(entitlement, resets, moment)
+        if current is not None:
+            out["currentUsagePeriod"] = {
+                "from": rfc3339(current.start),
+                "to": rfc3339(current.end),
+            }
     if entitlement.kind.value == "metered":
         last_reset = resets[-1].at if resets else entitlement.measure_usage_from
         out |= {
@@ -208,6 +213,28 @@ def current_usage_period(
     from dataclasses import replace
 
     return replace(period, anchor=max(moved))
+
+
+def current_period_at(
+    entitlement: Entitlement, resets: Sequence[UsageReset], moment: datetime
+) -> Period | None:
+    """The usage period holding `moment`: the engine's, for a metered entitlement (a manual
+    reset starts one, whether or not it keeps the anchor)."""
+    period = entitlement.usage_period
+    if period is None:
+        return None
+    if entitlement.measure_usage_from is None:
+        return period.period_at(moment)
+    from metersync.entitlements import MeteredTerms, Reset, current_period
+
+    terms = MeteredTerms(
+        usage_period=period,
+        measure_usage_from=entitlement.measure_usage_from,
+        resets=[Reset(r.at, r.preserve_overage, r.retain_anchor) for r in resets],
+        preserve_overage_at_reset=entitlement.preserve_overage_at_reset,
+        is_soft_limit=entitlement.is_soft_limit,
+    )
+    return current_period(terms, moment)
 
 
 def _limit(entitlement: Entitlement) -> str:
@@ -252,9 +279,15 @@ def print_entitlements(
     )
 
 
+def _span(period: Period | None) -> str:
+    return "" if period is None else f"{_time(period.start)} – {_time(period.end)}"
+
+
 def print_entitlement(
     entitlement: Entitlement, resets: Sequence[UsageReset] = (), *, as_json: bool
 ) -> None:
+    from metersync.clock import utcnow
+
     if as_json:
         print_exact_json(entitlement_json(entitlement, resets))
         return
@@ -268,6 +301,7 @@ def print_entitlement(
             ("feature", entitlement.feature_key),
             ("type", entitlement.kind.value),
             ("usage period", _every(current_usage_period(entitlement, resets))),
+            ("current period", _span(current_period_at(entitlement, resets, utcnow()))),
             *(
                 [
                     ("measured from", _time(entitlement.measure_usage_from)),
