@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -77,7 +77,8 @@ GRANT_OPTIONS = {
 RESET_OPTIONS = {"effectiveAt": "--at", "entitlement": "FEATURE_OR_ID"}
 
 KINDS = ("metered", "boolean", "static")
-WINDOWS = ("HOUR", "DAY", "MONTH")
+WindowName = Literal["HOUR", "DAY", "MONTH"]
+WINDOWS: dict[str, WindowName] = {"HOUR": "HOUR", "DAY": "DAY", "MONTH": "MONTH"}
 METERED_OPTIONS = (
     "--soft-limit",
     "--preserve-overage",
@@ -477,8 +478,8 @@ def history(
         raise typer.BadParameter(
             f"{since.isoformat()} is not before --to {until.isoformat()}", param_hint="--from"
         )
-    size = window.upper()
-    if size not in WINDOWS:
+    size = WINDOWS.get(window.upper())
+    if size is None:
         raise typer.BadParameter(
             f"{window!r} is not one of {', '.join(WINDOWS)}", param_hint="--window"
         )
