@@ -525,9 +525,13 @@ def test_value_access_history_and_reset(env: dict[str, str]) -> None:
     }
     table = ok(env, "entitlements", "value", "acme", entitlement["id"])
     assert "77.25" in table and "100.25" in table
-    # Before any usage.
-    early = ok_json(env, "entitlements", "value", "acme", "gpt_tokens", "--at", stamp(hour))
-    assert isinstance(early, dict) and early["balance"] == 100.25 and early["usage"] == 0
+    at_now = ok_json(
+        env, "entitlements", "value", "acme", "gpt_tokens", "--at", stamp(datetime.now(UTC))
+    )
+    assert at_now == value
+    # Before the entitlement was created, there was none.
+    err = refused(env, "entitlements", "value", "acme", "gpt_tokens", "--at", stamp(hour))
+    assert err == "error: entitlement 'gpt_tokens' of customer 'acme' does not exist\n"
     assert ok_json(env, "entitlements", "value", "acme", "sso") == {"hasAccess": True}
 
     access = ok_json(env, "entitlements", "access", "acme")
