@@ -16,7 +16,18 @@ from typing import Literal
 
 import typer
 
-from metersync.cli import config, customers, db, events, meters, subjects, usage, webhooks
+from metersync.cli import (
+    config,
+    customers,
+    db,
+    entitlements,
+    events,
+    features,
+    meters,
+    subjects,
+    usage,
+    webhooks,
+)
 from metersync.cli.context import AppContext, MetersyncGroup
 from metersync.cli.daemon import run_command
 from metersync.cli.emulator import emulator_command
@@ -45,6 +56,8 @@ app.command("import")(import_command)
 app.add_typer(events.app, name="events")
 app.add_typer(meters.app, name="meters")
 app.add_typer(usage.app, name="usage")
+app.add_typer(features.app, name="features")
+app.add_typer(entitlements.app, name="entitlements")
 app.add_typer(webhooks.app, name="webhooks")
 app.command("reconcile")(reconcile_command)
 app.command("status")(status_command)
