@@ -212,3 +212,13 @@ def test_access_boolean_static_and_history(world: World, catalog: Catalog) -> No
             end=at("2027-01-31 00:00"),
             tz="Mars/Base",
         )
+
+
+def test_the_service_refresh_folds_usage_and_leaves_every_figure_as_it_was(world: World) -> None:
+    world.ingest("app-1", "2027-01-05 10:00", 30)
+    bind_usage(world.store, "stripe")
+    world.ingest("app-2", "2027-01-20 12:00", 90)
+    before = world.values.value("acme", "gpt_4", at("2027-01-25 00:00"))
+    assert world.values.refresh() == 1  # the one bound cell: Jan 5 10:00 of acme
+    assert world.values.refresh() == 0  # nothing new: nothing recomputed
+    assert world.values.value("acme", "gpt_4", at("2027-01-25 00:00")) == before

@@ -241,3 +241,12 @@ def test_resets_are_in_the_past_in_order(book: EntitlementBook) -> None:
         (True, False),
         (False, True),
     ]
+
+
+@freeze_time(NOW)
+def test_a_deleted_entitlement_is_not_deleted_again(book: EntitlementBook) -> None:
+    book.create_feature({"key": "gpt_4", "name": "GPT-4", "meterSlug": "tokens"})
+    made = book.create_entitlement("acme", metered())
+    book.delete_entitlement(made.id)
+    with pytest.raises(NotFound, match="was deleted at"):
+        book.delete_entitlement(made.id)

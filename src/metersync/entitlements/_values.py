@@ -25,14 +25,15 @@ from metersync.entitlements._model import (
     Entitlement,
     EntitlementGrant,
     EntitlementValue,
+    Feature,
     HistoryWindow,
     Kind,
     UsageReset,
     WindowedHistory,
 )
 from metersync.entitlements._periods import Period, truncate_minute, value_minute
-from metersync.entitlements._usage import FeatureUsage, MeteredFeature
-from metersync.entitlements._writes import EntitlementBook
+from metersync.entitlements._usage import FeatureUsage, MeteredFeature, refresh_feature_usage
+from metersync.entitlements._writes import METERED_AGGREGATIONS, EntitlementBook
 from metersync.errors import FieldProblem, InvalidInput, NotFound
 from metersync.store import Store
 from metersync.store.entitlement_usage import (
@@ -170,6 +171,18 @@ class EntitlementValues:
             ),
         )
 
+    def refresh(self) -> int:
+        """Fold the usage stored since the last refresh into every metered feature's hourly
+        cells; returns the cells recomputed. Reads are exact without it: it keeps them cheap
+        (the service runs it on every usage tick, after the push binds)."""
+        folded = 0
+        for feature in self.book.list_features():
+            meter = self.meters.get(feature.meter_slug or "")
+            if meter is None or meter.aggregation not in METERED_AGGREGATIONS:
+                continue
+            folded += refresh_feature_usage(self.store, _metered(feature, meter))
+        return folded
+
     # -- writes that change values ---------------------------------------------------------------
 
     def reset(self, customer: str, entitlement: str, data: Any) -> UsageReset:
@@ -207,12 +220,7 @@ class EntitlementValues:
             raise InvalidInput(
                 [FieldProblem("feature", f"feature {feature.key!r}'s meter is not configured")]
             )
-        metered = MeteredFeature(
-            id=feature.id,
-            meter=meter.slug,
-            aggregation=meter.aggregation,
-            group_filters=tuple(sorted(feature.group_filters.items())),
-        )
+        metered = _metered(feature, meter)
         terms = terms_of(found, self.book.grants_of(found.id), self.book.resets_of(found.id))
         return terms, metered
 
@@ -264,6 +272,15 @@ class EntitlementValues:
                 ),
             )
         return usage, since
+
+
+def _metered(feature: Feature, meter: Meter) -> MeteredFeature:
+    return MeteredFeature(
+        id=feature.id,
+        meter=meter.slug,
+        aggregation=meter.aggregation,
+        group_filters=tuple(sorted(feature.group_filters.items())),
+    )
 
 
 def _cuts(terms: engine.MeteredTerms) -> list[datetime]:

@@ -157,6 +157,9 @@ class EntitlementBook:
         with self.store.session() as session:
             owner = _customer(session, customer) if customer is not None else None
             row = _entitlement_row(session, owner, entitlement_id, by_feature=False)
+            if row.deleted_at is not None:
+                # A second delete would move the end of access it already ended.
+                raise NotFound(f"entitlement {entitlement_id!r} was deleted at {row.deleted_at}")
             row.deleted_at = row.updated_at = utcnow()
             session.add(row)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Meter
+from metersync.entitlements import EntitlementBook, EntitlementValues
 from metersync.errors import ConfigError
 from metersync.pipeline import _build
 from metersync.pipeline._verification import Verification, verify
@@ -166,6 +167,11 @@ class Pipeline:
         if not self.pushes_usage:
             raise ConfigError("no [[meters]] with a stripe section are configured")
         return await self.pusher().run(dry_run=dry_run, should_stop=self.should_stop)
+
+    def fold_entitlement_usage(self) -> int:
+        """Fold new usage into the metered features' hourly cells (entitlements.refresh)."""
+        book = EntitlementBook(self.catalog.store, self.meters)
+        return EntitlementValues(book, self.catalog.store, self.meters).refresh()
 
     async def sync_crm(self, run: SyncRun) -> RunResult:
         """HubSpot's companies, which show the Stripe customer ids and the usage pushed."""

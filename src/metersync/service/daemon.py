@@ -276,10 +276,11 @@ class Service:
         # the CRM's usage properties; a failed pull fails the job (logged, counted, retried
         # next tick): nothing is planned from a half-read source.
         await pipeline.pull_usage()
-        if not pipeline.pushes_usage:
-            return {}
-        result = await pipeline.push_usage()
-        counts: dict[str, int] = result.counts()
+        counts: dict[str, int] = {}
+        if pipeline.pushes_usage:
+            counts = (await pipeline.push_usage()).counts()
+        # After the push has bound what it billed: entitlement reads stay cheap.
+        counts["entitlement_cells"] = await asyncio.to_thread(pipeline.fold_entitlement_usage)
         return counts
 
     def _run_job(
