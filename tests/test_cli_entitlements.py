@@ -122,11 +122,13 @@ def test_features_create_list_show_archive(env: dict[str, str]) -> None:
         "metadata",
         "meterSlug",
         "meterGroupByFilters",
+        "advancedMeterGroupByFilters",
         "createdAt",
         "updatedAt",
     }
     assert first["meterSlug"] == "tokens"
     assert first["meterGroupByFilters"] == {"model": "gpt-4"}
+    assert first["advancedMeterGroupByFilters"] == {"model": {"$eq": "gpt-4"}}
     assert first["metadata"] == {"tier": "pro"}
     assert first["createdAt"].endswith("Z")
     assert set(features[1]) == {"id", "key", "name", "createdAt", "updatedAt"}

@@ -222,3 +222,63 @@ def test_the_service_refresh_folds_usage_and_leaves_every_figure_as_it_was(world
     assert world.values.refresh() == 1  # the one bound cell: Jan 5 10:00 of acme
     assert world.values.refresh() == 0  # nothing new: nothing recomputed
     assert world.values.value("acme", "gpt_4", at("2027-01-25 00:00")) == before
+
+
+def test_the_shapes_both_doors_render_are_compact_exact_and_the_engines_periods() -> None:
+    from metersync.entitlements import (
+        Entitlement,
+        EntitlementGrant,
+        Interval,
+        Kind,
+        UsagePeriod,
+        UsageReset,
+        entitlement_json,
+        exact_json,
+        grant_json,
+    )
+    from metersync.entitlements._model import Issue
+
+    month = UsagePeriod(Interval.parse("MONTH"), at("2027-01-01 00:00"))
+    entitlement = Entitlement(
+        id="ent",
+        kind=Kind.METERED,
+        customer_id="cus",
+        customer_key="acme",
+        feature_id="feat",
+        feature_key="tokens",
+        created_at=at("2027-01-10 00:00"),
+        updated_at=at("2027-01-10 00:00"),
+        usage_period=month,
+        measure_usage_from=at("2027-01-10 00:00"),
+        issue=Issue(D("1E+3")),
+    )
+    # A manual reset that keeps the anchor still starts a period (the engine's rule).
+    reset = UsageReset("r", "ent", at("2027-02-15 00:00"), False, True, at("2027-02-15 00:00"))
+    shape = entitlement_json(entitlement, [reset], at("2027-02-20 12:00"))
+    assert "metadata" not in shape and "deletedAt" not in shape and "activeTo" not in shape
+    assert shape["usagePeriod"]["anchor"] == "2027-01-01T00:00:00.000Z"
+    assert shape["currentUsagePeriod"] == {
+        "from": "2027-02-15T00:00:00.000Z",
+        "to": "2027-03-01T00:00:00.000Z",
+    }
+    assert shape["lastReset"] == "2027-02-15T00:00:00.000Z"
+    encoded = exact_json(shape)
+    assert b'"issueAfterReset":1000,' in encoded and b'"issue":{"amount":1000,' in encoded
+    v1 = entitlement_json(entitlement, [reset], at("2027-02-20 12:00"), subject_key="acme_api")
+    assert v1["subjectKey"] == "acme_api" and not {"customerId", "issue"} & set(v1)
+
+    grant = EntitlementGrant(
+        id="g",
+        entitlement_id="ent",
+        amount=D("0.1"),
+        priority=1,
+        effective_at=at("2027-03-01 00:00"),
+        created_at=at("2027-02-20 00:00"),
+        updated_at=at("2027-02-20 00:00"),
+        recurrence=UsagePeriod(Interval.parse("DAY"), at("2027-03-01 00:00")),
+    )
+    shown = grant_json(grant, at("2027-02-20 12:00"))
+    # No maximum means the amount, said; the first recurrence is after the grant takes effect.
+    assert shown["maxRolloverAmount"] == D("0.1") and "metadata" not in shown
+    assert shown["nextRecurrence"] == "2027-03-02T00:00:00.000Z"
+    assert b'"amount":0.1,' in exact_json(shown)

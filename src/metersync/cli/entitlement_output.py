@@ -1,9 +1,10 @@
 """Printing features, entitlements, grants, values and histories: a table for people,
-OpenMeter-shaped JSON for programs (`--json`).
+OpenMeter-shaped JSON for programs (`--json`, the API's own shapes from the entitlements
+package).
 
 Amounts are Decimal all the way: a table shows their exact digits (`1000`, `0.1`, never
-`1E+3` or a float's nearest), and JSON writes them as numbers with the same digits (msgspec
-encodes a Decimal as a number; the standard library's json cannot without a float).
+`1E+3` or a float's nearest), and JSON writes them as numbers with the same digits
+(`metersync.entitlements.exact_json`, as the API does).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from metersync.cli.output import print_details, print_table
-from metersync.times import rfc3339
 
 if TYPE_CHECKING:  # imported when first used: see the start-up note in metersync.cli
     from metersync.entitlements import (
@@ -32,22 +32,12 @@ if TYPE_CHECKING:  # imported when first used: see the start-up note in metersyn
 
 
 def print_exact_json(data: Any) -> None:
-    """JSON with Decimal amounts as numbers of the same digits."""
+    """JSON with Decimal amounts as numbers of the same digits, indented."""
     import msgspec
 
-    encoded = msgspec.json.Encoder(decimal_format="number").encode(_plain(data))
-    typer.echo(msgspec.json.format(encoded, indent=2).decode())
+    from metersync.entitlements import exact_json
 
-
-def _plain(value: Any) -> Any:
-    # 1E+3 (a normalized 1000) is a valid JSON number, but not how an API writes one.
-    if isinstance(value, Decimal):
-        return Decimal(format(value, "f"))
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    typer.echo(msgspec.json.format(exact_json(data), indent=2).decode())
 
 
 def amount(value: Decimal | None) -> str:
@@ -59,27 +49,8 @@ def _time(moment: datetime | None) -> str:
     return "" if moment is None else moment.isoformat(timespec="seconds")
 
 
-def _stamp(moment: datetime | None) -> str | None:
-    return None if moment is None else rfc3339(moment)
-
-
-def _compact(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
-
-
 def _metadata(metadata: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(metadata.items()))
-
-
-def _recurring(period: UsagePeriod | None) -> dict[str, Any] | None:
-    """OpenMeter's RecurringPeriod."""
-    if period is None:
-        return None
-    return {
-        "interval": period.interval.name,
-        "intervalISO": period.interval.iso,
-        "anchor": rfc3339(period.anchor),
-    }
 
 
 def _every(period: UsagePeriod | None) -> str:
@@ -91,25 +62,10 @@ def _every(period: UsagePeriod | None) -> str:
 # -- features ------------------------------------------------------------------------------------
 
 
-def feature_json(feature: Feature) -> dict[str, Any]:
-    """OpenMeter's Feature."""
-    return _compact(
-        {
-            "id": feature.id,
-            "key": feature.key,
-            "name": feature.name,
-            "metadata": dict(feature.metadata) or None,
-            "meterSlug": feature.meter_slug,
-            "meterGroupByFilters": dict(feature.group_filters) or None,
-            "createdAt": rfc3339(feature.created_at),
-            "updatedAt": rfc3339(feature.updated_at),
-            "archivedAt": _stamp(feature.archived_at),
-        }
-    )
-
-
 def print_features(features: Sequence[Feature], *, as_json: bool) -> None:
     if as_json:
+        from metersync.entitlements import feature_json
+
         print_exact_json([feature_json(f) for f in features])
         return
     archived = any(f.archived_at for f in features)
@@ -126,6 +82,8 @@ def print_features(features: Sequence[Feature], *, as_json: bool) -> None:
 
 def print_feature(feature: Feature, *, as_json: bool) -> None:
     if as_json:
+        from metersync.entitlements import feature_json
+
         print_exact_json(feature_json(feature))
         return
     print_details(
@@ -147,96 +105,6 @@ def print_feature(feature: Feature, *, as_json: bool) -> None:
 # -- entitlements --------------------------------------------------------------------------------
 
 
-def entitlement_json(
-    entitlement: Entitlement, resets: Sequence[UsageReset] = (), *, now: datetime | None = None
-) -> dict[str, Any]:
-    """OpenMeter's EntitlementV2 (metered, boolean or static)."""
-    from metersync.clock import utcnow
-
-    moment = now or utcnow()
-    out: dict[str, Any] = {
-        "id": entitlement.id,
-        "type": entitlement.kind.value,
-        "featureKey": entitlement.feature_key,
-        "featureId": entitlement.feature_id,
-        "customerKey": entitlement.customer_key,
-        "customerId": entitlement.customer_id,
-        "metadata": dict(entitlement.metadata) or None,
-        "createdAt": rfc3339(entitlement.created_at),
-        "updatedAt": rfc3339(entitlement.updated_at),
-        "deletedAt": _stamp(entitlement.deleted_at),
-        "activeFrom": rfc3339(entitlement.created_at),
-        "activeTo": _stamp(entitlement.deleted_at),
-    }
-    period = current_usage_period(entitlement, resets)
-    if period is not None:
-        out["usagePeriod"] = _recurring(period)
-        current = current_period_at(entitlement, resets, moment)
-        if current is not None:
-            out["currentUsagePeriod"] = {
-                "from": rfc3339(current.start),
-                "to": rfc3339(current.end),
-            }
-    if entitlement.kind.value == "metered":
-        last_reset = resets[-1].at if resets else entitlement.measure_usage_from
-        out |= {
-            "measureUsageFrom": _stamp(entitlement.measure_usage_from),
-            "lastReset": _stamp(last_reset),
-            "isSoftLimit": entitlement.is_soft_limit,
-            "preserveOverageAtReset": entitlement.preserve_overage_at_reset,
-        }
-        if entitlement.issue is not None:
-            out |= {
-                "issueAfterReset": entitlement.issue.amount,
-                "issueAfterResetPriority": entitlement.issue.priority,
-                "issue": {
-                    "amount": entitlement.issue.amount,
-                    "priority": entitlement.issue.priority,
-                },
-            }
-    if entitlement.config is not None:
-        out["config"] = entitlement.config
-    return _compact(out)
-
-
-def current_usage_period(
-    entitlement: Entitlement, resets: Sequence[UsageReset]
-) -> UsagePeriod | None:
-    """The usage period as it runs now: a reset that does not retain the anchor starts the
-    periods again from its own time (OpenMeter's retainAnchor: false)."""
-    period = entitlement.usage_period
-    if period is None:
-        return None
-    moved = [r.at for r in resets if not r.retain_anchor]
-    if not moved:
-        return period
-    from dataclasses import replace
-
-    return replace(period, anchor=max(moved))
-
-
-def current_period_at(
-    entitlement: Entitlement, resets: Sequence[UsageReset], moment: datetime
-) -> Period | None:
-    """The usage period holding `moment`: the engine's, for a metered entitlement (a manual
-    reset starts one, whether or not it keeps the anchor)."""
-    period = entitlement.usage_period
-    if period is None:
-        return None
-    if entitlement.measure_usage_from is None:
-        return period.period_at(moment)
-    from metersync.entitlements import MeteredTerms, Reset, current_period
-
-    terms = MeteredTerms(
-        usage_period=period,
-        measure_usage_from=entitlement.measure_usage_from,
-        resets=[Reset(r.at, r.preserve_overage, r.retain_anchor) for r in resets],
-        preserve_overage_at_reset=entitlement.preserve_overage_at_reset,
-        is_soft_limit=entitlement.is_soft_limit,
-    )
-    return current_period(terms, moment)
-
-
 def _limit(entitlement: Entitlement) -> str:
     if entitlement.kind.value != "metered":
         return ""
@@ -256,8 +124,12 @@ def print_entitlements(
     *,
     as_json: bool,
 ) -> None:
+    from metersync.clock import utcnow
+    from metersync.entitlements import entitlement_json, usage_period_in_force
+
     if as_json:
-        print_exact_json([entitlement_json(e, resets.get(e.id, ())) for e in entitlements])
+        now = utcnow()
+        print_exact_json([entitlement_json(e, resets.get(e.id, ()), now) for e in entitlements])
         return
     deleted = any(e.deleted_at for e in entitlements)
     print_table(
@@ -270,7 +142,7 @@ def print_entitlements(
                 e.customer_key,
                 e.feature_key,
                 e.kind.value,
-                _every(current_usage_period(e, resets.get(e.id, ()))),
+                _every(usage_period_in_force(e, resets.get(e.id, ()))),
                 _limit(e) if e.kind.value == "metered" else (e.config or ""),
             ]
             + ([_time(e.deleted_at)] if deleted else [])
@@ -287,12 +159,18 @@ def print_entitlement(
     entitlement: Entitlement, resets: Sequence[UsageReset] = (), *, as_json: bool
 ) -> None:
     from metersync.clock import utcnow
+    from metersync.entitlements import (
+        current_usage_period,
+        entitlement_json,
+        usage_period_in_force,
+    )
 
+    now = utcnow()
     if as_json:
-        print_exact_json(entitlement_json(entitlement, resets))
+        print_exact_json(entitlement_json(entitlement, resets, now))
         return
     metered = entitlement.kind.value == "metered"
-    last_reset = resets[-1].at if resets else None
+    last_reset = max((r.at for r in resets), default=None)
     print_details(
         f"entitlement {entitlement.id}",
         [
@@ -300,8 +178,8 @@ def print_entitlement(
             ("customer", entitlement.customer_key),
             ("feature", entitlement.feature_key),
             ("type", entitlement.kind.value),
-            ("usage period", _every(current_usage_period(entitlement, resets))),
-            ("current period", _span(current_period_at(entitlement, resets, utcnow()))),
+            ("usage period", _every(usage_period_in_force(entitlement, resets))),
+            ("current period", _span(current_usage_period(entitlement, resets, now))),
             *(
                 [
                     ("measured from", _time(entitlement.measure_usage_from)),
@@ -322,34 +200,6 @@ def print_entitlement(
 # -- grants --------------------------------------------------------------------------------------
 
 
-def grant_json(grant: EntitlementGrant, *, now: datetime | None = None) -> dict[str, Any]:
-    """OpenMeter's EntitlementGrantV2."""
-    from metersync.clock import utcnow
-
-    expiration = grant.expiration
-    return _compact(
-        {
-            "id": grant.id,
-            "entitlementId": grant.entitlement_id,
-            "amount": grant.amount,
-            "priority": grant.priority,
-            "effectiveAt": rfc3339(grant.effective_at),
-            "minRolloverAmount": grant.min_rollover,
-            "maxRolloverAmount": grant.max_rollover,
-            "expiration": None
-            if expiration is None
-            else {"duration": expiration.duration, "count": expiration.count},
-            "expiresAt": _stamp(grant.expires_at),
-            "recurrence": _recurring(grant.recurrence),
-            "nextRecurrence": _stamp(grant.next_recurrence(now or utcnow())),
-            "metadata": dict(grant.metadata) or None,
-            "createdAt": rfc3339(grant.created_at),
-            "updatedAt": rfc3339(grant.updated_at),
-            "voidedAt": _stamp(grant.voided_at),
-        }
-    )
-
-
 def _rollover(grant: EntitlementGrant) -> str:
     top = grant.amount if grant.max_rollover is None else grant.max_rollover
     return f"{amount(grant.min_rollover)}–{amount(top)}"
@@ -357,7 +207,11 @@ def _rollover(grant: EntitlementGrant) -> str:
 
 def print_grants(grants: Sequence[EntitlementGrant], *, as_json: bool) -> None:
     if as_json:
-        print_exact_json([grant_json(g) for g in grants])
+        from metersync.clock import utcnow
+        from metersync.entitlements import grant_json
+
+        now = utcnow()
+        print_exact_json([grant_json(g, now) for g in grants])
         return
     voided = any(g.voided_at for g in grants)
     print_table(
@@ -392,7 +246,10 @@ def print_grants(grants: Sequence[EntitlementGrant], *, as_json: bool) -> None:
 
 def print_grant(grant: EntitlementGrant, *, as_json: bool) -> None:
     if as_json:
-        print_exact_json(grant_json(grant))
+        from metersync.clock import utcnow
+        from metersync.entitlements import grant_json
+
+        print_exact_json(grant_json(grant, utcnow()))
         return
     expiration = grant.expiration
     print_details(
@@ -416,36 +273,13 @@ def print_grant(grant: EntitlementGrant, *, as_json: bool) -> None:
     )
 
 
-def reset_json(reset: UsageReset) -> dict[str, Any]:
-    return {
-        "id": reset.id,
-        "entitlementId": reset.entitlement_id,
-        "effectiveAt": rfc3339(reset.at),
-        "preserveOverage": reset.preserve_overage,
-        "retainAnchor": reset.retain_anchor,
-        "createdAt": rfc3339(reset.created_at),
-    }
-
-
 # -- values and history --------------------------------------------------------------------------
-
-
-def value_json(value: EntitlementValue) -> dict[str, Any]:
-    """OpenMeter's EntitlementValue."""
-    return _compact(
-        {
-            "hasAccess": value.has_access,
-            "balance": value.balance,
-            "usage": value.usage,
-            "overage": value.overage,
-            "totalAvailableGrantAmount": value.total_available_grant_amount,
-            "config": value.config,
-        }
-    )
 
 
 def print_value(title: str, value: EntitlementValue, *, as_json: bool) -> None:
     if as_json:
+        from metersync.entitlements import value_json
+
         print_exact_json(value_json(value))
         return
     rows: list[tuple[str, Any]] = [("has access", "yes" if value.has_access else "no")]
@@ -463,8 +297,9 @@ def print_value(title: str, value: EntitlementValue, *, as_json: bool) -> None:
 
 def print_access(customer: str, values: Mapping[str, EntitlementValue], *, as_json: bool) -> None:
     if as_json:
-        # OpenMeter's CustomerAccess.
-        print_exact_json({"entitlements": {k: value_json(v) for k, v in values.items()}})
+        from metersync.entitlements import access_json
+
+        print_exact_json(access_json(values))
         return
     print_table(
         f"access of {customer} ({len(values)})",
@@ -484,41 +319,14 @@ def print_access(customer: str, values: Mapping[str, EntitlementValue], *, as_js
     )
 
 
-def history_json(history: WindowedHistory) -> dict[str, Any]:
-    """OpenMeter's WindowedBalanceHistory."""
-    return {
-        "windowedHistory": [
-            {
-                "period": {"from": rfc3339(w.start), "to": rfc3339(w.end)},
-                "usage": w.usage,
-                "balanceAtStart": w.balance_at_start,
-            }
-            for w in history.windows
-        ],
-        "burndownHistory": [
-            {
-                "period": {"from": rfc3339(s.start), "to": rfc3339(s.end)},
-                "usage": s.usage,
-                "overage": s.overage,
-                "balanceAtStart": s.balance_at_start,
-                "grantBalancesAtStart": dict(s.grant_balances_at_start),
-                "balanceAtEnd": s.balance_at_end,
-                "grantBalancesAtEnd": dict(s.grant_balances_at_end),
-                "grantUsages": [
-                    {"grantId": grant, "usage": used} for grant, used in s.grant_usages.items()
-                ],
-            }
-            for s in history.segments
-        ],
-    }
-
-
 def _grant_figures(figures: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{grant}={amount(v)}" for grant, v in figures.items())
 
 
 def print_history(title: str, history: WindowedHistory, *, as_json: bool) -> None:
     if as_json:
+        from metersync.entitlements import history_json
+
         print_exact_json(history_json(history))
         return
     print_table(

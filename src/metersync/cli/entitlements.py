@@ -23,7 +23,6 @@ from metersync.cli.entitlement_output import (
     print_grants,
     print_history,
     print_value,
-    reset_json,
 )
 from metersync.cli.options import (
     JSON_OPTION,
@@ -644,6 +643,8 @@ def reset(
     book = entitlement_book(ctx, write=True)
     done = entitlement_values(ctx, book).reset(customer, entitlement, body)
     if as_json:
+        from metersync.entitlements import reset_json
+
         print_exact_json(reset_json(done))
     else:
         typer.echo(
@@ -667,6 +668,7 @@ def delete(
         raise NotFound(f"entitlement {entitlement_id!r} is deleted already")
     book.delete_entitlement(entitlement_id)
     if as_json:
-        print_entitlement(book.get_entitlement(entitlement_id), as_json=True)
+        deleted = book.get_entitlement(entitlement_id)
+        print_entitlement(deleted, book.resets_of(deleted.id), as_json=True)
     else:
         typer.echo(f"entitlement {entitlement_id}: deleted")

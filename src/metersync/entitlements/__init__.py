@@ -1,7 +1,8 @@
 """Entitlements (seed 003): what a customer may still use of a feature, read from the same
 usage aggregates as billing. Built a piece at a time; so far, the usage periods and the
 burn-down of usage through grants within one period, and the engine that strings periods
-together (resets, rollover, recurrence) into a value, a history and a snapshot."""
+together (resets, rollover, recurrence) into a value, a history and a snapshot; and their
+OpenMeter JSON shapes, which the API and the CLI both render."""
 
 from metersync.entitlements._burn import Burn, Grant, Segment, burn
 from metersync.entitlements._engine import (
@@ -34,6 +35,19 @@ from metersync.entitlements._periods import (
     truncate_minute,
     value_minute,
 )
+from metersync.entitlements._shapes import (
+    access_json,
+    current_usage_period,
+    entitlement_json,
+    exact_json,
+    feature_json,
+    grant_json,
+    history_json,
+    last_reset,
+    reset_json,
+    usage_period_in_force,
+    value_json,
+)
 from metersync.entitlements._values import EntitlementValues
 from metersync.entitlements._writes import EntitlementBook
 
@@ -61,11 +75,22 @@ __all__ = [
     "UsagePeriod",
     "UsageReset",
     "WindowedHistory",
+    "access_json",
     "burn",
     "current_period",
+    "current_usage_period",
+    "entitlement_json",
+    "exact_json",
+    "feature_json",
+    "grant_json",
     "history",
+    "history_json",
+    "last_reset",
+    "reset_json",
     "state_at",
     "truncate_minute",
+    "usage_period_in_force",
     "value_at",
+    "value_json",
     "value_minute",
 ]

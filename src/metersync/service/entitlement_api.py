@@ -3,7 +3,8 @@ resets and customer access, and the deprecated subject endpoints (v1).
 
 Thin, like service/api.py: each route reads the request (service/guard.py), calls the
 EntitlementBook (writes and records) or the entitlement values, and renders OpenMeter's JSON
-(service/entitlement_shapes.py). Errors are problem+json: 400 naming the field, 404 for an
+(the entitlements package's shapes, shared with the CLI), amounts with their exact digits
+(`ExactJSONResponse`). Errors are problem+json: 400 naming the field, 404 for an
 unknown customer, feature, entitlement or grant, 409 for a second live entitlement of a
 customer and feature, 412 for a deleted customer or a subject without one. With OpenMeter as
 the source (`upstream`), every write answers 409 naming it.
@@ -41,19 +42,18 @@ from metersync.entitlements import (
     Kind,
     UsageReset,
     WindowedHistory,
+    access_json,
+    entitlement_json,
+    exact_json,
+    feature_json,
+    grant_json,
+    history_json,
+    last_reset,
+    value_json,
 )
 from metersync.errors import FieldProblem, InvalidInput, PreconditionFailed
 from metersync.logs import get_logger
 from metersync.service.api import by_id_or_key
-from metersync.service.entitlement_shapes import (
-    JSON,
-    access_json,
-    entitlement_json,
-    feature_json,
-    grant_json,
-    history_json,
-    value_json,
-)
 from metersync.service.guard import (
     Guard,
     Handler,
@@ -84,6 +84,16 @@ ORDERS = ("ASC", "DESC")
 DEPRECATION = "@1756684800"  # RFC 9745: 2025-09-01T00:00:00Z in unix seconds
 SUNSET = "Sat, 01 Nov 2025 00:00:00 GMT"  # RFC 8594: an HTTP-date
 WARNED_CALLERS = 1024  # callers remembered as warned; the oldest is forgotten first
+
+JSON = dict[str, Any]
+
+
+class ExactJSONResponse(JSONResponse):
+    """JSON whose Decimal amounts go out as numbers of the same digits (`0.1` as `0.1`, never
+    a float's nearest), encoded as the CLI's `--json` encodes them."""
+
+    def render(self, content: Any) -> bytes:
+        return exact_json(content)
 
 
 class EntitlementReads(Protocol):
@@ -155,17 +165,17 @@ def entitlement_routes(
             features = [f for f in features if f.meter_slug in slugs]
         features = _ordered(request, features, FEATURE_ORDER, "createdAt")
         if "page" in request.query_params or "pageSize" in request.query_params:
-            return JSONResponse(_page(request, features, feature_json))
-        return JSONResponse([feature_json(f) for f in _limited(request, features)])
+            return ExactJSONResponse(_page(request, features, feature_json))
+        return ExactJSONResponse([feature_json(f) for f in _limited(request, features)])
 
     async def create_feature(request: Request) -> Response:
         body = await json_object(request, "a feature")
         feature = await call(book.create_feature, body)
-        return JSONResponse(feature_json(feature), status_code=201)
+        return ExactJSONResponse(feature_json(feature), status_code=201)
 
     async def get_feature(request: Request) -> Response:
         feature = await call(book.get_feature, _path(request, "featureId"))
-        return JSONResponse(feature_json(feature))
+        return ExactJSONResponse(feature_json(feature))
 
     async def archive_feature(request: Request) -> Response:
         await call(book.archive_feature, _path(request, "featureId"))
@@ -179,11 +189,11 @@ def entitlement_routes(
         deleted = flag(request, "includeDeleted")
         found = await call(book.list_entitlements, customer=customer, include_deleted=deleted)
         if subject_key is not None:  # v1: a plain list
-            return JSONResponse(await render_all(found, subject_key))
+            return ExactJSONResponse(await render_all(found, subject_key))
         found = _ordered(request, found, ENTITLEMENT_ORDER, "createdAt")
         page = _page(request, found, lambda e: e)
         page["items"] = await render_all(page["items"])
-        return JSONResponse(page)
+        return ExactJSONResponse(page)
 
     async def create_entitlement(
         request: Request, customer: str, subject_key: str | None
@@ -192,13 +202,13 @@ def entitlement_routes(
         if subject_key is not None:
             body = _v1_entitlement_input(body)
         created = await call(book.create_entitlement, customer, body)
-        return JSONResponse(await render(created, subject_key), status_code=201)
+        return ExactJSONResponse(await render(created, subject_key), status_code=201)
 
     async def get_customer_entitlement(
         request: Request, customer: str, subject_key: str | None
     ) -> Response:
         found = await call(book.get_entitlement, _entitlement(request), customer=customer)
-        return JSONResponse(await render(found, subject_key))
+        return ExactJSONResponse(await render(found, subject_key))
 
     async def delete_entitlement(
         request: Request, customer: str, subject_key: str | None
@@ -214,7 +224,7 @@ def entitlement_routes(
         if subject_key is not None:
             body = _v1_entitlement_input(body)
         created = await call(book.override_entitlement, customer, _entitlement(request), body)
-        return JSONResponse(await render(created, subject_key), status_code=201)
+        return ExactJSONResponse(await render(created, subject_key), status_code=201)
 
     async def list_entitlement_grants(
         request: Request, customer: str, subject_key: str | None
@@ -229,9 +239,9 @@ def entitlement_routes(
         now = _now()
         if subject_key is not None:  # v1: a plain list, by updatedAt unless told otherwise
             found = _ordered(request, found, GRANT_ORDER, "updatedAt")
-            return JSONResponse([grant_json(g, now) for g in found])
+            return ExactJSONResponse([grant_json(g, now) for g in found])
         found = _ordered(request, found, GRANT_ORDER, "createdAt")
-        return JSONResponse(_page(request, found, lambda g: grant_json(g, now)))
+        return ExactJSONResponse(_page(request, found, lambda g: grant_json(g, now)))
 
     async def create_grant(request: Request, customer: str, subject_key: str | None) -> Response:
         body = await json_object(request, "a grant")
@@ -244,14 +254,14 @@ def entitlement_routes(
                 ]
             )
         grant = await call(book.create_grant, customer, _entitlement(request), body)
-        return JSONResponse(grant_json(grant, _now()), status_code=201)
+        return ExactJSONResponse(grant_json(grant, _now()), status_code=201)
 
     async def entitlement_value(
         request: Request, customer: str, subject_key: str | None
     ) -> Response:
         at = moment(request, "time")
         value = await call(values.value, customer, _entitlement(request), at)
-        return JSONResponse(value_json(value))
+        return ExactJSONResponse(value_json(value))
 
     async def entitlement_history(
         request: Request, customer: str, subject_key: str | None
@@ -272,7 +282,7 @@ def entitlement_routes(
         history = await call(
             values.history, customer, entitlement, start=start, end=end, window=window, tz=tz
         )
-        return JSONResponse(history_json(history))
+        return ExactJSONResponse(history_json(history))
 
     def _last_reset(customer: str, entitlement: str) -> datetime:
         found = book.get_entitlement(entitlement, customer=customer)
@@ -280,8 +290,7 @@ def entitlement_routes(
             raise InvalidInput(
                 [FieldProblem("entitlement", f"a {found.kind} entitlement has no history")]
             )
-        resets = [r.at for r in book.resets_of(found.id)]
-        return max([found.measure_usage_from or found.created_at, *resets])
+        return last_reset(found, book.resets_of(found.id))
 
     async def reset_usage(request: Request, customer: str, subject_key: str | None) -> Response:
         body: Any = {}
@@ -317,11 +326,11 @@ def entitlement_routes(
         found = _ordered(request, found, ENTITLEMENT_ORDER, "createdAt")
         page = _page(request, found, lambda e: e)
         page["items"] = await render_all(page["items"])
-        return JSONResponse(page)
+        return ExactJSONResponse(page)
 
     async def get_entitlement(request: Request) -> Response:
         found = await call(book.get_entitlement, _path(request, "entitlementId"))
-        return JSONResponse(await render(found))
+        return ExactJSONResponse(await render(found))
 
     async def list_grants(request: Request) -> Response:
         features = set(identifiers(request, "feature"))
@@ -349,7 +358,7 @@ def entitlement_routes(
         found: list[EntitlementGrant] = await call(read)
         found = _ordered(request, found, GRANT_ORDER, "createdAt")
         now = _now()
-        return JSONResponse(_page(request, found, lambda g: grant_json(g, now)))
+        return ExactJSONResponse(_page(request, found, lambda g: grant_json(g, now)))
 
     async def void_grant(request: Request) -> Response:
         if "at" in request.query_params:
@@ -361,13 +370,13 @@ def entitlement_routes(
     async def customer_access(request: Request) -> Response:
         customer = _path(request, "customerIdOrKey")
         found = await call(values.access, customer)
-        return JSONResponse(access_json(found))
+        return ExactJSONResponse(access_json(found))
 
     async def customer_value(request: Request) -> Response:
         at = moment(request, "time")
         customer = _path(request, "customerIdOrKey")
         value = await call(values.value, customer, _path(request, "featureKey"), at)
-        return JSONResponse(value_json(value))
+        return ExactJSONResponse(value_json(value))
 
     # -- the doors -------------------------------------------------------------------------------
 
