@@ -11,7 +11,7 @@ re-renders those whose catalog record did not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
@@ -20,6 +20,7 @@ from sqlalchemy import Table, func, select
 
 from metersync.catalog.meters import Meter
 from metersync.entitlements import Period, UsagePeriod, value_minute
+from metersync.errors import NotFound
 from metersync.store import (
     CustomerRow,
     EntitlementResetRow,
@@ -68,14 +69,15 @@ class EntitlementValue(Protocol):
 class EntitlementReads(Protocol):
     """The entitlement values the context reads: metersync.entitlements.EntitlementValues."""
 
-    def access(
-        self, customer_key: str, at: datetime | None = None
-    ) -> Mapping[str, EntitlementValue]:
-        """Feature key → value of the customer's live entitlements."""
+    def value(
+        self, customer: str, entitlement: str, at: datetime | None = None
+    ) -> EntitlementValue:
+        """The value of the customer's entitlement (by feature key) live at `at`; NotFound
+        without one."""
         ...
 
-    def period(self, customer: str, feature: str) -> Period | None:
-        """The current usage period of a metered entitlement."""
+    def period(self, customer: str, entitlement: str, at: datetime | None = None) -> Period | None:
+        """The usage period of a metered entitlement at `at` (None for the other kinds)."""
         ...
 
 
@@ -160,38 +162,40 @@ class ContextReader:
         return [*self.meters, *(m for m in self.all_meters if m.slug in slugs - shown)]
 
     def _entitlements(self, keys: list[str] | None) -> dict[str, dict[str, EntitlementFigures]]:
-        """The figures of the configured features' live entitlements: one read of the values
-        per customer that has one; a customer or feature without one is absent."""
+        """The figures of the configured features' live entitlements: one value read per
+        customer and configured feature it holds (the period too, for a metered one); a
+        customer without an entitlement to a feature has no figures for it."""
         if not self.features:
             return {}
         query = (
-            select(_CUSTOMERS.c.key)
+            select(_CUSTOMERS.c.key, _ENTITLEMENTS.c.feature_key, _ENTITLEMENTS.c.kind)
             .select_from(_HELD)
             .where(
                 _ENTITLEMENTS.c.feature_key.in_(self.features),
                 _ENTITLEMENTS.c.deleted_at.is_(None),
                 _CUSTOMERS.c.deleted_at.is_(None),
             )
-            .distinct()
         )
         if keys is not None:
             query = query.where(_CUSTOMERS.c.key.in_(keys))
         with self.store.read_session() as session:
-            holders = sorted(set(session.execute(query).scalars()))
+            held = sorted({(key, feature, kind) for key, feature, kind in session.execute(query)})
         figures: dict[str, dict[str, EntitlementFigures]] = {}
-        for key in holders:
-            values = self._reads().access(key, at=self.now)
-            for feature in self.features:
-                value = values.get(feature)
-                if value is None:
-                    continue
-                period = self._reads().period(key, feature) if value.balance is not None else None
-                figures.setdefault(key, {})[feature] = EntitlementFigures(
-                    has_access=value.has_access,
-                    balance=value.balance,
-                    usage=value.usage,
-                    period_end=period.end if period is not None else None,
-                )
+        for key, feature, kind in held:
+            try:
+                value = self._reads().value(key, feature, at=self.now)
+                metered = kind == "metered"
+                period = self._reads().period(key, feature, at=self.now) if metered else None
+            except NotFound:
+                # Deleted (or created) since the query above: its write is seen by the next
+                # run's changed_since, which renders it again.
+                continue
+            figures.setdefault(key, {})[feature] = EntitlementFigures(
+                has_access=value.has_access,
+                balance=value.balance,
+                usage=value.usage,
+                period_end=period.end if period is not None else None,
+            )
         return figures
 
     def _reads(self) -> EntitlementReads:
