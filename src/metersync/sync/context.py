@@ -19,7 +19,13 @@ from typing import Protocol
 from sqlalchemy import Table, func, select
 
 from metersync.catalog.meters import Meter
-from metersync.entitlements import Period, UsagePeriod, value_minute
+from metersync.entitlements import (
+    EntitlementBook,
+    EntitlementValues,
+    Period,
+    UsagePeriod,
+    value_minute,
+)
 from metersync.errors import NotFound
 from metersync.store import (
     CustomerRow,
@@ -83,8 +89,6 @@ class EntitlementReads(Protocol):
 
 def entitlement_values(store: Store, meters: Sequence[Meter]) -> EntitlementReads:
     """The entitlement engine's values over the store."""
-    from metersync.entitlements import EntitlementBook, EntitlementValues
-
     return EntitlementValues(EntitlementBook(store, meters), store, meters)
 
 
