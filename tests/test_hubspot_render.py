@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from metersync.catalog.meters import Meter, MeterSettings
 from metersync.catalog.views import BillingAddress, Customer
 from metersync.mechanics.batching import Batcher
-from metersync.sync.ports import MANAGED_KEY, NO_CONTEXT, PeriodUsage, RenderContext
-from metersync.targets.hubspot import HubSpotTarget, property_definitions, usage_property
+from metersync.sync.ports import (
+    MANAGED_KEY,
+    NO_CONTEXT,
+    EntitlementFigures,
+    PeriodUsage,
+    RenderContext,
+)
+from metersync.targets.hubspot import (
+    HubSpotTarget,
+    entitlement_property,
+    property_definitions,
+    usage_property,
+)
 
 TOKENS = Meter.of(
     MeterSettings(
@@ -95,6 +107,88 @@ def test_the_key_property_is_unique_and_every_property_is_versioned() -> None:
     assert definitions["metersync_usage_api_tokens_at"]["type"] == "datetime"
     assert all(d["description"].endswith("[metersync-properties/1]") for d in definitions.values())
     assert all(d["groupName"] == "metersync" for d in definitions.values())
+
+
+# -- entitlement figures ------------------------------------------------------------------------
+
+
+def test_without_entitlement_features_the_render_and_its_version_are_unchanged() -> None:
+    plain = HubSpotTarget("pat-na1-test", meters=[TOKENS])
+    listed = HubSpotTarget("pat-na1-test", meters=[TOKENS], entitlement_features=())
+    assert listed.render_version == plain.render_version == "hubspot-company/1"
+    assert listed.needs == plain.needs
+    assert not any(name.startswith("metersync_ent_") for name in listed.render(acme()).fields)
+
+
+def test_features_fold_into_the_render_version_whatever_their_order() -> None:
+    one = HubSpotTarget("pat-na1-test", entitlement_features=["gpt_4", "seats"])
+    other = HubSpotTarget("pat-na1-test", entitlement_features=["seats", "gpt_4"])
+    fewer = HubSpotTarget("pat-na1-test", entitlement_features=["gpt_4"])
+    assert (
+        one.render_version == other.render_version == "hubspot-company/1+entitlements/1:gpt_4,seats"
+    )
+    assert fewer.render_version not in (one.render_version, "hubspot-company/1")
+    assert one.needs.entitlements == ("gpt_4", "seats")
+
+
+def test_a_metered_entitlement_renders_its_four_figures() -> None:
+    target = HubSpotTarget("pat-na1-test", entitlement_features=["gpt_4", "sso"])
+    context = RenderContext(
+        entitlements={
+            "acme": {
+                "gpt_4": EntitlementFigures(
+                    has_access=True,
+                    balance=Decimal("750.50"),
+                    usage=Decimal("249.500"),
+                    period_end=datetime(2026, 12, 1, tzinfo=UTC),
+                ),
+                "sso": EntitlementFigures(has_access=False),
+            }
+        }
+    )
+    fields = target.render(acme(), context).fields
+    assert {k: v for k, v in fields.items() if k.startswith("metersync_ent_")} == {
+        "metersync_ent_gpt_4_access": "true",
+        "metersync_ent_gpt_4_balance": "750.5",
+        "metersync_ent_gpt_4_usage": "249.5",
+        "metersync_ent_gpt_4_period_end": "2026-12-01T00:00:00.000Z",
+        # A boolean or static entitlement: access only, no figures.
+        "metersync_ent_sso_access": "false",
+        "metersync_ent_sso_balance": None,
+        "metersync_ent_sso_usage": None,
+        "metersync_ent_sso_period_end": None,
+    }
+
+
+def test_whole_amounts_have_no_decimal_point_or_exponent() -> None:
+    target = HubSpotTarget("pat-na1-test", entitlement_features=["gpt_4"])
+    figures = EntitlementFigures(True, Decimal("1E+3"), Decimal("0.000"), None)
+    fields = target.render(acme(), RenderContext(entitlements={"acme": {"gpt_4": figures}})).fields
+    assert fields[entitlement_property("gpt_4", "balance")] == "1000"
+    assert fields[entitlement_property("gpt_4", "usage")] == "0"
+
+
+def test_without_an_entitlement_its_properties_are_empty() -> None:
+    target = HubSpotTarget("pat-na1-test", entitlement_features=["gpt_4"])
+    other = RenderContext(entitlements={"globex": {"gpt_4": EntitlementFigures(True)}})
+    for context in (NO_CONTEXT, other):
+        fields = target.render(acme(), context).fields
+        assert [fields[entitlement_property("gpt_4", f)] for f in ("access", "balance")] == [
+            None,
+            None,
+        ]
+        assert fields[entitlement_property("gpt_4", "period_end")] is None
+
+
+def test_entitlement_properties_are_typed_and_versioned() -> None:
+    definitions = {d["name"]: d for d in property_definitions([], ["gpt_4"])}
+    access = definitions["metersync_ent_gpt_4_access"]
+    assert (access["type"], access["fieldType"]) == ("bool", "booleancheckbox")
+    assert [o["value"] for o in access["options"]] == ["true", "false"]
+    assert definitions["metersync_ent_gpt_4_balance"]["type"] == "number"
+    assert definitions["metersync_ent_gpt_4_usage"]["type"] == "number"
+    assert definitions["metersync_ent_gpt_4_period_end"]["type"] == "datetime"
+    assert all(d["description"].endswith("[metersync-properties/1]") for d in definitions.values())
 
 
 # -- the batcher ---------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def hubspot_target(settings: Settings) -> HubSpotTarget | None:
         batch_size=hubspot.batch_size,
         timeout=hubspot.request_timeout_s,
         contacts=hubspot.contacts,
+        entitlement_features=hubspot.entitlement_features,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,10 @@ from pydantic import Field, SecretStr, field_validator
 
 from metersync.settings._section import Section
 from metersync.settings._values import http_url, read_secret_file
+
+# A feature key as the entitlements API takes it (metersync.entitlements validates the same).
+_FEATURE_KEY = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+_FEATURE_KEY_MAX = 64
 
 
 class HubSpotSettings(Section):
@@ -33,6 +38,9 @@ class HubSpotSettings(Section):
     delete_policy: Literal["delete", "archive", "keep"] = "delete"
     # Also upsert a contact for the customer's primary email, associated with the company.
     contacts: bool = False
+    # Feature keys whose entitlement figures each company carries: has access, balance, usage
+    # and the usage period's end, as metersync_ent_<feature>_… properties.
+    entitlement_features: list[str] = Field(default_factory=list)
 
     @field_validator("access_token")
     @classmethod
@@ -45,6 +53,20 @@ class HubSpotSettings(Section):
     @classmethod
     def _base_url(cls, value: str) -> str:
         return http_url(value)
+
+    @field_validator("entitlement_features")
+    @classmethod
+    def _feature_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) > _FEATURE_KEY_MAX or not _FEATURE_KEY.fullmatch(key):
+                raise ValueError(
+                    f"{key!r} is not a feature key (lowercase letters and digits in words joined "
+                    f"by single underscores, at most {_FEATURE_KEY_MAX} characters, e.g. gpt_4)"
+                )
+        repeated = sorted({k for k in value if value.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} given more than once")
+        return value
 
     def resolved_token(self) -> SecretStr | None:
         if self.access_token is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from metersync.catalog.views import Customer
@@ -22,6 +23,7 @@ __all__ = [
     "MANAGED_KEY",
     "NO_CONTEXT",
     "ContextNeeds",
+    "EntitlementFigures",
     "ErrorKind",
     "PeriodUsage",
     "RenderContext",
@@ -40,10 +42,11 @@ ARCHIVED_KEY = "metersync_archived_at"
 class ContextNeeds:
     links: tuple[str, ...] = ()  # other targets whose external ids the rendering shows
     usage: bool = False  # period-to-date usage per meter
+    entitlements: tuple[str, ...] = ()  # feature keys whose entitlement figures it shows
 
     @property
     def any(self) -> bool:
-        return bool(self.links) or self.usage
+        return bool(self.links) or self.usage or bool(self.entitlements)
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,32 @@ class PeriodUsage:
 
 
 @dataclass(frozen=True)
+class EntitlementFigures:
+    """A customer's live entitlement to a feature as a target shows it: whether it has access
+    and, for a metered entitlement, its balance, its usage in the current usage period and when
+    that period ends (None for a boolean or static entitlement)."""
+
+    has_access: bool
+    balance: Decimal | None = None
+    usage: Decimal | None = None
+    period_end: datetime | None = None
+
+
+@dataclass(frozen=True)
 class RenderContext:
     external_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # target → key
     usage: Mapping[str, Mapping[str, PeriodUsage]] = field(default_factory=dict)  # key → slug
+    # key → feature key: the figures of the customer's live entitlement (none: no entitlement)
+    entitlements: Mapping[str, Mapping[str, EntitlementFigures]] = field(default_factory=dict)
 
     def external_id(self, target: str, key: str) -> str | None:
         return self.external_ids.get(target, {}).get(key)
 
     def usage_of(self, key: str) -> Mapping[str, PeriodUsage]:
         return self.usage.get(key, {})
+
+    def entitlements_of(self, key: str) -> Mapping[str, EntitlementFigures]:
+        return self.entitlements.get(key, {})
 
 
 NO_CONTEXT = RenderContext()
@@ -76,7 +96,8 @@ class Target(Protocol):
     # Names the rendering below. Change it whenever render() would give another Desired for
     # the same customer: links fingerprinted under an old version are then re-planned.
     render_version: str
-    # What render() needs besides the customer: other targets' ids, period usage.
+    # What render() needs besides the customer: other targets' ids, period usage, entitlement
+    # figures.
     needs: ContextNeeds
 
     def render(self, customer: Customer, context: RenderContext) -> Desired:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from metersync.catalog.meters import Meter
 from metersync.logs import get_logger
@@ -25,13 +25,22 @@ class PropertyCheck:
     # the current schema: the service builds a target per job, and checks once.
     _checked: ClassVar[set[tuple[str, str, tuple[str, ...]]]] = set()
 
-    def __init__(self, api: HubSpotApi, meters: Sequence[Meter], *, api_base: str, token: str):
+    def __init__(
+        self,
+        api: HubSpotApi,
+        meters: Sequence[Meter],
+        features: Sequence[str] = (),
+        *,
+        api_base: str,
+        token: str,
+    ):
         self._api = api
         self._meters = meters
+        self._features = features
         self._portal = (
             api_base,
             hashlib.sha256(token.encode()).hexdigest(),
-            tuple(d["name"] for d in property_definitions(self._meters)),
+            tuple(d["name"] for d in self._wanted()),
         )
         self._lock = asyncio.Lock()
 
@@ -56,7 +65,7 @@ class PropertyCheck:
         existing = {
             p["name"]: p for p in (await self._api.request("GET", PROPERTIES)).get("results", [])
         }
-        wanted = property_definitions(self._meters)
+        wanted = self._wanted()
         missing = [d for d in wanted if d["name"] not in existing]
         stale = [
             d
@@ -80,6 +89,9 @@ class PropertyCheck:
         if missing or stale:
             _log.info("hubspot properties", created=len(missing), upgraded=len(stale))
         return {"created": len(missing), "upgraded": len(stale)}
+
+    def _wanted(self) -> list[dict[str, Any]]:
+        return property_definitions(self._meters, self._features)
 
     async def _ensure_group(self) -> None:
         try:

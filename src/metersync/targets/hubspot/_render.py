@@ -2,8 +2,10 @@
 
 The company carries the customer's fields, its Stripe customer id and, per configured meter, the
 current month's usage with the time of the latest event counted (the same aggregation the usage
-push sends to Stripe). Those come from the render context (sync/context.py), so a new Stripe id
-or new usage re-renders the company on the next tick without a catalog change.
+push sends to Stripe), and per configured feature the figures of the customer's live
+entitlement to it (access, balance, usage in the usage period, the period's end). Those come
+from the render context (sync/context.py), so a new Stripe id, new usage or a new grant
+re-renders the company on the next tick without a catalog change.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 from metersync.catalog.meters import Meter
 from metersync.catalog.views import Customer
 from metersync.sync.model import Desired
-from metersync.sync.ports import MANAGED_KEY, PeriodUsage, RenderContext
+from metersync.sync.ports import MANAGED_KEY, EntitlementFigures, PeriodUsage, RenderContext
 from metersync.targets.hubspot._properties import (
     ADDRESS,
     EMAIL,
     STRIPE_ID,
+    entitlement_property,
     usage_property,
     usage_time_property,
 )
@@ -28,7 +31,12 @@ from metersync.targets.hubspot._properties import (
 VALUE_MAX = 65_536  # HubSpot's limit for a string property value
 
 
-def render_company(customer: Customer, context: RenderContext, meters: Sequence[Meter]) -> Desired:
+def render_company(
+    customer: Customer,
+    context: RenderContext,
+    meters: Sequence[Meter],
+    features: Sequence[str] = (),
+) -> Desired:
     address = customer.billing_address
     fields: dict[str, Any] = {
         "name": customer.name,
@@ -43,6 +51,9 @@ def render_company(customer: Customer, context: RenderContext, meters: Sequence[
         figure: PeriodUsage | None = usage.get(meter.slug)
         fields[usage_property(meter.slug)] = _number(figure.value) if figure else None
         fields[usage_time_property(meter.slug)] = timestamp(figure.latest) if figure else None
+    entitlements = context.entitlements_of(customer.key)
+    for feature in features:
+        fields.update(entitlement_fields(feature, entitlements.get(feature)))
     blocked = [
         f"{name} is longer than HubSpot's {VALUE_MAX} characters"
         for name, value in fields.items()
@@ -51,6 +62,23 @@ def render_company(customer: Customer, context: RenderContext, meters: Sequence[
     if len(customer.key) > VALUE_MAX:
         blocked.append(f"the key is longer than HubSpot's {VALUE_MAX} characters")
     return Desired(customer.key, fields, {MANAGED_KEY: customer.key}, tuple(blocked))
+
+
+def entitlement_fields(feature: str, figures: EntitlementFigures | None) -> dict[str, Any]:
+    """A feature's properties: all empty without a live entitlement; a boolean or static one
+    has access only."""
+    access = None if figures is None else ("true" if figures.has_access else "false")
+    balance = None if figures is None else figures.balance
+    usage = None if figures is None else figures.usage
+    period_end = None if figures is None else figures.period_end
+    return {
+        entitlement_property(feature, "access"): access,
+        entitlement_property(feature, "balance"): None if balance is None else decimal(balance),
+        entitlement_property(feature, "usage"): None if usage is None else decimal(usage),
+        entitlement_property(feature, "period_end"): (
+            None if period_end is None else timestamp(period_end)
+        ),
+    }
 
 
 def timestamp(moment: datetime) -> str:
@@ -65,3 +93,11 @@ def _number(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return format(Decimal(repr(value)).normalize(), "f")
+
+
+def decimal(value: Decimal) -> str:
+    """An amount as HubSpot shows a number: no exponent, no trailing zeros, whole numbers
+    without a decimal point."""
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")

@@ -41,7 +41,9 @@ from metersync.targets.hubspot._render import render_company, timestamp
 class HubSpotTarget:
     name = "hubspot"
     rules = TargetRules()  # no metadata limit: HubSpot properties are fields
-    render_version = "hubspot-company/1"  # tests/test_hubspot_target.py pins its output
+    # tests/test_hubspot_render.py pins its output. Entitlement properties fold the features
+    # into it (below): without any, a company renders, and fingerprints, as it always did.
+    RENDER_VERSION = "hubspot-company/1"
 
     def __init__(
         self,
@@ -56,9 +58,16 @@ class HubSpotTarget:
         timeout: float = 30.0,
         contacts: bool = False,
         linger_s: float = 0.2,
+        entitlement_features: Sequence[str] = (),
     ) -> None:
         self.meters = list(meters)
-        self.needs = ContextNeeds(links=("stripe",), usage=bool(self.meters))
+        self.features = tuple(dict.fromkeys(entitlement_features))
+        self.needs = ContextNeeds(
+            links=("stripe",), usage=bool(self.meters), entitlements=self.features
+        )
+        self.render_version = self.RENDER_VERSION
+        if self.features:
+            self.render_version += "+entitlements/1:" + ",".join(sorted(self.features))
         self.contacts = contacts
         self.http = httpx.AsyncClient(
             base_url=api_base,
@@ -73,7 +82,9 @@ class HubSpotTarget:
         self._batches = CompanyBatches(
             self._api, size=min(batch_size, BATCH_MAX), linger_s=linger_s
         )
-        self._properties = PropertyCheck(self._api, self.meters, api_base=api_base, token=token)
+        self._properties = PropertyCheck(
+            self._api, self.meters, self.features, api_base=api_base, token=token
+        )
 
     @property
     def requests(self) -> int:
@@ -81,7 +92,7 @@ class HubSpotTarget:
         return self._api.requests
 
     def render(self, customer: Customer, context: RenderContext = NO_CONTEXT) -> Desired:
-        return render_company(customer, context, self.meters)
+        return render_company(customer, context, self.meters, self.features)
 
     # -- the protocol ----------------------------------------------------------------------------
 
@@ -107,7 +118,7 @@ class HubSpotTarget:
         await self._properties.ready()
         records: list[External] = []
         after: str | None = None
-        properties = ",".join(owned_properties(self.meters))
+        properties = ",".join(owned_properties(self.meters, self.features))
         while True:
             params = {"limit": "100", "properties": properties, "archived": "false"}
             if after:
@@ -174,7 +185,7 @@ class HubSpotTarget:
         return str(email) if email else None
 
     async def _get(self, id_or_key: str, *, id_property: str | None) -> External | None:
-        params = {"properties": ",".join(owned_properties(self.meters))}
+        params = {"properties": ",".join(owned_properties(self.meters, self.features))}
         if id_property is not None:
             params["idProperty"] = id_property
         try:
