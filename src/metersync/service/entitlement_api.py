@@ -22,7 +22,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,11 +37,9 @@ from metersync.entitlements import (
     Entitlement,
     EntitlementBook,
     EntitlementGrant,
-    EntitlementValue,
+    EntitlementValues,
     Feature,
     Kind,
-    UsageReset,
-    WindowedHistory,
     access_json,
     entitlement_json,
     exact_json,
@@ -96,29 +94,6 @@ class ExactJSONResponse(JSONResponse):
         return exact_json(content)
 
 
-class EntitlementReads(Protocol):
-    """What the routes read values through (`entitlements.EntitlementValues`)."""
-
-    def value(
-        self, customer: str, entitlement: str, at: datetime | None = None
-    ) -> EntitlementValue: ...
-
-    def access(self, customer: str, at: datetime | None = None) -> dict[str, EntitlementValue]: ...
-
-    def history(
-        self,
-        customer: str,
-        entitlement: str,
-        *,
-        start: datetime,
-        end: datetime,
-        window: Window,
-        tz: str,
-    ) -> WindowedHistory: ...
-
-    def reset(self, customer: str, entitlement: str, data: Any) -> UsageReset: ...
-
-
 # A customer route's work: the request, the customer (id or key), and the subject's key when
 # it is called through a subject endpoint (the answer then takes the v1 shape).
 CustomerHandler = Callable[[Request, str, str | None], Awaitable[Response]]
@@ -127,7 +102,7 @@ CustomerHandler = Callable[[Request, str, str | None], Awaitable[Response]]
 def entitlement_routes(
     catalog: Catalog,
     book: EntitlementBook,
-    values: EntitlementReads,
+    values: EntitlementValues,
     tokens: Callable[[], list[str]],
     *,
     upstream: str | None = None,
