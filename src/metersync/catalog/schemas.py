@@ -203,7 +203,10 @@ Metadata = Annotated[dict[str, str], BeforeValidator(_metadata)]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
 
 
-class _Record(BaseModel):
+class OpenMeterRecord(BaseModel):
+    """A record in OpenMeter's JSON shape: camelCase on the wire, snake_case in Python, unknown
+    fields refused, OpenMeter's read-only fields ignored. The entitlement inputs build on it."""
+
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
@@ -222,7 +225,7 @@ class _Record(BaseModel):
         return frozenset(self.model_fields_set)
 
 
-class SubjectUpsert(_Record):
+class SubjectUpsert(OpenMeterRecord):
     """A subject upsert: only the fields given change (OpenMeter's `subjects.upsert`)."""
 
     key: Key
@@ -239,7 +242,7 @@ class SubjectUpsert(_Record):
         return self
 
 
-class Address(_Record):
+class Address(OpenMeterRecord):
     country: Country = None
     postal_code: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
     state: Annotated[OptionalText, _limited(ADDRESS_FIELD_MAX)] = None
@@ -249,7 +252,7 @@ class Address(_Record):
     phone_number: Annotated[OptionalText, _limited(PHONE_MAX)] = None
 
 
-class UsageAttribution(_Record):
+class UsageAttribution(OpenMeterRecord):
     subject_keys: list[Key] = []
 
     @model_validator(mode="after")
@@ -261,7 +264,7 @@ class UsageAttribution(_Record):
         return self
 
 
-class CustomerFields(_Record):
+class CustomerFields(OpenMeterRecord):
     """The fields a customer carries, all optional: the shape of a partial update."""
 
     key: Annotated[OptionalText, AfterValidator(lambda v: None if v is None else check_key(v))] = (

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from metersync.catalog.schemas import Metadata, Name, _Record, parse
+from metersync.catalog.schemas import Metadata, Name, OpenMeterRecord, parse
 from metersync.entitlements._model import EXPIRATION_UNITS
 from metersync.entitlements._periods import Interval
 from metersync.errors import FieldProblem, InvalidInput
@@ -73,17 +73,17 @@ FeatureKey = Annotated[str, Field(min_length=1, max_length=64, pattern=KEY_PATTE
 UlidText = Annotated[str, Field(pattern=ULID_PATTERN)]
 
 
-class UsagePeriodInput(_Record):
+class UsagePeriodInput(OpenMeterRecord):
     interval: Annotated[str, BeforeValidator(_interval)]
     anchor: Moment | None = None
 
 
-class ExpirationInput(_Record):
+class ExpirationInput(OpenMeterRecord):
     duration: Literal["HOUR", "DAY", "WEEK", "MONTH", "YEAR"]
     count: Annotated[int, Field(ge=1, le=1000, strict=True)]
 
 
-class FilterString(_Record):
+class FilterString(OpenMeterRecord):
     """OpenMeter's advanced group-by filter; only equality is counted here."""
 
     eq: str | None = Field(default=None, alias="$eq")
@@ -103,7 +103,7 @@ class FilterString(_Record):
         return self.in_[0]
 
 
-class FeatureCreate(_Record):
+class FeatureCreate(OpenMeterRecord):
     key: FeatureKey
     name: Name
     metadata: Metadata = Field(default_factory=dict)
@@ -125,7 +125,7 @@ class FeatureCreate(_Record):
         return self
 
 
-class GrantCreate(_Record):
+class GrantCreate(OpenMeterRecord):
     amount: Amount
     effective_at: Moment
     priority: Priority = 1
@@ -146,7 +146,7 @@ class GrantCreate(_Record):
         return self
 
 
-class IssueInput(_Record):
+class IssueInput(OpenMeterRecord):
     amount: Amount
     priority: Priority = 1
 
@@ -154,7 +154,7 @@ class IssueInput(_Record):
 MeasureFrom = Literal["CURRENT_PERIOD_START", "NOW"] | Moment
 
 
-class _EntitlementCreate(_Record):
+class _EntitlementCreate(OpenMeterRecord):
     feature_key: FeatureKey | None = None
     feature_id: UlidText | None = None
     metadata: Metadata = Field(default_factory=dict)
@@ -217,7 +217,7 @@ _KINDS: dict[str, type[MeteredCreate] | type[BooleanCreate] | type[StaticCreate]
 }
 
 
-class ResetInput(_Record):
+class ResetInput(OpenMeterRecord):
     effective_at: Moment | None = None
     retain_anchor: bool = False
     preserve_overage: bool | None = None
