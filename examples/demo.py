@@ -104,6 +104,15 @@ def main() -> None:
         metersync("reconcile", "--only", "usage", env=env)
         metersync("usage", "show", "--customer", "acme", "--meter", "tokens", env=env)
         metersync("usage", "verify", env=env)
+
+        print("\n-- an entitlement: acme's departments burn one allowance of tokens --")
+        since = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+        metersync("features", "create", "--key", "gpt_tokens", "--name", "GPT tokens",
+                  "--meter", "tokens", env=env)  # fmt: skip
+        metersync("entitlements", "create", "acme", "--feature", "gpt_tokens", "--type",
+                  "metered", "--interval", "MONTH", "--anchor", since.isoformat(),
+                  "--measure-from", since.isoformat(), "--issue", "1000", env=env)  # fmt: skip
+        metersync("entitlements", "value", "acme", "gpt_tokens", env=env)
         metersync("status", env=env)
         calls = emulator.stats()["totals"]
         print(f"\nRequests the emulator answered, by status: {calls}")

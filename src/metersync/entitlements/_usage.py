@@ -552,7 +552,8 @@ def _decimal(amount: Any) -> Decimal:
     if amount is None:
         return _ZERO
     if isinstance(amount, float):
-        return Decimal(repr(amount))
+        # A whole number as one (278, not the float's text 278.0): figures print as given.
+        return Decimal(int(amount)) if amount.is_integer() else Decimal(repr(amount))
     return Decimal(amount)
 
 
