@@ -93,7 +93,9 @@ def store_figures(
             stored = {
                 (str(row.customer_key), str(row.feature_key)): row
                 for row in session.execute(
-                    select(_e).where(_e.source == source, _e.customer_key.in_(part))
+                    select(UPSTREAM_ENTITLEMENTS).where(
+                        _e.source == source, _e.customer_key.in_(part)
+                    )
                 )
             }
             for key in part:
@@ -155,7 +157,7 @@ def figures_of(
     customer key → feature key → figures."""
     if not features:
         return {}
-    query = select(_e).where(
+    query = select(UPSTREAM_ENTITLEMENTS).where(
         _e.source == source, _e.feature_key.in_(list(features)), _e.held.is_(True)
     )
     found: dict[str, dict[str, UpstreamFigures]] = {}
