@@ -198,3 +198,26 @@ def test_nothing_is_read_without_entitlement_features(
 
 def access_reads(openmeter: OpenMeterEmulator) -> list[dict[str, Any]]:
     return [r for r in openmeter.requests("/api/v1/customers/") if r["path"].endswith("/access")]
+
+
+def test_a_failing_read_is_retried_and_an_outage_fails_the_run(
+    catalog: Catalog, env: dict[str, str], openmeter: OpenMeterEmulator, hubspot: HubSpotEmulator
+) -> None:
+    customer = openmeter.create_customer("c0", "Customer 0")
+    metered(openmeter, "c0", 10, 0)
+    openmeter.fail_next("503", 1, path_prefix="/api/v2/customers/")
+    openmeter.fail_next("reset", 1, path_prefix=f"/api/v1/customers/{customer['id']}/access")
+    reconcile(env)
+    assert figures(hubspot, "c0", "gpt_4")["balance"] == "10"
+    faults = [r["fault"] for r in openmeter.requests() if r["fault"]]
+    assert sorted(faults) == ["503", "reset"]
+
+    # OpenMeter down after the catalog pull: the run fails, HubSpot is not written.
+    metered(openmeter, "c0", 5, 5)
+    writes = company_writes(hubspot)
+    openmeter.fail_next("503", 10, path_prefix="/api/v2/customers/")
+    failed = CliRunner().invoke(app, ["reconcile", "--target", "hubspot", "--json"], env=env)
+    assert failed.exit_code != 0
+    assert "did not answer" in failed.output
+    assert company_writes(hubspot) == writes
+    assert figures(hubspot, "c0", "gpt_4")["balance"] == "10"
