@@ -545,3 +545,63 @@ def test_down_answers_503_to_everything(om: OpenMeterEmulator, api: httpx.Client
     assert [r["status"] for r in om.requests()][-2:] == [503, 200]
     with pytest.raises(ValueError, match="unknown"):
         om.configure(donw=True)
+
+
+def test_seeded_entitlements_answer_as_access_and_the_v2_list(
+    om: OpenMeterEmulator, api: httpx.Client
+) -> None:
+    acme = om.create_customer("acme", "Acme", subject_keys=["acme-api"])
+    period = (T0, datetime(2025, 4, 1, tzinfo=UTC))
+    om.set_entitlement(
+        "acme",
+        "gpt_4",
+        value={"hasAccess": True, "balance": 900.5, "usage": 99.5, "overage": 0},
+        current_period=period,
+    )
+    om.set_entitlement("acme", "sso", type="boolean")
+    om.set_entitlement("acme", "limits", type="static", config='{"seats": 5}')
+
+    access = check(om, api.get("/api/v1/customers/acme/access"))
+    assert access == {
+        "entitlements": {
+            "gpt_4": {"hasAccess": True, "balance": 900.5, "usage": 99.5, "overage": 0},
+            "sso": {"hasAccess": True},
+            "limits": {"hasAccess": True, "config": '{"seats": 5}'},
+        }
+    }
+    # By id too; the list carries each one's type and the metered one's usage period.
+    listed = check(om, api.get(f"/api/v2/customers/{acme['id']}/entitlements"))
+    assert listed["totalCount"] == 3
+    assert [(e["featureKey"], e["type"]) for e in listed["items"]] == [
+        ("gpt_4", "metered"),
+        ("sso", "boolean"),
+        ("limits", "static"),
+    ]
+    assert listed["items"][0]["currentUsagePeriod"] == {
+        "from": "2025-03-01T00:00:00Z",
+        "to": "2025-04-01T00:00:00Z",
+    }
+    page = check(
+        om, api.get("/api/v2/customers/acme/entitlements", params={"pageSize": 2, "page": 2})
+    )
+    assert [e["featureKey"] for e in page["items"]] == ["limits"]
+
+    # New figures replace the old (the same entitlement); a deleted one is gone.
+    first = listed["items"][0]["id"]
+    om.set_entitlement(
+        "acme",
+        "gpt_4",
+        value={"hasAccess": False, "balance": 0, "usage": 1000, "overage": 10},
+        current_period=period,
+    )
+    om.delete_entitlement("acme", "sso")
+    access = check(om, api.get("/api/v1/customers/acme/access"))
+    assert sorted(access["entitlements"]) == ["gpt_4", "limits"]
+    assert access["entitlements"]["gpt_4"]["hasAccess"] is False
+    again = check(om, api.get("/api/v2/customers/acme/entitlements"))
+    assert again["items"][0]["id"] == first
+
+    assert_problem(api.get("/api/v1/customers/nobody/access"), 404)
+    assert_problem(api.get("/api/v2/customers/nobody/entitlements"), 404)
+    with pytest.raises(ValueError, match="only for metered"):
+        om.set_entitlement("acme", "sso", type="boolean", value={"balance": 1})

@@ -6,11 +6,16 @@ from __future__ import annotations
 from metersync.catalog.meters import Meter
 from metersync.errors import ConfigError
 from metersync.settings import Settings
-from metersync.sources.openmeter import OpenMeterAggregates, OpenMeterSource
+from metersync.sources.openmeter import (
+    OpenMeterAggregates,
+    OpenMeterEntitlements,
+    OpenMeterSource,
+)
 from metersync.store import Store
 from metersync.sync.apply import RetryPolicy
 from metersync.sync.customer_sync import SyncOptions
 from metersync.sync.model import DeletePolicy
+from metersync.sync.ports import EntitlementSource
 from metersync.targets.hubspot import HubSpotTarget
 from metersync.targets.stripe import StripeTarget, meter_event_sender
 from metersync.usage.local_aggregates import LOCAL
@@ -90,7 +95,14 @@ def sync_options(
         # to, the HubSpot sync binds it.
         bind_usage=hubspot and not any(m.stripe for m in settings.meters),
         aggregates=usage_aggregates(settings),
+        entitlements=entitlement_source(settings) if hubspot else None,
     )
+
+
+def entitlement_source(settings: Settings) -> EntitlementSource | None:
+    """Where the CRM's entitlement figures come from: OpenMeter's, as pulled, when it is the
+    source (it keeps the entitlements); None: the local entitlement engine."""
+    return OpenMeterEntitlements() if settings.openmeter.enabled else None
 
 
 def openmeter_source(settings: Settings) -> OpenMeterSource | None:

@@ -23,7 +23,8 @@ TARGETS = ("stripe", "hubspot")
 class ReconcileResult:
     customers: dict[str, RunResult] = field(default_factory=dict)  # by target, in run order
     usage: PushResult | None = None
-    pulled: dict[str, PullResult] = field(default_factory=dict)  # "catalog", "usage"
+    # "catalog", "usage", "entitlements"
+    pulled: dict[str, PullResult] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -98,6 +99,8 @@ async def reconcile(
                 result.pulled["catalog"] = pulled
             if usage and (pulled := await pipeline.pull_usage(full=full, crm=crm)):
                 result.pulled["usage"] = pulled
+            if crm and customers and (pulled := await pipeline.pull_entitlements()):
+                result.pulled["entitlements"] = pulled
         run = SyncRun(
             full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, progress=progress
         )

@@ -158,6 +158,16 @@ class Pipeline:
             return None
         return await source.pull_usage(self.catalog.store, full=full)
 
+    async def pull_entitlements(self) -> PullResult | None:
+        """The CRM's entitlement figures from the source, for the configured features
+        ([hubspot] entitlement_features). None when entitlements are kept here, or no CRM shows
+        any."""
+        source = self.source()
+        features = self.settings.hubspot.entitlement_features
+        if source is None or not self.settings.hubspot.enabled or not features:
+            return None
+        return await source.pull_entitlements(self.catalog.store, features)
+
     async def sync_stripe(self, run: SyncRun) -> RunResult:
         """Stripe's customers; a customer about to be deleted first pays what it owes."""
         before_delete = self.settle_owed if self.pushes_usage else None

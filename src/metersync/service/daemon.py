@@ -268,6 +268,10 @@ class Service:
         return result.counts
 
     async def _crm(self, pipeline: Pipeline, *, full: bool) -> dict[str, int]:
+        # With OpenMeter as the source, the entitlement figures the companies show are
+        # OpenMeter's: pulled first (only with entitlement features configured); a failed pull
+        # fails the job, and the next tick tries again.
+        await pipeline.pull_entitlements()
         result = await pipeline.sync_crm(SyncRun(full=full))
         return result.counts
 

@@ -458,6 +458,31 @@ class UpstreamUsageRow(SQLModel, table=True):
     )
 
 
+class UpstreamEntitlementRow(SQLModel, table=True):
+    """A customer's entitlement to a configured feature as the upstream source (OpenMeter) last
+    answered it: its kind and value (has access, balance, usage, overage) and, for a metered
+    one, the end of its current usage period. Amounts are decimal text (the exact figure
+    OpenMeter sent, never a float). A pull rewrites a row only when its figures changed and
+    stamps `changed_at` then, so a CRM tick finds the customers to render again by index.
+    `held` false: the customer had the entitlement and no longer has (kept, so that the change
+    is seen and the company's figures cleared)."""
+
+    __tablename__ = "upstream_entitlement"
+    __table_args__ = (Index("ix_upstream_entitlement_changed", "source", "changed_at"),)
+
+    source: str = Field(primary_key=True, max_length=32)
+    customer_key: str = Field(sa_column=Column(String(KEY_MAX), primary_key=True))
+    feature_key: str = Field(sa_column=Column(String(64), primary_key=True))
+    held: bool = Field(default=True)
+    kind: str | None = Field(default=None, max_length=16)  # metered, boolean, static
+    has_access: bool = Field(default=False)
+    balance: str | None = Field(default=None, sa_column=Column(Text))
+    usage: str | None = Field(default=None, sa_column=Column(Text))
+    overage: str | None = Field(default=None, sa_column=Column(Text))
+    period_end: datetime | None = Field(default=None, sa_column=_timestamp(nullable=True))
+    changed_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp())
+
+
 metadata = SQLModel.metadata
 
 

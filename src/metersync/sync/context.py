@@ -40,6 +40,7 @@ from metersync.sync.ports import (
     NO_CONTEXT,
     ContextNeeds,
     EntitlementFigures,
+    EntitlementSource,
     PeriodUsage,
     RenderContext,
 )
@@ -93,7 +94,10 @@ def entitlement_values(store: Store, meters: Sequence[Meter]) -> EntitlementRead
 
 
 class ContextReader:
-    """Loads render contexts from the store. `now` fixes the period (tests freeze it)."""
+    """Loads render contexts from the store. `now` fixes the period (tests freeze it).
+    `entitlements`: where entitlement figures come from when an upstream source keeps the
+    entitlements (the pipeline chooses it); None reads the local entitlement engine through
+    `values`."""
 
     def __init__(
         self,
@@ -103,6 +107,7 @@ class ContextReader:
         now: datetime,
         aggregates: UsageAggregates = LOCAL,
         values: Callable[[Store, Sequence[Meter]], EntitlementReads] = entitlement_values,
+        entitlements: EntitlementSource | None = None,
     ) -> None:
         self.store = store
         self.aggregates = aggregates
@@ -113,6 +118,7 @@ class ContextReader:
         self.now = now
         self._values_of = values
         self._values: EntitlementReads | None = None
+        self.upstream = entitlements
 
     def load(self, keys: Iterable[str] | None) -> RenderContext:
         """The context of `keys` (None: of every customer)."""
@@ -145,7 +151,9 @@ class ContextReader:
         ):
             # A new month: every "this month" figure starts again, with or without usage.
             keys.update(LinkTable(self.store, own_target).linked_keys())
-        if self.features:
+        if self.features and self.upstream is not None:
+            keys.update(self.upstream.changed_customers(self.store, self.features, after))
+        elif self.features:
             keys.update(self._entitlements_changed(after))
         return keys
 
@@ -154,7 +162,8 @@ class ContextReader:
     def _change_meters(self) -> list[Meter]:
         """The meters whose new usage changes what the target shows: those of the usage figures
         and those the configured features count (even with usage figures off)."""
-        if not self.features:
+        if not self.features or self.upstream is not None:
+            # Upstream figures change with the source's pull, not with usage stored here.
             return self.meters
         with self.store.read_session() as session:
             slugs = set(
@@ -168,9 +177,12 @@ class ContextReader:
     def _entitlements(self, keys: list[str] | None) -> dict[str, dict[str, EntitlementFigures]]:
         """The figures of the configured features' live entitlements: one value read per
         customer and configured feature it holds (the period too, for a metered one); a
-        customer without an entitlement to a feature has no figures for it."""
+        customer without an entitlement to a feature has no figures for it. With an upstream
+        source, what its pull stored."""
         if not self.features:
             return {}
+        if self.upstream is not None:
+            return self.upstream.figures(self.store, self.features, keys)
         query = (
             select(_CUSTOMERS.c.key, _ENTITLEMENTS.c.feature_key, _ENTITLEMENTS.c.kind)
             .select_from(_HELD)

@@ -30,7 +30,7 @@ from metersync.sync.model import (
     Snapshot,
 )
 from metersync.sync.plan import confirm_in_sync, plan_customers
-from metersync.sync.ports import RenderContext, Target
+from metersync.sync.ports import EntitlementSource, RenderContext, Target
 from metersync.usage.local_aggregates import LOCAL
 from metersync.usage.ports import UsageAggregates
 
@@ -49,6 +49,8 @@ class SyncOptions:
     meters: tuple[Meter, ...] = ()
     bind_usage: bool = False
     aggregates: UsageAggregates = LOCAL
+    # Entitlement figures from an upstream source (None: the local entitlement engine).
+    entitlements: EntitlementSource | None = None
 
 
 @dataclass
@@ -89,7 +91,12 @@ async def sync_customers(
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     started = utcnow()
     context = ContextReader(
-        catalog.store, target.needs, options.meters, started, options.aggregates
+        catalog.store,
+        target.needs,
+        options.meters,
+        started,
+        options.aggregates,
+        entitlements=options.entitlements,
     )
     if target.needs.usage and options.bind_usage and not options.dry_run:
         await asyncio.to_thread(options.aggregates.bind, catalog.store, target.name)
@@ -345,7 +352,12 @@ async def sync_customer_keys(
     reconcile's. The cursor does not move: the next tick still reads every change."""
     journal = Journal(catalog.store, target.name, render_version=target.render_version)
     reader = ContextReader(
-        catalog.store, target.needs, options.meters, utcnow(), options.aggregates
+        catalog.store,
+        target.needs,
+        options.meters,
+        utcnow(),
+        options.aggregates,
+        entitlements=options.entitlements,
     )
 
     def read() -> tuple[list[Customer], dict[str, Desired | None], dict[str, LinkView]]:

@@ -7,7 +7,7 @@ these contracts; targets implement them and the engine imports no target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from metersync.catalog.views import Customer
 from metersync.mechanics.retry import ErrorKind, TargetError
+from metersync.store import Store
 from metersync.sync.model import Change, Desired, External
 from metersync.sync.plan import TargetRules
 
@@ -24,6 +25,7 @@ __all__ = [
     "NO_CONTEXT",
     "ContextNeeds",
     "EntitlementFigures",
+    "EntitlementSource",
     "ErrorKind",
     "PeriodUsage",
     "RenderContext",
@@ -68,6 +70,23 @@ class EntitlementFigures:
     balance: Decimal | None = None
     usage: Decimal | None = None
     period_end: datetime | None = None
+
+
+class EntitlementSource(Protocol):
+    """Where the figures of a target's entitlements come from when an upstream source keeps
+    the entitlements (OpenMeter): what its pull stored. Without one, the context reads the
+    local entitlement engine (sync.context)."""
+
+    def figures(
+        self, store: Store, features: Sequence[str], keys: Sequence[str] | None
+    ) -> dict[str, dict[str, EntitlementFigures]]:
+        """customer key → feature key → the figures of its live entitlement to one of
+        `features`, for the customers `keys` (None: every customer)."""
+        ...
+
+    def changed_customers(self, store: Store, features: Sequence[str], after: datetime) -> set[str]:
+        """Customers whose figures of `features` changed (or were gone) since `after`."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from metersync.testing._openmeter_entitlements import Entitlements
 from metersync.testing._openmeter_query import MeterQuery, run_query
 from metersync.testing._openmeter_store import BadRequest, NotFound, Problem, Store
 from metersync.testing._server import Outcome, Request, Reset, Response
 
 API = "/api/v1"
+API_V2 = "/api/v2"
 PROBLEM_JSON = "application/problem+json"
 MAX_PAGE_SIZE = 1000  # Pagination.pageSize's maximum in the spec
 
@@ -80,6 +82,7 @@ class Call:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    entitlements: Entitlements
 
     def one(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -234,11 +237,37 @@ def ingest_events(call: Call) -> HandlerResult:
     return 204, None
 
 
+def customer_access(call: Call) -> HandlerResult:
+    """CustomerAccess: every entitlement of the customer, by feature key, with its value."""
+    customer = _live_customer(call)
+    held = call.entitlements.of(customer.id)
+    return 200, {"entitlements": {e.feature_key: e.value_json() for e in held}}
+
+
+def list_customer_entitlements(call: Call) -> HandlerResult:
+    """EntitlementV2PaginatedResponse, oldest first (deleted entitlements are forgotten, so
+    includeDeleted changes nothing)."""
+    customer = _live_customer(call)
+    call.boolean("includeDeleted")  # checked, as upstream
+    page = call.integer("page", 1, 1, 2**31 - 1)
+    size = call.integer("pageSize", 100, 1, MAX_PAGE_SIZE)
+    held = call.entitlements.of(customer.id)
+    start = (page - 1) * size
+    return 200, {
+        "totalCount": len(held),
+        "page": page,
+        "pageSize": size,
+        "items": [e.as_json() for e in held[start : start + size]],
+    }
+
+
 Route = tuple[str, re.Pattern[str], Callable[[Call], HandlerResult]]
 
 
-def _route(method: str, path: str, handler: Callable[[Call], HandlerResult]) -> Route:
-    return method, re.compile("^" + API + path.replace("{id}", "(?P<id>[^/]+)") + "$"), handler
+def _route(
+    method: str, path: str, handler: Callable[[Call], HandlerResult], *, api: str = API
+) -> Route:
+    return method, re.compile("^" + api + path.replace("{id}", "(?P<id>[^/]+)") + "$"), handler
 
 
 ROUTES: list[Route] = [
@@ -256,6 +285,8 @@ ROUTES: list[Route] = [
     _route("GET", "/meters/{id}", get_meter),
     _route("GET", "/meters/{id}/query", query_meter),
     _route("POST", "/events", ingest_events),
+    _route("GET", "/customers/{id}/access", customer_access),
+    _route("GET", "/customers/{id}/entitlements", list_customer_entitlements, api=API_V2),
 ]
 
 
@@ -267,6 +298,7 @@ class OpenMeterApp:
         self.token = token
         self.config = config
         self.store = Store()
+        self.entitlements = Entitlements(self.store.ids.new, self.store.clock)
         self.log: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
         self.pending: list[PendingFault] = []
         self.random = random.Random(config.seed)  # noqa: S311 - jitter, not cryptography
@@ -285,6 +317,7 @@ class OpenMeterApp:
     def reset(self) -> None:
         """Forget every entity, event, request and pending fault; keep the knobs."""
         self.store = Store()
+        self.entitlements = Entitlements(self.store.ids.new, self.store.clock)
         self.log.clear()
         self.pending.clear()
 
@@ -339,6 +372,7 @@ class OpenMeterApp:
                         query=urllib.parse.parse_qs(request.query, keep_blank_values=True),
                         headers=request.headers,
                         body=request.body,
+                        entitlements=self.entitlements,
                     )
                     status, body = handler(call)
                     if body is None:

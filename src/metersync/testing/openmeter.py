@@ -29,15 +29,21 @@ What it emulates, with the paths and JSON shapes of OpenMeter's openapi.yaml (ca
   `groupBy=customer_id`: attributed by the customers' usageAttribution at query time) and per
   meter groupBy value (`groupBy`, `filterGroupBy[key]`); `from` inclusive, `to` exclusive;
   windows without events left out; an event ingested late simply changes its window;
+- entitlements, read-only: a customer's access (`GET /api/v1/customers/{idOrKey}/access`,
+  CustomerAccess) and its entitlements (`GET /api/v2/customers/{idOrKey}/entitlements`,
+  EntitlementV2PaginatedResponse with each one's type and current usage period), from figures
+  a test seeds (`set_entitlement`, `delete_entitlement`). The emulator does not compute
+  balances: it serves what was seeded (no features, grants or burn-down behind them);
 - event ingestion (one CloudEvent or a batch), deduplicated on (source, id); events of unknown
   subjects and types are stored too;
 - problem+json errors (`type`, `title`, `status`, `detail`, `instance`);
 - latency, jitter, an outage switch (`down`) and one-off faults (`fail_next`): 500, 503,
   connection reset, and a timeout (the answer comes after the client has stopped waiting).
 
-What it deliberately leaves out: entitlements, features, plans, subscriptions, billing, apps,
-notifications, portal tokens, meter update/delete, the events list, CSV answers, POST queries,
-`advancedMeterGroupByFilters`, customer `expand`, and ingest-time validation of events against
+What it deliberately leaves out: entitlement writes and computed values, features, grants,
+plans, subscriptions, billing, apps, notifications, portal tokens, meter update/delete, the
+events list, CSV answers, POST queries, `advancedMeterGroupByFilters`, customer `expand`, the
+entitlement value, history and grant endpoints, and ingest-time validation of events against
 meters (OpenMeter does that asynchronously; here an event whose value a meter cannot read just
 does not count for that meter). Deleting a subject forgets the entity, not its events.
 
@@ -48,7 +54,7 @@ methods below run on that loop, so they never race the HTTP handlers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from metersync.testing._openmeter_app import OpenMeterApp, OpenMeterConfig, OpenMeterFaultKind
@@ -246,6 +252,47 @@ class OpenMeterEmulator(ServedEmulator):
         only with includeDeleted=true and still answers GET by id. KeyError if there is none."""
         self._on_loop(lambda app: app.store.delete_customer(_live(app, key)))
 
+    def set_entitlement(
+        self,
+        customer_key: str,
+        feature_key: str,
+        *,
+        type: str = "metered",
+        value: Mapping[str, Any] | None = None,
+        current_period: tuple[datetime, datetime] | None = None,
+        interval: str = "MONTH",
+        config: str | None = None,
+    ) -> dict[str, Any]:
+        """Seed what OpenMeter answers for the live customer's (by key or id) entitlement to
+        the feature: `type` metered, boolean or static; `value` the EntitlementValue fields
+        (hasAccess, default true; balance, usage, overage, totalAvailableGrantAmount for a
+        metered one); for a metered one its `current_period` (default: this calendar month,
+        UTC) and usage period `interval`. Setting it again replaces the figures (same id;
+        updatedAt moves). Nothing is computed: the access and list endpoints answer exactly
+        this. Returns the entitlement as the v2 list shows it. KeyError without such a
+        customer, ValueError for a bad field."""
+        if type == "metered" and current_period is None:
+            current_period = _this_month()
+
+        def seed(app: OpenMeterApp) -> dict[str, Any]:
+            customer = _live(app, customer_key)
+            return app.entitlements.set(
+                customer.id,
+                customer.key,
+                feature_key,
+                type=type,
+                value=dict(value or {}),
+                period=current_period,
+                interval=interval,
+                config=config,
+            ).as_json()
+
+        return self._on_loop(seed)
+
+    def delete_entitlement(self, customer_key: str, feature_key: str) -> None:
+        """Forget the live customer's entitlement to the feature; KeyError if it has none."""
+        self._on_loop(lambda app: app.entitlements.delete(_live(app, customer_key).id, feature_key))
+
     def ingest(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Store CloudEvents (specversion, id, source, type, subject, time, data) as
         POST /api/v1/events would; returns how many were new (duplicates by source and id are
@@ -276,3 +323,14 @@ def _live(app: OpenMeterApp, key: str) -> Any:
     if customer.deleted_at is not None:
         raise KeyError(f"no live customer {key}")
     return customer
+
+
+def _this_month() -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end

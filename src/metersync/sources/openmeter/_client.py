@@ -2,7 +2,7 @@
 
 Why httpx and not the official `openmeter` client from PyPI: the official client is a
 generated beta (1.0.0b236 when this was written) whose models trail the spec and which would
-pin a second HTTP stack; a pull needs five GETs, and their shapes are checked in the tests
+pin a second HTTP stack; a pull needs seven GETs, and their shapes are checked in the tests
 against OpenMeter's openapi.yaml. tenacity retries what is worth retrying (connection errors,
 timeouts, 429 and 5xx) with exponential backoff and jitter; anything else is an answer.
 """
@@ -10,6 +10,7 @@ timeouts, 429 and 5xx) with exponential backoff and jitter; anything else is an 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -97,12 +98,7 @@ class OpenMeterClient:
 
     async def customer(self, customer_id: str) -> dict[str, Any] | None:
         """One customer by id (deleted ones too), or None when OpenMeter does not know it."""
-        try:
-            answer = await self._get(f"/api/v1/customers/{customer_id}")
-        except SourceUnavailable as exc:
-            if "HTTP 404" in exc.message:
-                return None
-            raise
+        answer = await self._get_known(f"/api/v1/customers/{customer_id}")
         return answer if isinstance(answer, dict) else None
 
     async def meters(self) -> list[dict[str, Any]]:
@@ -138,10 +134,61 @@ class OpenMeterClient:
         answer = await self._get(f"/api/v1/meters/{meter}/query", params)
         return list(answer.get("data", [])) if isinstance(answer, dict) else []
 
+    async def customer_access(self, customer_id: str) -> dict[str, dict[str, Any]] | None:
+        """The customer's entitlement values by feature key (CustomerAccess), numbers as
+        Decimal (the figure OpenMeter wrote, not a float's rounding of it); None when
+        OpenMeter does not know the customer."""
+        answer = await self._get_known(
+            f"/api/v1/customers/{customer_id}/access", parse_float=Decimal
+        )
+        if not isinstance(answer, dict):
+            return None
+        found = answer.get("entitlements") or {}
+        return {str(k): dict(v) for k, v in found.items() if isinstance(v, dict)}
+
+    async def customer_entitlements(
+        self, customer_id: str, *, page_size: int = 1000
+    ) -> list[dict[str, Any]] | None:
+        """The customer's live entitlements (v2: type, featureKey, currentUsagePeriod, …),
+        every page; None when OpenMeter does not know the customer."""
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = await self._get_known(
+                f"/api/v2/customers/{customer_id}/entitlements",
+                {"page": str(page), "pageSize": str(page_size)},
+            )
+            if not isinstance(answer, dict):
+                return None
+            found = [i for i in answer.get("items") or [] if isinstance(i, dict)]
+            items += found
+            if not found or page * page_size >= int(answer.get("totalCount", 0)):
+                return items
+            page += 1
+
     # -- HTTP ------------------------------------------------------------------------------------
 
+    async def _get_known(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        parse_float: Any = None,
+    ) -> Any:
+        """As _get, but None when OpenMeter answers 404."""
+        try:
+            return await self._get(path, params, parse_float=parse_float)
+        except SourceUnavailable as exc:
+            if "HTTP 404" in exc.message:
+                return None
+            raise
+
     async def _get(
-        self, path: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+        self,
+        path: str,
+        params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        *,
+        parse_float: Any = None,
     ) -> Any:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_retryable),
@@ -152,7 +199,7 @@ class OpenMeterClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._get_once(path, params)
+                    return await self._get_once(path, params, parse_float)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise SourceUnavailable(
@@ -162,7 +209,10 @@ class OpenMeterClient:
         raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
 
     async def _get_once(
-        self, path: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None
+        self,
+        path: str,
+        params: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+        parse_float: Any = None,
     ) -> Any:
         self.requests += 1
         response = await self.http.get(path, params=params)  # type: ignore[arg-type]
@@ -174,7 +224,7 @@ class OpenMeterClient:
                 f"{_detail(response)}"
             )
         try:
-            return response.json()
+            return response.json(parse_float=parse_float) if parse_float else response.json()
         except ValueError:
             # A proxy's login page, a gateway's HTML error: not OpenMeter talking.
             raise SourceUnavailable(

@@ -1,7 +1,8 @@
 """`OpenMeterSource`, what a run or the service holds: one client, and the pull's two halves,
 so that each job pulls what it is about to use: `pull_catalog` (subjects and customers into
-the local catalog) and `pull_usage` (meter figures into `upstream_usage`), with `pull_owed`
-before a customer's Stripe record is deleted.
+the local catalog), `pull_usage` (meter figures into `upstream_usage`) and
+`pull_entitlements` (the CRM's entitlement figures into `upstream_entitlement`), with
+`pull_owed` before a customer's Stripe record is deleted.
 
 When OpenMeter cannot be read, the pull raises SourceUnavailable before writing anything from
 that answer: the run reports it and the next one starts over.
@@ -16,6 +17,7 @@ from metersync.catalog.meters import Meter
 from metersync.settings import OpenMeterSettings
 from metersync.sources.openmeter._catalog_pull import CatalogPull
 from metersync.sources.openmeter._client import OpenMeterClient
+from metersync.sources.openmeter._entitlement_pull import EntitlementPull
 from metersync.sources.openmeter._state import PullResult
 from metersync.sources.openmeter._usage_pull import UsagePull
 from metersync.store import Store
@@ -45,6 +47,7 @@ class OpenMeterSource:
             mass_delete_floor=mass_delete_floor,
         )
         self._usage = UsagePull(self.client, settings, meters, window_s=window_s)
+        self._entitlements = EntitlementPull(self.client)
 
     async def close(self) -> None:
         await self.client.close()
@@ -56,6 +59,9 @@ class OpenMeterSource:
 
     async def pull_usage(self, store: Store, *, full: bool = False) -> PullResult:
         return await self._usage.pull_usage(store, full=full)
+
+    async def pull_entitlements(self, store: Store, features: Sequence[str]) -> PullResult:
+        return await self._entitlements.pull_entitlements(store, features)
 
     async def pull_owed(self, store: Store, customer_key: str, *, target: str) -> None:
         await self._usage.pull_owed(store, customer_key, target=target)

@@ -17,6 +17,7 @@ SOURCE = "openmeter"  # its name in the upstream_* rows and in status
 # Rows in sync_state: each half's last pull, last success and outcome.
 CATALOG_STATE = "source:openmeter:catalog"
 USAGE_STATE = "source:openmeter:usage"
+ENTITLEMENT_STATE = "source:openmeter:entitlements"  # pulled only with features configured
 
 
 @dataclass
@@ -55,8 +56,14 @@ def source_status(store: Store) -> dict[str, Any]:
     now = utcnow()
     parts: dict[str, Any] = {}
     errors = []
-    for part, name in (("catalog", CATALOG_STATE), ("usage", USAGE_STATE)):
+    for part, name in (
+        ("catalog", CATALOG_STATE),
+        ("usage", USAGE_STATE),
+        ("entitlements", ENTITLEMENT_STATE),
+    ):
         row = SyncStateTable(store, name).read()
+        if row is None and name == ENTITLEMENT_STATE:
+            continue  # never pulled: no entitlement features are configured
         success = _last_success(store, name)
         summary = (row.last_summary if row else None) or {}
         if summary.get("error"):
