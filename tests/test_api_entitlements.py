@@ -392,6 +392,31 @@ def test_bad_bodies_and_query_values_are_400s_naming_the_field(api: Api) -> None
     assert "at: a grant is voided now" in problem_of(at, 400)
 
 
+def test_an_interval_longer_than_a_year_is_a_400(api: Api) -> None:
+    """Found by the fuzzer: isodate overflowed on a huge duration (a 500), and P99999Y was
+    stored, after which every read of the entitlement overflowed the calendar (500s)."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    too_long = ("P9888534.578501199Y28578982290755WT", "P99999Y", "P13M", "P366D")
+    for interval in too_long:
+        body = metered("gpt_tokens", usagePeriod={"interval": interval})
+        refused = api.call("POST", base, json=body, check="response")
+        assert "usagePeriod.interval: " in problem_of(refused, 400), interval
+        assert "is longer than a year" in problem_of(refused, 400), interval
+    yearly = api.call("POST", base, json=metered("gpt_tokens", usagePeriod={"interval": "P1Y"}))
+    assert yearly.status_code == 201, yearly.text
+    assert api.call("GET", f"{base}/gpt_tokens").status_code == 200
+    for interval in too_long:
+        grant = {
+            "amount": 1,
+            "effectiveAt": stamp(minute_ago()),
+            "recurrence": {"interval": interval},
+        }
+        refused = api.call("POST", f"{base}/gpt_tokens/grants", json=grant, check="response")
+        assert "recurrence.interval: " in problem_of(refused, 400), interval
+
+
 def test_writes_are_409s_with_openmeter_as_the_source(serve: Serve) -> None:
     reason = "entitlements come from OpenMeter (openmeter.url is set): write them there"
     api = serve(upstream=reason)
