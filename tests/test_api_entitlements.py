@@ -417,6 +417,27 @@ def test_an_interval_longer_than_a_year_is_a_400(api: Api) -> None:
         assert "recurrence.interval: " in problem_of(refused, 400), interval
 
 
+def test_a_grant_expiring_after_the_year_9999_is_a_400(api: Api) -> None:
+    """Found by the fuzzer: the effective time ceiled to its minute, or its expiration added,
+    overflowed the calendar (a 500)."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    assert api.call("POST", base, json=metered("gpt_tokens")).status_code == 201
+    late = [
+        {"effectiveAt": "9999-12-31T23:59:30Z"},
+        {"effectiveAt": "9999-12-31T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1000}},
+    ]
+    for body in late:
+        refused = api.call(
+            "POST", f"{base}/gpt_tokens/grants", json={"amount": 5, **body}, check="response"
+        )
+        assert "ends after the year 9999" in problem_of(refused, 400), body
+        inline = metered("gpt_tokens", grants=[{"amount": 5, **body}])
+        refused = api.call("PUT", f"{base}/gpt_tokens/override", json=inline, check="response")
+        assert "grants[0]: effectiveAt 9999-12-31" in problem_of(refused, 400), body
+
+
 def test_writes_are_409s_with_openmeter_as_the_source(serve: Serve) -> None:
     reason = "entitlements come from OpenMeter (openmeter.url is set): write them there"
     api = serve(upstream=reason)

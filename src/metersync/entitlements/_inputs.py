@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -151,6 +151,22 @@ class GrantCreate(OpenMeterRecord):
             raise _problem(
                 f"minRolloverAmount {self.min_rollover_amount} is above maxRolloverAmount {top}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _expiry_fits(self) -> GrantCreate:
+        # effectiveAt is ceiled to its minute and the expiration added to it: near the year
+        # 9999 that overflowed the calendar (a 500).
+        expiration = self.expiration
+        try:
+            end = self.effective_at + timedelta(minutes=1)
+            if expiration is not None:
+                end += EXPIRATION_UNITS[expiration.duration](expiration.count)
+        except (OverflowError, ValueError):
+            after = "" if expiration is None else f" and {expiration.count} {expiration.duration}"
+            raise _problem(
+                f"effectiveAt {self.effective_at.isoformat()}{after} ends after the year 9999"
+            ) from None
         return self
 
 
