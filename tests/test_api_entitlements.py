@@ -438,6 +438,30 @@ def test_a_grant_expiring_after_the_year_9999_is_a_400(api: Api) -> None:
         assert "grants[0]: effectiveAt 9999-12-31" in problem_of(refused, 400), body
 
 
+def test_a_time_far_ahead_is_a_400_not_minutes_of_work(api: Api) -> None:
+    """Found by the fuzzer: a value or history is figured a usage period at a time, and a
+    time centuries ahead (9998 with a yearly period; 2100 with an hourly one took 3 minutes)
+    kept the request busy past the client's timeout."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    hourly = metered("gpt_tokens", usagePeriod={"interval": "PT1H"})
+    assert api.call("POST", base, json=hourly).status_code == 201
+    far = "2100-12-31T23:59:00Z"
+    value = api.call("GET", f"{base}/gpt_tokens/value", params={"time": far}, check="response")
+    assert "time: 2100-12-31T23:59:00+00:00 is " in problem_of(value, 400)
+    assert "usage periods ahead: at most 250 (PT1H each)" in problem_of(value, 400)
+    history = api.call(
+        "GET",
+        f"{base}/gpt_tokens/history",
+        params={"windowSize": "DAY", "from": "2100-12-01T00:00:00Z", "to": far},
+        check="response",
+    )
+    assert "to: 2100-12-31T23:59:00+00:00 is " in problem_of(history, 400)
+    soon = stamp(datetime.now(UTC) + timedelta(days=3))
+    assert api.call("GET", f"{base}/gpt_tokens/value", params={"time": soon}).status_code == 200
+
+
 def test_writes_are_409s_with_openmeter_as_the_source(serve: Serve) -> None:
     reason = "entitlements come from OpenMeter (openmeter.url is set): write them there"
     api = serve(upstream=reason)
