@@ -392,6 +392,76 @@ def test_bad_bodies_and_query_values_are_400s_naming_the_field(api: Api) -> None
     assert "at: a grant is voided now" in problem_of(at, 400)
 
 
+def test_an_interval_longer_than_a_year_is_a_400(api: Api) -> None:
+    """Found by the fuzzer: isodate overflowed on a huge duration (a 500), and P99999Y was
+    stored, after which every read of the entitlement overflowed the calendar (500s)."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    too_long = ("P9888534.578501199Y28578982290755WT", "P99999Y", "P13M", "P366D")
+    for interval in too_long:
+        body = metered("gpt_tokens", usagePeriod={"interval": interval})
+        refused = api.call("POST", base, json=body, check="response")
+        assert "usagePeriod.interval: " in problem_of(refused, 400), interval
+        assert "is longer than a year" in problem_of(refused, 400), interval
+    yearly = api.call("POST", base, json=metered("gpt_tokens", usagePeriod={"interval": "P1Y"}))
+    assert yearly.status_code == 201, yearly.text
+    assert api.call("GET", f"{base}/gpt_tokens").status_code == 200
+    for interval in too_long:
+        grant = {
+            "amount": 1,
+            "effectiveAt": stamp(minute_ago()),
+            "recurrence": {"interval": interval},
+        }
+        refused = api.call("POST", f"{base}/gpt_tokens/grants", json=grant, check="response")
+        assert "recurrence.interval: " in problem_of(refused, 400), interval
+
+
+def test_a_grant_expiring_after_the_year_9999_is_a_400(api: Api) -> None:
+    """Found by the fuzzer: the effective time ceiled to its minute, or its expiration added,
+    overflowed the calendar (a 500)."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    assert api.call("POST", base, json=metered("gpt_tokens")).status_code == 201
+    late = [
+        {"effectiveAt": "9999-12-31T23:59:30Z"},
+        {"effectiveAt": "9999-12-31T00:00:00Z", "expiration": {"duration": "YEAR", "count": 1000}},
+    ]
+    for body in late:
+        refused = api.call(
+            "POST", f"{base}/gpt_tokens/grants", json={"amount": 5, **body}, check="response"
+        )
+        assert "ends after the year 9999" in problem_of(refused, 400), body
+        inline = metered("gpt_tokens", grants=[{"amount": 5, **body}])
+        refused = api.call("PUT", f"{base}/gpt_tokens/override", json=inline, check="response")
+        assert "grants[0]: effectiveAt 9999-12-31" in problem_of(refused, 400), body
+
+
+def test_a_time_far_ahead_is_a_400_not_minutes_of_work(api: Api) -> None:
+    """Found by the fuzzer: a value or history is figured a usage period at a time, and a
+    time centuries ahead (9998 with a yearly period; 2100 with an hourly one took 3 minutes)
+    kept the request busy past the client's timeout."""
+    customer(api, "acme")
+    feature(api, "gpt_tokens")
+    base = "/api/v2/customers/acme/entitlements"
+    hourly = metered("gpt_tokens", usagePeriod={"interval": "PT1H"})
+    assert api.call("POST", base, json=hourly).status_code == 201
+    far = "2100-12-31T23:59:00Z"
+    value = api.call("GET", f"{base}/gpt_tokens/value", params={"time": far}, check="response")
+    assert "time: 2100-12-31T23:59:00+00:00 is " in problem_of(value, 400)
+    assert "usage periods ahead: at most 250 (PT1H each)" in problem_of(value, 400)
+    history = api.call(
+        "GET",
+        f"{base}/gpt_tokens/history",
+        params={"windowSize": "DAY", "from": "2100-12-01T00:00:00Z", "to": far},
+        check="response",
+    )
+    assert "to: 2100-12-31T23:59:00+00:00 is " in problem_of(history, 400)
+    soon = stamp(datetime.now(UTC) + timedelta(days=3))
+    assert api.call("GET", f"{base}/gpt_tokens/value", params={"time": soon}).status_code == 200
+
+
 def test_writes_are_409s_with_openmeter_as_the_source(serve: Serve) -> None:
     reason = "entitlements come from OpenMeter (openmeter.url is set): write them there"
     api = serve(upstream=reason)

@@ -6,7 +6,8 @@ schemathesis.
 
 - `test_api_conforms_*`: schemathesis generates requests from the spec, valid ones and
   schema-breaking ones (mode "all"), for the operations metersync serves: those of
-  `api_routes`, matched to the spec by method and path shape. OpenMeter's other operations are
+  `api_routes` and `entitlement_routes` (the deprecated subject endpoints included), matched
+  to the spec by method and path shape. OpenMeter's other operations are
   left out; metersync answers them 404 or 405 on purpose.
 - `test_hostile_requests_*`: what no spec describes: bodies that are not UTF-8, not JSON, or JSON
   of the wrong shape, in any Content-Type; path, query and Authorization values of any bytes.
@@ -17,7 +18,8 @@ Two budgets, both deterministic (`derandomize`, a fixed seed): a short one in th
 marked slow (`pytest -m slow`): schemathesis' coverage phase (`test_api_coverage_long`),
 hundreds of examples per operation and thousands of hostile requests, on both databases.
 Each database gets one server per xdist worker, seeded with a customer, a subject and usage,
-whose keys and ids the generators use now and then so that lookups find something.
+a metered feature and a boolean one, the customer's entitlements to both and a grant, whose
+keys and ids the generators use now and then so that lookups find something.
 
 Over HTTP rather than in process (ASGI): uvicorn's parsing of paths, queries and headers is
 part of what a client meets, the requests go through the same HttpServer `metersync run`
@@ -51,16 +53,29 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import delete
+from sqlmodel import col, select
 
 from conftest import DATABASES, fresh_postgres_schema
 from metersync.catalog import Catalog
+from metersync.entitlements import EntitlementBook, EntitlementValues
+from metersync.errors import NotFound
 from metersync.service.api import api_routes, meter_id
+from metersync.service.entitlement_api import entitlement_routes
 from metersync.service.http import HttpServer, Readiness, ServiceMetrics, build_app
-from metersync.store import Store
+from metersync.store import (
+    CustomerRow,
+    EntitlementResetRow,
+    EntitlementRow,
+    EntitlementSnapshotRow,
+    GrantRow,
+    Store,
+)
 from metersync.store.engine import build_engine
 from metersync.usage.ingest import ingest_events
 from specs import openmeter_spec_document
 from test_api import TOKEN, TOKENS_METER
+from test_api_entitlements import ULID_ZERO
 from test_service import free_port, get, wait_for
 
 # Hypothesis keeps caches (and, were it enabled, its example database) in ./.hypothesis: keep
@@ -80,8 +95,10 @@ def _shape(path: str) -> str:
 
 
 def served_operations() -> set[tuple[str, str]]:
-    """(method, path shape) of every operation `api_routes` serves (its handlers are not run)."""
+    """(method, path shape) of every operation `api_routes` and `entitlement_routes` serve
+    (their handlers are not run)."""
     routes = api_routes(None, [], lambda: [])  # type: ignore[arg-type]
+    routes += entitlement_routes(None, None, None, lambda: [])  # type: ignore[arg-type]
     return {
         (method, _shape(route.path))
         for route in routes
@@ -112,6 +129,12 @@ KNOWN: dict[str, list[str]] = {
     "customerIdOrKey": ["acme"],
     "subjectIdOrKey": ["department1"],
     "meterIdOrSlug": [TOKENS_METER.slug, meter_id(TOKENS_METER.slug)],
+    "featureId": ["gpt_tokens"],
+    "featureKey": ["gpt_tokens", "sso"],
+    "entitlementIdOrFeatureKey": ["gpt_tokens", "sso"],
+    # Not yet known (the generators need something to pick from before the server is seeded).
+    "entitlementId": [ULID_ZERO],
+    "grantId": [ULID_ZERO],
 }
 
 
@@ -190,6 +213,14 @@ def _migrated_store(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             store.dispose()
 
 
+def _routes(store: Store) -> list[Any]:
+    catalog = Catalog(store)
+    book = EntitlementBook(store, [TOKENS_METER])
+    values = EntitlementValues(book, store, [TOKENS_METER])
+    routes = api_routes(catalog, [TOKENS_METER], lambda: [TOKEN])
+    return routes + entitlement_routes(catalog, book, values, lambda: [TOKEN])
+
+
 @contextmanager
 def _serving(store: Store) -> Iterator[str]:
     port = free_port()
@@ -198,7 +229,7 @@ def _serving(store: Store) -> Iterator[str]:
         ServiceMetrics(),
         Readiness(role=lambda: "leader", last_tick_success=lambda: None, stale_after_s=60),
         "stripe",
-        api=api_routes(Catalog(store), [TOKENS_METER], lambda: [TOKEN]),
+        api=_routes(store),
     )
     http = HttpServer(app, "127.0.0.1", port)
     http.start()
@@ -229,15 +260,17 @@ def servers(
 
 def _seeded(server: tuple[str, Store]) -> str:
     """The server's URL, its seed records back in place (an earlier test may have deleted or
-    replaced them)."""
+    replaced them, archived a feature, deleted or overridden an entitlement, voided a grant)."""
     url, store = server
     catalog = Catalog(store)
+    _forget_deleted_customers_entitlements(store, "acme")
     subject = catalog.upsert_subject({"key": "department1", "displayName": "Department 1"})
     customer = catalog.put_customer(
         {"key": "acme", "name": "ACME", "usageAttribution": {"subjectKeys": ["department1"]}}
     )
     KNOWN["subjectIdOrKey"][1:] = [subject.record.id]
     KNOWN["customerIdOrKey"][1:] = [customer.record.id]
+    _seed_entitlements(store)
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     ingest_events(
         catalog,
@@ -256,6 +289,62 @@ def _seeded(server: tuple[str, Store]) -> str:
         ],
     )
     return url
+
+
+def _forget_deleted_customers_entitlements(store: Store, key: str) -> None:
+    """Remove the entitlements (and their grants, resets and cached balances) of the customer
+    `key` when an earlier test deleted it. Creating a deleted customer again gives its row a
+    new id, which its entitlements still reference: that is refused by the foreign key (a 500
+    through POST or PUT /api/v1/customers, not the entitlement routes' to fix); the seed
+    needs the customer back."""
+    with store.session() as session:
+        row = session.exec(select(CustomerRow).where(CustomerRow.key == key)).first()
+        if row is None or row.deleted_at is None:
+            return
+        ids = select(EntitlementRow.id).where(EntitlementRow.customer_id == row.id)
+        for table in (EntitlementSnapshotRow, GrantRow, EntitlementResetRow):
+            session.execute(delete(table).where(col(table.entitlement_id).in_(ids)))
+        session.execute(delete(EntitlementRow).where(EntitlementRow.customer_id == row.id))
+
+
+def _seed_entitlements(store: Store) -> None:
+    """A metered feature (gpt_tokens, of the tokens meter) and a boolean one (sso), acme's
+    entitlements to both, and a grant of the metered one: whichever are missing."""
+    book = EntitlementBook(store, [TOKENS_METER])
+    live = {f.key: f for f in book.list_features()}
+    for key, meter in (("gpt_tokens", TOKENS_METER.slug), ("sso", None)):
+        if key not in live:
+            body = {"key": key, "name": key.title()}
+            live[key] = book.create_feature(body if meter is None else {**body, "meterSlug": meter})
+    KNOWN["featureId"][1:] = [live["gpt_tokens"].id, live["sso"].id]
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    terms: dict[str, dict[str, Any]] = {
+        "gpt_tokens": {
+            "type": "metered",
+            "usagePeriod": {"interval": "MONTH"},
+            "measureUsageFrom": (hour - timedelta(hours=5)).isoformat(),
+        },
+        "sso": {"type": "boolean"},
+    }
+    ids = []
+    for key, body in terms.items():
+        try:
+            found = book.get_entitlement(key, customer="acme")
+        except NotFound:
+            found = book.create_entitlement("acme", {**body, "featureKey": key})
+        ids.append(found.id)
+    KNOWN["entitlementId"][:] = ids
+    KNOWN["entitlementIdOrFeatureKey"][2:] = ids
+    grants = book.list_grants(customer="acme", entitlement="gpt_tokens")
+    if not grants:
+        grants = [
+            book.create_grant(
+                "acme",
+                "gpt_tokens",
+                {"amount": 100, "effectiveAt": (hour - timedelta(hours=4)).isoformat()},
+            )
+        ]
+    KNOWN["grantId"][:] = [g.id for g in grants]
 
 
 @pytest.fixture(params=DATABASES)
@@ -327,7 +416,8 @@ def test_the_fuzzed_operations_are_all_the_served_ones() -> None:
         for op in (result.ok() for result in SCHEMA.get_all_operations())
     }
     assert fuzzed == SERVED
-    assert len(fuzzed) == 12
+    # 12 of the catalog and usage, 20 of entitlements, 10 deprecated ones of subjects.
+    assert len(fuzzed) == 42
 
 
 # -- hostile requests ----------------------------------------------------------------------------
@@ -371,7 +461,14 @@ json_values = st.recursive(
     max_leaves=12,
 )
 # Objects with the fields the API reads, holding anything at all.
-FIELDS = ["key", "name", "id", "source", "type", "subject", "specversion", "time", "data"]
+FIELDS = [
+    *("key", "name", "id", "source", "type", "subject", "specversion", "time", "data"),
+    # features, entitlements, grants and resets
+    *("meterSlug", "meterGroupByFilters", "metadata", "featureKey", "featureId", "usagePeriod"),
+    *("measureUsageFrom", "issueAfterReset", "issue", "isSoftLimit", "config", "grants"),
+    *("amount", "priority", "effectiveAt", "expiration", "maxRolloverAmount", "retainAnchor"),
+    *("minRolloverAmount", "recurrence", "preserveOverage", "isUnlimited"),
+]
 shaped = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
 
 
@@ -429,7 +526,12 @@ def _encode(value: str | bytes) -> str:
 
 
 # The query parameters metersync reads (the others it ignores): drawn more often.
-READ = {"page", "pageSize", "from", "to", "windowSize", "filterCustomerId", "groupBy"}
+READ = {
+    *("page", "pageSize", "from", "to", "windowSize", "filterCustomerId", "groupBy"),
+    *("meterSlug", "includeArchived", "order", "orderBy", "offset", "limit", "includeDeleted"),
+    *("time", "windowTimeZone", "feature", "customerKeys", "customerIds", "entitlementType"),
+    *("excludeInactive", "customer", "at"),
+}
 
 
 @st.composite

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -26,6 +26,8 @@ ULID_PATTERN = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"
 # Twelve digits after the point: a balance is figured in Decimal, and an amount with more
 # precision than a double carries is a typo or an attack on the arithmetic.
 _MAX_AMOUNT = Decimal("1e15")
+# An interval must fit after this time: a year does (to 9999-12-31), a longer one does not.
+_LONGEST_FROM = datetime(9998, 12, 31, 23, 59, tzinfo=UTC)
 
 
 def _problem(message: str) -> PydanticCustomError:
@@ -60,9 +62,15 @@ def _interval(value: Any) -> str:
     if not isinstance(value, str):
         raise _problem("must be DAY, WEEK, MONTH, YEAR or an ISO-8601 duration")
     try:
-        Interval.parse(value)
+        interval = Interval.parse(value)
+        # Periods are figured for times into 9998: a longer interval was stored, and then
+        # every read of it overflowed the calendar (P99999Y was a 500).
+        _LONGEST_FROM + interval.times(1)
     except InvalidInput as exc:  # keep Interval.parse's words, under this field's name
         raise _problem(str(exc).removeprefix("interval: ")) from None
+    except (OverflowError, ValueError):  # isodate's C ints: P9888534.5Y28578982290755W too
+        shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "…"
+        raise _problem(f"{shown} is longer than a year (YEAR, P1Y at most)") from None
     return value
 
 
@@ -143,6 +151,22 @@ class GrantCreate(OpenMeterRecord):
             raise _problem(
                 f"minRolloverAmount {self.min_rollover_amount} is above maxRolloverAmount {top}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _expiry_fits(self) -> GrantCreate:
+        # effectiveAt is ceiled to its minute and the expiration added to it: near the year
+        # 9999 that overflowed the calendar (a 500).
+        expiration = self.expiration
+        try:
+            end = self.effective_at + timedelta(minutes=1)
+            if expiration is not None:
+                end += EXPIRATION_UNITS[expiration.duration](expiration.count)
+        except (OverflowError, ValueError):
+            after = "" if expiration is None else f" and {expiration.count} {expiration.duration}"
+            raise _problem(
+                f"effectiveAt {self.effective_at.isoformat()}{after} ends after the year 9999"
+            ) from None
         return self
 
 

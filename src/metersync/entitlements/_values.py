@@ -51,6 +51,9 @@ WINDOW_STEPS = {
 }
 # A history is read a window at a time from the usage rollup: bound it, as OpenMeter does.
 MAX_WINDOWS = 10_000
+# A value or history is figured a usage period at a time: a time asked far beyond the current
+# period (9998 with a yearly period, 2100 with an hourly one) kept a request busy for minutes.
+MAX_PERIODS_AHEAD = 250
 
 
 def terms_of(
@@ -103,6 +106,7 @@ class EntitlementValues:
                 raise
             # None was live then: the live one says what it is, and that it was not yet.
             found = self.book.get_entitlement(entitlement, customer=customer)
+        _within_reach(found, moment, "time")
         return self._value(found, moment)
 
     def access(self, customer: str, at: datetime | None = None) -> dict[str, EntitlementValue]:
@@ -139,6 +143,7 @@ class EntitlementValues:
             raise InvalidInput(
                 [FieldProblem("entitlement", f"a {found.kind} entitlement has no usage history")]
             )
+        _within_reach(found, end, "to")
         terms, feature = self._terms(found)
         low = max(truncate_minute(start), truncate_minute(found.measure_usage_from or start))
         high = value_minute(end)
@@ -272,6 +277,24 @@ class EntitlementValues:
                 ),
             )
         return usage, since
+
+
+def _within_reach(found: Entitlement, moment: datetime, field: str) -> None:
+    """Refuse a time more than MAX_PERIODS_AHEAD usage periods after the current one."""
+    period = found.usage_period
+    if found.kind != Kind.METERED or period is None:
+        return
+    ahead = period.index(truncate_minute(moment)) - period.index(truncate_minute(utcnow()))
+    if ahead > MAX_PERIODS_AHEAD:
+        raise InvalidInput(
+            [
+                FieldProblem(
+                    field,
+                    f"{moment.isoformat()} is {ahead} usage periods ahead: at most "
+                    f"{MAX_PERIODS_AHEAD} ({period.interval.name} each) are figured",
+                )
+            ]
+        )
 
 
 def _metered(feature: Feature, meter: Meter) -> MeteredFeature:
