@@ -161,7 +161,7 @@ class World:
                 EntitlementRow(
                     id=entitlement_id,
                     kind="metered",
-                    customer_id=customer_id,
+                    customer_key=customer,
                     feature_id=self.features[feature_key].id,
                     feature_key=feature_key,
                 )

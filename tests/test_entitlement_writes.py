@@ -250,3 +250,24 @@ def test_a_deleted_entitlement_is_not_deleted_again(book: EntitlementBook) -> No
     book.delete_entitlement(made.id)
     with pytest.raises(NotFound, match="was deleted at"):
         book.delete_entitlement(made.id)
+
+
+def test_a_deleted_customers_entitlements_end_with_it_and_its_key_starts_afresh(
+    book: EntitlementBook, catalog: Catalog
+) -> None:
+    with freeze_time(NOW) as clock:
+        book.create_feature({"key": "gpt_4", "name": "GPT-4", "meterSlug": "tokens"})
+        made = book.create_entitlement("acme", metered())
+        clock.tick(60)
+        catalog.delete_customer("acme")
+        ended = book.get_entitlement(made.id)
+        assert ended.deleted_at is not None and ended.deleted_at > made.created_at
+        clock.tick(60)
+        # Created again under the key (a new id): no entitlement carries over, and a new one can
+        # be made (this was a foreign-key failure when entitlements referred to the id).
+        catalog.create_customer({"key": "acme", "name": "Acme again"})
+        assert book.list_entitlements(customer="acme") == []
+        again = book.create_entitlement("acme", metered())
+    assert again.id != made.id
+    # What was live then is still found at that time.
+    assert book.get_entitlement("gpt_4", customer="acme", at=NOW).id == made.id

@@ -18,6 +18,7 @@ from metersync.errors import Conflict
 from metersync.store import (
     AttributionRow,
     CustomerRow,
+    EntitlementRow,
     SubjectRow,
     UsageRow,
 )
@@ -209,6 +210,16 @@ class Write:
             subject = self.subject_row(subject_key)
             if subject is not None:
                 self.touch(subject)
+        # Its live entitlements end with it (OpenMeter's rule): a customer created again
+        # under the key starts with none, and a value at an earlier time still finds them.
+        self.session.execute(
+            update(EntitlementRow)
+            .where(
+                col(EntitlementRow.customer_key) == row.key,
+                col(EntitlementRow.deleted_at).is_(None),
+            )
+            .values(deleted_at=self.now, updated_at=self.now)
+        )
         row.deleted_at = self.now
         self.touch(row)
 

@@ -31,7 +31,7 @@ def feature_of(row: FeatureRow) -> Feature:
     )
 
 
-def entitlement_of(row: EntitlementRow, customer_key: str) -> Entitlement:
+def entitlement_of(row: EntitlementRow, customer_id: str) -> Entitlement:
     period = None
     if row.usage_interval is not None and row.usage_anchor is not None:
         period = UsagePeriod.of(row.usage_interval, row.usage_anchor)
@@ -41,8 +41,8 @@ def entitlement_of(row: EntitlementRow, customer_key: str) -> Entitlement:
     return Entitlement(
         id=row.id,
         kind=Kind(row.kind),
-        customer_id=row.customer_id,
-        customer_key=customer_key,
+        customer_id=customer_id,
+        customer_key=row.customer_key,
         feature_id=row.feature_id,
         feature_key=row.feature_key,
         created_at=row.created_at,

@@ -171,7 +171,7 @@ class EntitlementBook:
         with self.store.read_session() as session:
             owner = _customer(session, customer) if customer is not None else None
             row = _entitlement_row(session, owner, entitlement, at=at)
-            return entitlement_of(row, _customer_key(session, row.customer_id))
+            return entitlement_of(row, _customer_id(session, row.customer_key))
 
     def list_entitlements(
         self,
@@ -180,12 +180,12 @@ class EntitlementBook:
         feature: str | None = None,
         include_deleted: bool = False,
     ) -> list[Entitlement]:
-        query = select(EntitlementRow, CustomerRow.key).join(
-            CustomerRow, col(CustomerRow.id) == col(EntitlementRow.customer_id)
+        query = select(EntitlementRow, CustomerRow.id).join(
+            CustomerRow, col(CustomerRow.key) == col(EntitlementRow.customer_key)
         )
         with self.store.read_session() as session:
             if customer is not None:
-                query = query.where(EntitlementRow.customer_id == _customer(session, customer).id)
+                query = query.where(EntitlementRow.customer_key == _customer(session, customer).key)
             if feature is not None:
                 query = query.where(
                     or_(
@@ -196,7 +196,7 @@ class EntitlementBook:
             if not include_deleted:
                 query = query.where(col(EntitlementRow.deleted_at).is_(None))
             query = query.order_by(col(EntitlementRow.created_at), col(EntitlementRow.id))
-            return [entitlement_of(row, key) for row, key in session.exec(query)]
+            return [entitlement_of(row, customer_id) for row, customer_id in session.exec(query)]
 
     def _create(
         self,
@@ -215,7 +215,7 @@ class EntitlementBook:
         row = EntitlementRow(
             id=str(ULID()),
             kind=given.type,
-            customer_id=owner.id,
+            customer_key=owner.key,
             feature_id=feature.id,
             feature_key=feature.key,
             meta=dict(given.metadata),
@@ -232,7 +232,7 @@ class EntitlementBook:
             self._metered(row, feature, given, now)
         elif isinstance(given, StaticCreate):
             row.config = given.config
-        if _live_entitlement(session, owner.id, feature.id) is not None:
+        if _live_entitlement(session, owner.key, feature.id) is not None:
             raise Conflict(
                 f"customer {owner.key!r} already has an entitlement to {feature.key!r}: "
                 "override it or delete it first"
@@ -264,7 +264,7 @@ class EntitlementBook:
             for grant in given.grants:
                 session.add(_grant_row(row.id, grant, now))
             session.flush()
-        return entitlement_of(row, owner.key)
+        return entitlement_of(row, owner.id)
 
     def _metered(
         self, row: EntitlementRow, feature: FeatureRow, given: MeteredCreate, now: datetime
@@ -344,7 +344,7 @@ class EntitlementBook:
                 ent = _entitlement_row(session, owner, entitlement)
                 query = query.where(GrantRow.entitlement_id == ent.id)
             elif owner is not None:
-                query = query.where(EntitlementRow.customer_id == owner.id)
+                query = query.where(EntitlementRow.customer_key == owner.key)
             if not include_deleted:
                 query = query.where(col(GrantRow.voided_at).is_(None))
             query = query.order_by(col(GrantRow.created_at), col(GrantRow.id))
@@ -482,9 +482,9 @@ def _live_customer(session: Session, id_or_key: str) -> CustomerRow:
     return row
 
 
-def _customer_key(session: Session, customer_id: str) -> str:
-    row = session.get(CustomerRow, customer_id)
-    return row.key if row is not None else customer_id
+def _customer_id(session: Session, customer_key: str) -> str:
+    row = session.exec(select(CustomerRow).where(CustomerRow.key == customer_key)).first()
+    return row.id if row is not None else customer_key
 
 
 def _live_feature(session: Session, key: str) -> FeatureRow | None:
@@ -502,10 +502,12 @@ def _feature(session: Session, id_or_key: str, *, live: bool = False) -> Feature
     return row
 
 
-def _live_entitlement(session: Session, customer_id: str, feature_id: str) -> EntitlementRow | None:
+def _live_entitlement(
+    session: Session, customer_key: str, feature_id: str
+) -> EntitlementRow | None:
     return session.exec(
         select(EntitlementRow).where(
-            EntitlementRow.customer_id == customer_id,
+            EntitlementRow.customer_key == customer_key,
             EntitlementRow.feature_id == feature_id,
             col(EntitlementRow.deleted_at).is_(None),
         )
@@ -523,11 +525,11 @@ def _entitlement_row(
     """By id (of the customer's, if one is given); or, for a customer, by feature key: the
     live entitlement, or the one live at `at`."""
     row = session.get(EntitlementRow, id_or_feature)
-    if row is not None and (owner is None or row.customer_id == owner.id):
+    if row is not None and (owner is None or row.customer_key == owner.key):
         return row
     if owner is not None and by_feature:
         query = select(EntitlementRow).where(
-            EntitlementRow.customer_id == owner.id, EntitlementRow.feature_key == id_or_feature
+            EntitlementRow.customer_key == owner.key, EntitlementRow.feature_key == id_or_feature
         )
         if at is None:
             query = query.where(col(EntitlementRow.deleted_at).is_(None))

@@ -244,10 +244,8 @@ def drop_snapshots_after(
     starting at t). One statement, run once per customer."""
     if not changed:
         return
-    entitlements = (
-        select(_e.id)
-        .join_from(ENTITLEMENTS, CUSTOMERS, _cu.id == _e.customer_id)
-        .where(_e.feature_id == feature_id, _cu.key == bindparam("changed_customer"))
+    entitlements = select(_e.id).where(
+        _e.feature_id == feature_id, _e.customer_key == bindparam("changed_customer")
     )
     statement = delete(SNAPSHOTS).where(
         _s.entitlement_id.in_(entitlements), _s.at > bindparam("changed_after", type_=_s.at.type)

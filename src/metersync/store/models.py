@@ -535,7 +535,7 @@ class EntitlementRow(SQLModel, table=True):
     __table_args__ = (
         Index(
             "ix_entitlement_customer_feature_live",
-            "customer_id",
+            "customer_key",
             "feature_id",
             unique=True,
             sqlite_where=_NOT_DELETED,
@@ -546,8 +546,10 @@ class EntitlementRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=ULID_LEN)
     kind: str = Field(max_length=16)  # metered | boolean | static
-    customer_id: str = Field(
-        sa_column=Column(String(ULID_LEN), ForeignKey("customer.id"), nullable=False)
+    # By key, as attribution and links refer to customers: a customer's id changes when a
+    # deleted customer is created again, its key never does.
+    customer_key: str = Field(
+        sa_column=Column(String(KEY_MAX), ForeignKey("customer.key"), nullable=False)
     )
     feature_id: str = Field(
         sa_column=Column(String(ULID_LEN), ForeignKey("feature.id"), nullable=False)

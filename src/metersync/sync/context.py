@@ -59,7 +59,7 @@ _RESETS: Table = EntitlementResetRow.__table__  # type: ignore[attr-defined]
 _FEATURES: Table = FeatureRow.__table__  # type: ignore[attr-defined]
 _CUSTOMERS: Table = CustomerRow.__table__  # type: ignore[attr-defined]
 # A live entitlement with its customer.
-_HELD = _ENTITLEMENTS.join(_CUSTOMERS, _CUSTOMERS.c.id == _ENTITLEMENTS.c.customer_id)
+_HELD = _ENTITLEMENTS.join(_CUSTOMERS, _CUSTOMERS.c.key == _ENTITLEMENTS.c.customer_key)
 
 
 class EntitlementValue(Protocol):

@@ -54,7 +54,7 @@ def upgrade() -> None:
         "entitlement",
         sa.Column("id", sa.String(length=26), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("customer_id", sa.String(length=26), nullable=False),
+        sa.Column("customer_key", sa.String(length=256), nullable=False),
         sa.Column("feature_id", sa.String(length=26), nullable=False),
         sa.Column("feature_key", sa.String(length=64), nullable=False),
         sa.Column("usage_interval", sa.String(length=64), nullable=True),
@@ -70,7 +70,7 @@ def upgrade() -> None:
         _stamp("updated_at"),
         _stamp("deleted_at", nullable=True),
         sa.ForeignKeyConstraint(
-            ["customer_id"], ["customer.id"], name=op.f("fk_entitlement_customer_id")
+            ["customer_key"], ["customer.key"], name=op.f("fk_entitlement_customer_key")
         ),
         sa.ForeignKeyConstraint(
             ["feature_id"], ["feature.id"], name=op.f("fk_entitlement_feature_id")
@@ -80,7 +80,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_entitlement_customer_feature_live",
         "entitlement",
-        ["customer_id", "feature_id"],
+        ["customer_key", "feature_id"],
         unique=True,
         sqlite_where=_NOT_DELETED,
         postgresql_where=_NOT_DELETED,
