@@ -653,6 +653,9 @@ def markdown(report: dict[str, Any]) -> str:
         "future; priorities 1-5), 9 more metered (`requests`, and each model's tokens and "
         "requests through meterGroupByFilters), 5 boolean, 5 static. Usage period MONTH, "
         "anchored on the first of the month the history starts in, measured from then.",
+        "- Then the metered features' hourly cells folded (`EntitlementValues.refresh`, what "
+        "the service's usage tick does after the push binds; its time is in the set-up table): "
+        "without it every read figures the year from raw rows.",
         f"- In process: a fresh process (bench/entitlements_step.py) opens the store, builds "
         f"`EntitlementValues`, times the first call (cold: it builds the caches), one warm-up "
         f'call, then {p["calls"]:,} calls of `value(customer, "tokens", at=…)`, `at` fixed '
@@ -673,8 +676,8 @@ def markdown(report: dict[str, Any]) -> str:
         "## Set-up (not measured against a target)",
         "",
         "| database | size | events stored | ingest s | events/s | bind s | rows bound | "
-        "VACUUM s | store MB | scenario s | errors |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "fold s | cells | VACUUM s | store MB | scenario s | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for per_size in report["scenarios"].values():
         for s in per_size.values():
@@ -684,6 +687,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {s['database']} | {s['size']} | {ing.get('accepted', 0):,} | "
                 f"{ing.get('ingest_s', 0):,.1f} | {ing.get('events_per_s') or 0:,} | "
                 f"{setup.get('bind_s', 0):,.1f} | {setup.get('bound', 0):,} | "
+                f"{setup.get('fold_s', 0):,.1f} | {setup.get('cells', 0):,} | "
                 f"{s.get('vacuum_s', '')} | {s.get('store_mb', 0):,.0f} | {s['wall_s']:,.0f} | "
                 f"{'; '.join(s['errors']) or 'none'} |"
             )
