@@ -16,6 +16,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.relativedelta import relativedelta
+from sqlalchemy.orm import Session
 
 from metersync.catalog.meters import Meter
 from metersync.clock import utcnow
@@ -32,6 +33,7 @@ from metersync.entitlements._model import (
     WindowedHistory,
 )
 from metersync.entitlements._periods import Period, truncate_minute, value_minute
+from metersync.entitlements._reads import Held, entitlements_of, holdings, owner, pick
 from metersync.entitlements._usage import FeatureUsage, MeteredFeature, refresh_feature_usage
 from metersync.entitlements._writes import METERED_AGGREGATIONS, EntitlementBook
 from metersync.errors import FieldProblem, InvalidInput, NotFound
@@ -99,28 +101,40 @@ class EntitlementValues:
         self, customer: str, entitlement: str, at: datetime | None = None
     ) -> EntitlementValue:
         moment = at or utcnow()
-        try:
-            found = self.book.get_entitlement(entitlement, customer=customer, at=at)
-        except NotFound:
-            if at is None:
-                raise
-            # None was live then: the live one says what it is, and that it was not yet.
-            found = self.book.get_entitlement(entitlement, customer=customer)
-        _within_reach(found, moment, "time")
-        return self._value(found, moment)
+        with self.store.read_session() as session:
+            who = owner(session, customer)
+            held = entitlements_of(session, who)
+            try:
+                found = pick(held, entitlement, at, who)
+            except NotFound:
+                if at is None:
+                    raise
+                # None was live then: the live one says what it is, and that it was not yet.
+                found = pick(held, entitlement, None, who)
+            _within_reach(found, moment, "time")
+            return self._value(session, holdings(session, [found])[found.id], moment)
 
     def access(self, customer: str, at: datetime | None = None) -> dict[str, EntitlementValue]:
-        """Feature key → value, for every entitlement of the customer live at `at`."""
+        """Feature key → value, for every entitlement of the customer live at `at`: one read
+        transaction, and the records of all of them in five statements."""
         moment = at or utcnow()
-        live = self.book.list_entitlements(customer=customer, include_deleted=at is not None)
-        return {e.feature_key: self._value(e, moment) for e in live if e.active_at(moment)}
+        with self.store.read_session() as session:
+            who = owner(session, customer)
+            live = [
+                e
+                for e in entitlements_of(session, who)
+                if e.active_at(moment) and (at is not None or e.deleted_at is None)
+            ]
+            held = holdings(session, live)
+            return {e.feature_key: self._value(session, held[e.id], moment) for e in live}
 
     def period(self, customer: str, entitlement: str, at: datetime | None = None) -> Period | None:
         """The current usage period of a metered entitlement (None for the other kinds)."""
-        found = self.book.get_entitlement(entitlement, customer=customer, at=at)
+        held = self._held(customer, entitlement, at)
+        found = held.entitlement
         if found.kind != Kind.METERED:
             return None
-        terms = terms_of(found, self.book.grants_of(found.id), self.book.resets_of(found.id))
+        terms = terms_of(found, held.grants, held.resets)
         return engine.current_period(terms, value_minute(at or utcnow()))
 
     def history(
@@ -138,13 +152,14 @@ class EntitlementValues:
         zone = _zone(tz)
         if end <= start:
             raise InvalidInput([FieldProblem("to", f"{end} is not after from ({start})")])
-        found = self.book.get_entitlement(entitlement, customer=customer)
+        held = self._held(customer, entitlement)
+        found = held.entitlement
         if found.kind != Kind.METERED:
             raise InvalidInput(
                 [FieldProblem("entitlement", f"a {found.kind} entitlement has no usage history")]
             )
         _within_reach(found, end, "to")
-        terms, feature = self._terms(found)
+        terms, feature = self._terms(held)
         low = max(truncate_minute(start), truncate_minute(found.measure_usage_from or start))
         high = value_minute(end)
         if high <= low:
@@ -196,7 +211,8 @@ class EntitlementValues:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _value(self, found: Entitlement, moment: datetime) -> EntitlementValue:
+    def _value(self, session: Session, held: Held, moment: datetime) -> EntitlementValue:
+        found = held.entitlement
         if not found.active_at(moment):
             if found.kind != Kind.METERED:
                 return EntitlementValue(has_access=False)
@@ -205,7 +221,7 @@ class EntitlementValues:
             return EntitlementValue(has_access=True)
         if found.kind == Kind.STATIC:
             return EntitlementValue(has_access=True, config=found.config)
-        terms, feature = self._terms(found)
+        terms, feature = self._terms(held)
         minute = value_minute(moment)
         period = engine.current_period(terms, minute)
         usage, since = self._usage_since(found, terms, feature, period.start, minute)
@@ -218,16 +234,20 @@ class EntitlementValues:
             total_available_grant_amount=figures.total_available_grant_amount,
         )
 
-    def _terms(self, found: Entitlement) -> tuple[engine.MeteredTerms, MeteredFeature]:
-        feature = self.book.get_feature(found.feature_id)
+    def _terms(self, held: Held) -> tuple[engine.MeteredTerms, MeteredFeature]:
+        feature = held.feature
         meter = self.meters.get(feature.meter_slug or "")
         if meter is None:
             raise InvalidInput(
                 [FieldProblem("feature", f"feature {feature.key!r}'s meter is not configured")]
             )
-        metered = _metered(feature, meter)
-        terms = terms_of(found, self.book.grants_of(found.id), self.book.resets_of(found.id))
-        return terms, metered
+        return terms_of(held.entitlement, held.grants, held.resets), _metered(feature, meter)
+
+    def _held(self, customer: str, entitlement: str, at: datetime | None = None) -> Held:
+        with self.store.read_session() as session:
+            who = owner(session, customer)
+            found = pick(entitlements_of(session, who), entitlement, at, who)
+            return holdings(session, [found])[found.id]
 
     def _usage_since(
         self,
