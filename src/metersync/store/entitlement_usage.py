@@ -62,12 +62,6 @@ def _insert(session: Session, table: Table) -> Any:
 # -- the cursor ----------------------------------------------------------------------------------
 
 
-def read_cursor(session: Session, feature_id: str) -> int:
-    """How far the feature's hours are folded (NOTHING_FOLDED: not at all)."""
-    seq = session.execute(select(_k.seq).where(_k.feature_id == feature_id)).scalar()
-    return NOTHING_FOLDED if seq is None else int(seq)
-
-
 def cursor_of(feature_id: ColumnElement[str]) -> ScalarSelect[Any]:
     """How far the feature's hours are folded, as a scalar subquery (NULL, or NOTHING_FOLDED:
     not at all), for a statement that reads it with other things in one go."""
@@ -125,24 +119,6 @@ def write_hours(session: Session, feature_id: str, values: Mapping[Cell, Decimal
             ),
             gone,
         )
-
-
-def hour_values(
-    session: Session, feature_id: str, customer_key: str, *, start: int, end: int
-) -> list[tuple[int, str]]:
-    """The customer's hours in [start, end) (seconds) that hold usage, in order: one range of
-    the primary key, fetched whole (a year is 8,760 rows; row by row cost more than the read)."""
-    rows = session.execute(
-        select(_h.hour_start, _h.value)
-        .where(
-            _h.feature_id == feature_id,
-            _h.customer_key == customer_key,
-            _h.hour_start >= start,
-            _h.hour_start < end,
-        )
-        .order_by(_h.hour_start)
-    ).all()
-    return [(hour, value) for hour, value in rows]
 
 
 def hour_cells(
