@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from metersync.catalog import Catalog
 from metersync.catalog.meters import Aggregation, Meter, MeterSettings
+from metersync.entitlements import _usage
 from metersync.entitlements._usage import FeatureUsage, MeteredFeature, refresh_feature_usage
 from metersync.store import CustomerRow, EntitlementRow, FeatureRow, Store
 from metersync.store.entitlement_usage import (
@@ -396,14 +397,12 @@ def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
     def record(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
         seen.append((" ".join(statement.split()), params))
 
-    engines = {store.engine, store._read_engine}
-    for engine in engines:
-        sa_event.listen(engine, "before_cursor_execute", record)
+    # The read sessions' engine is the engine with options: its statements are the engine's.
+    sa_event.listen(store.engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        for engine in engines:
-            sa_event.remove(engine, "before_cursor_execute", record)
+        sa_event.remove(store.engine, "before_cursor_execute", record)
 
 
 def _keys_in(params: Any) -> set[str]:
@@ -553,6 +552,95 @@ def test_a_reader_finds_a_snapshot_stale_when_usage_before_it_waits_or_subjects_
     world.catalog.upsert_subject({"key": "a2"})
     world.catalog.update_customer("acme", {"usageAttribution": {"subjectKeys": ["a1", "a2"]}})
     assert current() is False
+
+
+# -- reads: statements and snapshots ---------------------------------------------------------------
+
+
+def test_more_hours_read_raw_and_cut_than_a_statement_holds_give_the_same_figures(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hour ranges read raw and parts of hours past one statement's share take statements of
+    their own, in the same read; the figures are the same."""
+    monkeypatch.setattr(_usage, "_RANGES", 3)
+    monkeypatch.setattr(_usage, "_PARTS", 4)
+    rng = random.Random(17)
+    world.customer("acme", ["a1", "a2"])
+    world.customer("beta", ["b1"])
+    feature = world.feature("gpt", TOKENS, {"model": "gpt"})
+    subjects = ["a1", "a2", "b1"]
+    world.add(*random_events(rng, subjects, 150))
+    world.bind()
+    refresh_feature_usage(world.store, feature)
+    world.add(*random_events(rng, subjects, 60))
+    world.bind()  # bound, not refreshed: hours here and there are read raw
+    world.add(*random_events(rng, subjects, 40))  # waiting
+    spans = [random_span(rng) for _ in range(12)]
+    cuts = [t for span in spans for t in span]
+    end = T0 + timedelta(days=2)
+    for customer in ("acme", "beta"):
+        with statements(world.store) as log:
+            usage = FeatureUsage.load(world.store, feature, customer, T0, end, cuts=cuts)
+        assert len([s for s, _ in log if s.startswith("SELECT")]) > 3
+        for a, b in [*spans, (T0, end)]:
+            expected = world.expected(customer, a, b, filters={"model": "gpt"})
+            assert usage.between(a, b) == expected, (customer, a, b)
+
+
+def test_a_load_is_two_statements(world: World) -> None:
+    """Cursor, counter, subjects and the rows past the cursor in one; the cells, the hours
+    read raw, the unbound rows, the cut hours' parts and the snapshot's check in another."""
+    feature, acme, _ = snapshot_world(world)
+    world.add(Event("a1", T0 + 4 * HOUR + 20 * MINUTE, Decimal(2), "gpt", 1))
+    world.bind()  # read raw
+    world.add(Event("a1", T0 + 5 * HOUR + 40 * MINUTE, Decimal(3), "gpt", 1))  # waiting
+    usage = FeatureUsage.load(world.store, feature, "acme", T0, T0 + 6 * HOUR)
+    assert save_snapshot(world.store, snapshot_of(usage, acme, T0 + HOUR))
+    cuts = [T0 + 10 * MINUTE, T0 + 4 * HOUR + 50 * MINUTE, T0 + 5 * HOUR + 5 * MINUTE]
+    with world.store.read_session() as session, statements(world.store) as log:
+        saved = latest_snapshot(world.store, acme, T0 + 2 * HOUR, session=session)
+        usage = FeatureUsage.load(
+            world.store,
+            feature,
+            "acme",
+            T0 + HOUR,
+            T0 + 6 * HOUR + 30 * MINUTE,
+            cuts=cuts,
+            snapshot=saved,
+            session=session,
+        )
+    assert len([s for s, _ in log if s.startswith("SELECT")]) == 3
+    assert usage.snapshot_current is True
+    for a, b in [(T0 + HOUR, T0 + 6 * HOUR + 30 * MINUTE), (cuts[1], cuts[2])]:
+        assert usage.between(a, b) == world.expected("acme", a, b)
+
+
+def test_loads_in_one_read_session_read_one_snapshot(world: World) -> None:
+    """A caller's read session: every load and snapshot in it sees the store as at its first
+    read, whatever is written meanwhile; a load of its own afterwards sees the writes."""
+    feature, acme, _ = snapshot_world(world)
+    calls = world.feature("calls", PROMPTS)
+    refresh_feature_usage(world.store, calls)
+    span = (T0, T0 + 6 * HOUR)
+    usage = FeatureUsage.load(world.store, feature, "acme", *span)
+    assert save_snapshot(world.store, snapshot_of(usage, acme, T0 + HOUR))
+    with world.store.read_session() as session:
+        first = FeatureUsage.load(world.store, feature, "acme", *span, session=session)
+        world.add(Event("a1", T0 + 30 * MINUTE, Decimal(7), "gpt", 1))  # before the snapshot
+        saved = latest_snapshot(world.store, acme, T0 + 2 * HOUR, session=session)
+        again = FeatureUsage.load(
+            world.store, feature, "acme", T0 + HOUR, span[1], snapshot=saved, session=session
+        )
+        counted = FeatureUsage.load(world.store, calls, "acme", *span, session=session)
+        assert again.snapshot_current is True
+        assert again.between(T0 + HOUR, span[1]) == first.between(T0 + HOUR, span[1])
+        assert counted.between(*span) == 1
+    later = FeatureUsage.load(world.store, feature, "acme", *span)
+    assert later.between(*span) == first.between(*span) + 7 == world.expected("acme", *span)
+    saved = latest_snapshot(world.store, acme, T0 + 2 * HOUR)
+    assert not FeatureUsage.load(
+        world.store, feature, "acme", T0 + HOUR, span[1], snapshot=saved
+    ).snapshot_current
 
 
 # -- a property ----------------------------------------------------------------------------------

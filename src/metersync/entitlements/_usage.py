@@ -33,9 +33,12 @@ from before change numbers all carry 0, and are one page).
 whose cells the cursor has not folded yet are read raw instead, so a read is exact whether or
 not a refresh ran; a refresh only makes it cheaper), the unbound rows of the customer's
 subjects, and, for every cut time given (segment boundaries), the part of its hour on the
-nearer side of it, raw, in one statement. The unbound rows are read live, so a read's cost
-grows with what waits unbound, which every push keeps small (a customer linked to no target
-waits for ever, and pays its span's unbound rows at each read). `between` then adds in memory.
+nearer side of it, raw. Two statements, built once per shape and given their values as bind
+parameters (the cursor, the counter, the subjects and the rows past the cursor; then all the
+rest, one UNION ALL), in a read session of its own or the caller's. The unbound rows are read
+live, so a read's cost grows with what waits unbound, which every push keeps small (a customer
+linked to no target waits for ever, and pays its span's unbound rows at each read). `between`
+then adds in memory.
 
 Snapshots of balances (store.entitlement_usage) let a value compute its current period only. A
 refresh drops the snapshots of the (feature, customer)s it changes whose time is after the hour
@@ -49,20 +52,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Connection,
+    Float,
+    Integer,
     String,
     Table,
+    Text,
     and_,
+    bindparam,
     case,
     cast,
     func,
-    literal,
+    literal_column,
     null,
     or_,
     select,
@@ -70,7 +80,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.selectable import CompoundSelect, Select
 
 from metersync.catalog.meters import Aggregation, Meter
 from metersync.store import AttributionRow, CatalogSequenceRow, FeatureRow, Store, UsageRow
@@ -79,10 +89,10 @@ from metersync.store.entitlement_usage import (
     NOTHING_FOLDED,
     Cell,
     EntitlementSnapshot,
+    cursor_of,
     drop_snapshots_after,
-    hour_values,
+    hour_cells,
     lock_cursor,
-    read_cursor,
     set_cursor,
     subjects_hash,
     write_hours,
@@ -96,7 +106,6 @@ HOUR_S = 3600
 # Changed rows a refresh folds in one transaction (a page ends on a whole change number).
 _PAGE_ROWS = 100_000
 _RANGES = 200  # hour ranges a statement reads
-_SUBJECTS = 500  # subject keys an IN list names
 # Sums are exact or they fail: never a silent rounding of money.
 _EXACT = Context(prec=200, traps=[Inexact, InvalidOperation, Overflow])
 _ZERO = Decimal(0)
@@ -193,19 +202,20 @@ def _page_end(
 def _changed_cells(
     session: Session, feature: MeteredFeature, *, after: int, upto: int
 ) -> set[Cell]:
-    hour = (_u.time_us // literal(HOUR_US)) * literal(HOUR_S)
+    postgres = _is_postgres(session)
     rows = session.execute(
-        select(_u.customer_key, hour)
+        select(_u.customer_key, _HOUR)
         .where(
             _u.meter == feature.meter,
             _u.seq > after,
             _u.seq <= upto,
             _u.customer_key.is_not(None),
-            *_group_match(session, feature),
+            *_group_match(postgres, len(feature.group_filters)),
         )
-        .distinct()
+        .distinct(),
+        _group_params(postgres, feature),
     )
-    return {(str(key), int(start)) for key, start in rows}
+    return {(str(key), int(hour) * HOUR_S) for key, hour in rows}
 
 
 def _recompute(
@@ -283,73 +293,117 @@ class FeatureUsage:
         *,
         cuts: Iterable[datetime] = (),
         snapshot: EntitlementSnapshot | None = None,
+        session: Session | None = None,
     ) -> FeatureUsage:
         """Read the customer's usage over [start, end] (whole minutes, aware) in one read
         snapshot. `cuts`: the other times `between` will be asked about (segment boundaries);
-        the parts of hours they cut are read now, in the same snapshot and one statement,
-        where any other time costs a read of its own later. `snapshot`: checked against what
-        the store holds now, into `snapshot_current`."""
+        the parts of hours they cut are read now, in the same snapshot, where any other time
+        costs a read of its own later. `snapshot`: checked against what the store holds now,
+        into `snapshot_current`. `session`: an open read session to read in, so that several
+        loads read one snapshot (by default, a read session of its own).
+
+        Two statements, each built once per shape and given its values as parameters: the
+        cursor, the usage counter, the largest usage id, the customer's subjects and the rows
+        numbered past the cursor; then the span's cells, the hours read raw, the unbound rows,
+        the parts of hours cut and the snapshot's check, in one UNION ALL."""
         lo, hi = _minute_of(start), _minute_of(end)
         if hi < lo:
             raise ValueError(f"usage span ends ({end}) before it starts ({start})")
+        minutes = [lo, hi, *map(_minute_of, cuts)]
+        if session is None:
+            with store.read_session() as own:
+                return cls._load(store, own, feature, customer_key, lo, hi, minutes, snapshot)
+        return cls._load(store, session, feature, customer_key, lo, hi, minutes, snapshot)
+
+    @classmethod
+    def _load(
+        cls,
+        store: Store,
+        session: Session,
+        feature: MeteredFeature,
+        customer_key: str,
+        lo: int,
+        hi: int,
+        minutes: list[int],
+        snapshot: EntitlementSnapshot | None,
+    ) -> FeatureUsage:
         first_hour, end_hour = lo // 60, -(-hi // 60)
-        with store.read_session() as session:
-            cursor = read_cursor(session, feature.id)
-            subjects = tuple(
-                session.execute(
-                    select(_a.subject_key)
-                    .where(_a.customer_key == customer_key)
-                    .order_by(_a.subject_key)
-                ).scalars()
+        connection = session.connection()
+        postgres = connection.dialect.name == "postgresql"
+        params: dict[str, Any] = {
+            "meter": feature.meter,
+            "customer": customer_key,
+            "feature_id": feature.id,
+            "usage_sequence": USAGE_SEQUENCE,
+            **_group_params(postgres, feature),
+        }
+        cursor, max_id, subjects, changed = NOTHING_FOLDED, 0, [], set()
+        head = connection.execute(_head_statement(postgres, len(feature.group_filters)), params)
+        for kind, key, a, c in head:
+            if kind == _HEAD:
+                cursor = NOTHING_FOLDED if a is None else int(a)
+                max_id = int(c or 0)
+            elif kind == _SUBJECT:
+                subjects.append(key)
+            elif key == customer_key:
+                changed.add(int(a) // HOUR_US)
+        subjects.sort()
+        unfolded: set[int] | None
+        if cursor == NOTHING_FOLDED:
+            unfolded = None
+            raw = set(range(first_hour, end_hour))
+        else:
+            unfolded = changed
+            raw = {h for h in unfolded if first_hour <= h < end_hour}
+
+        holds = False
+        if snapshot is not None:
+            holds = _snapshot_may_hold(snapshot, subjects, cursor=cursor, unfolded=unfolded)
+        wanted = _cut_minutes(minutes, lo, hi)
+        read = _Read(
+            postgres=postgres,
+            count=feature.aggregation is Aggregation.COUNT,
+            groups=len(feature.group_filters),
+            cells=unfolded is not None,
+            raw=_ranges(raw),
+            unbound=bool(subjects),
+            parts=[(minute, bool(subjects)) for minute in wanted],
+            newer=holds and bool(subjects),
+        )
+        params.update(
+            cells_from=first_hour * HOUR_S,
+            cells_to=end_hour * HOUR_S,
+            span_from=first_hour * HOUR_US,
+            span_to=end_hour * HOUR_US,
+        )
+        if snapshot is not None:
+            params.update(
+                snapshot_max_id=snapshot.max_usage_id,
+                snapshot_at=(snapshot.at - _EPOCH) // timedelta(microseconds=1),
             )
-            max_id = int(session.execute(select(func.max(_u.id))).scalar() or 0)
-            bound = [_ZERO] * (end_hour - first_hour)
-            if cursor == NOTHING_FOLDED:
-                raw = set(range(first_hour, end_hour))
-                unfolded: set[int] | None = None
-            else:
-                unfolded = _unfolded_hours(session, feature, customer_key, after=cursor)
-                raw = {h for h in unfolded if first_hour <= h < end_hour}
-                for hour_s, value in hour_values(
-                    session,
-                    feature.id,
-                    customer_key,
-                    start=first_hour * HOUR_S,
-                    end=end_hour * HOUR_S,
-                ):
-                    bound[hour_s // HOUR_S - first_hour] = Decimal(value)
-            for hour in raw:
-                bound[hour - first_hour] = _ZERO
-            mine = _u.customer_key == customer_key
-            for chunk in _chunks(_ranges(raw), _RANGES):
-                for hour, amount in _hour_sums(session, feature, mine, chunk):
-                    bound[hour - first_hour] = amount
-            unbound: dict[int, Decimal] = {}
-            if subjects:
-                with localcontext(_EXACT):
-                    for chunk in _chunks(subjects, _SUBJECTS):
-                        waiting = and_(_u.customer_key.is_(None), _u.subject.in_(chunk))
-                        for hour, amount in _hour_sums(
-                            session, feature, waiting, [(first_hour, end_hour)]
-                        ):
-                            unbound[hour] = unbound.get(hour, _ZERO) + amount
-            usage = cls(
-                store,
-                feature,
-                customer_key,
-                span=(lo, hi),
-                bound=bound,
-                unbound=unbound,
-                subjects=subjects,
-                usage_mark=cursor,
-                max_usage_id=max_id,
-                snapshot_current=None,
-            )
-            usage._read_within(session, [lo, hi, *map(_minute_of, cuts)])
-            if snapshot is not None:
-                usage.snapshot_current = _snapshot_holds(
-                    session, feature, snapshot, subjects, cursor=cursor, unfolded=unfolded
-                )
+        sums = read.run(connection, params)
+
+        bound = [_ZERO] * (end_hour - first_hour)
+        for hour_s, value in sums.cells:
+            if hour_s // HOUR_S not in raw:
+                bound[hour_s // HOUR_S - first_hour] = Decimal(value)
+        for hour, amount in sums.raw.items():
+            bound[hour - first_hour] = amount
+        usage = cls(
+            store,
+            feature,
+            customer_key,
+            span=(lo, hi),
+            bound=bound,
+            unbound=sums.unbound,
+            subjects=tuple(subjects),
+            usage_mark=cursor,
+            max_usage_id=max_id,
+            snapshot_current=None,
+        )
+        usage._take_within(wanted, sums.parts)
+        if snapshot is not None:
+            usage.snapshot_current = holds and not sums.newer
         return usage
 
     def between(self, start: datetime, end: datetime) -> Decimal:
@@ -381,96 +435,336 @@ class FeatureUsage:
 
     def _read_within(self, session: Session, minutes: Iterable[int]) -> None:
         """For each minute inside an hour of the span: the usage from the hour's start to it,
-        one statement for all. The nearer end of the hour is read: the part before the
-        minute, or the hour's figure less the part after it."""
-        wanted = sorted(
-            {m for m in minutes if m % 60 and self._lo <= m <= self._hi and m not in self._within}
-        )
+        one statement for all (`_take_within`). The unbound rows are read for the hours that
+        had some when loaded."""
+        wanted = [m for m in _cut_minutes(minutes, self._lo, self._hi) if m not in self._within]
         if not wanted:
             return
-        mine = _u.customer_key == self.customer_key
-        parts: list[tuple[int, ColumnElement[bool], int, int]] = []
-        for index, minute in enumerate(wanted):
-            hour = minute // 60
-            early = minute % 60 <= 30
-            lo, hi = (hour * 60, minute) if early else (minute, hour * 60 + 60)
-            parts.append((index, mine, lo, hi))
-            if self.subjects and hour in self._unbound:
-                for chunk in _chunks(self.subjects, _SUBJECTS):
-                    waiting = and_(_u.customer_key.is_(None), _u.subject.in_(chunk))
-                    parts.append((index, waiting, lo, hi))
-        sums = _span_sums(session, self.feature, parts)
+        connection = session.connection()
+        postgres = connection.dialect.name == "postgresql"
+        read = _Read(
+            postgres=postgres,
+            count=self.feature.aggregation is Aggregation.COUNT,
+            groups=len(self.feature.group_filters),
+            parts=[
+                (minute, bool(self.subjects) and minute // 60 in self._unbound) for minute in wanted
+            ],
+        )
+        params = {
+            "meter": self.feature.meter,
+            "customer": self.customer_key,
+            **_group_params(postgres, self.feature),
+        }
+        self._take_within(wanted, read.run(connection, params).parts)
+
+    def _take_within(self, wanted: Sequence[int], parts: Mapping[int, Decimal]) -> None:
+        """The usage from each wanted minute's hour start to it, from the parts read (the
+        nearer end of the hour: the part before the minute, or the hour's figure less the
+        part after it; `_part_span`), by the minute's index in `wanted`."""
         with localcontext(_EXACT):
             for index, minute in enumerate(wanted):
                 hour = minute // 60
-                part = sums.get(index, _ZERO)
+                part = parts.get(index, _ZERO)
                 if minute % 60 > 30:
                     total = self._bound[hour - self._first_hour]
                     part = total + self._unbound.get(hour, _ZERO) - part
                 self._within[minute] = part
 
 
-def _snapshot_holds(
-    session: Session,
-    feature: MeteredFeature,
+def _cut_minutes(minutes: Iterable[int], lo: int, hi: int) -> list[int]:
+    """The minutes inside an hour (not on its start) within [lo, hi], sorted, once each."""
+    return sorted({m for m in minutes if m % 60 and lo <= m <= hi})
+
+
+def _part_span(minute: int) -> tuple[int, int]:
+    """The minutes [from, to) of the nearer end of the minute's hour: before it, or after."""
+    hour = minute // 60
+    return (hour * 60, minute) if minute % 60 <= 30 else (minute, hour * 60 + 60)
+
+
+def _snapshot_may_hold(
     snapshot: EntitlementSnapshot,
-    subjects: tuple[str, ...],
+    subjects: Sequence[str],
     *,
     cursor: int,
     unfolded: set[int] | None,
 ) -> bool:
     """A snapshot the refreshes left in place still holds unless the customer's subjects
-    changed, rows before it wait for a refresh, or unbound rows before it were stored since."""
+    changed, rows before it wait for a refresh, or unbound rows before it were stored since:
+    all but the last (a read: `_Read.newer`)."""
     if unfolded is None or cursor < snapshot.usage_mark:
         return False
     if snapshot.subjects_hash != subjects_hash(subjects):
         return False
     at_us = (snapshot.at - _EPOCH) // timedelta(microseconds=1)
-    if any(hour * HOUR_US < at_us for hour in unfolded):
-        return False
-    for chunk in _chunks(subjects, _SUBJECTS):
-        newer = session.execute(
-            select(_u.id)
-            .where(
-                _u.customer_key.is_(None),
-                _u.id > snapshot.max_usage_id,
-                _u.subject.in_(chunk),
-                _u.meter == feature.meter,
-                _u.time_us < at_us,
-                *_group_match(session, feature),
-            )
-            .limit(1)
-        ).first()
-        if newer is not None:
-            return False
-    return True
+    return not any(hour * HOUR_US < at_us for hour in unfolded)
 
 
 # -- SQL -----------------------------------------------------------------------------------------
+#
+# The reads' statements are built once per shape (the dialect, the aggregation, how many group
+# filters, which parts) and take every value as a bind parameter, so a read costs no statement
+# construction, and SQLAlchemy's cache of compiled statements serves them.
 
 
 def _amount(feature: MeteredFeature) -> Any:
     return func.count() if feature.aggregation is Aggregation.COUNT else func.sum(_u.value)
 
 
-def _group_match(session: Session, feature: MeteredFeature) -> list[ColumnElement[bool]]:
-    """The feature's group_by filters as SQL on the row's `groups` JSON text."""
+@lru_cache(maxsize=32)
+def _group_match(postgres: bool, count: int) -> tuple[ColumnElement[bool], ...]:
+    """`count` group_by filters as SQL on the row's `groups` JSON text, the dimension and the
+    value bind parameters (`_group_params`)."""
     out: list[ColumnElement[bool]] = []
-    postgres = session.get_bind().dialect.name == "postgresql"
-    for name, value in feature.group_filters:
+    for index in range(count):
+        key = bindparam(f"group_key_{index}", type_=String())
+        value = bindparam(f"group_value_{index}", type_=String())
         found: ColumnElement[Any]
         if postgres:
-            found = cast(_u.groups, JSON).op("->>", return_type=String())(literal(name, String()))
+            found = cast(_u.groups, JSON).op("->>", return_type=String())(key)
         else:
-            path = literal(f'$."{name}"', String())
-            kind = func.json_type(_u.groups, path)
+            kind = func.json_type(_u.groups, key)
             found = case(
-                (kind == "text", func.json_extract(_u.groups, path)),
+                (kind == "text", func.json_extract(_u.groups, key)),
                 (kind == "null", null()),
-                else_=_u.groups.op("->", return_type=String())(path),
+                else_=_u.groups.op("->", return_type=String())(key),
             )
-        out.append(found == literal(value, String()))
-    return out
+        out.append(found == value)
+    return tuple(out)
+
+
+def _group_params(postgres: bool, feature: MeteredFeature) -> dict[str, str]:
+    """The values of `_group_match`'s parameters for the feature's filters."""
+    params: dict[str, str] = {}
+    for index, (name, value) in enumerate(feature.group_filters):
+        params[f"group_key_{index}"] = name if postgres else f'$."{name}"'
+        params[f"group_value_{index}"] = value
+    return params
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# Row kinds of the reads' UNION ALLs.
+_HEAD, _SUBJECT, _CHANGED = 0, 1, 2
+_CELL, _RAW, _UNBOUND, _PART, _NEWER = 0, 1, 2, 3, 4
+_PARTS = 100  # parts of hours a statement reads (two selects each, with unbound rows)
+_HOUR = (_u.time_us // literal_column(str(HOUR_US), BigInteger())).label("hour")
+
+
+def _kind(kind: int) -> ColumnElement[int]:
+    return literal_column(str(kind), Integer())
+
+
+@lru_cache(maxsize=32)
+def _head_statement(postgres: bool, groups: int) -> CompoundSelect[*tuple[Any, ...]]:
+    """(kind, key, a, c): the feature's cursor (a, NULL: none), and the largest usage id (c);
+    the customer's subjects (key); the rows of the meter numbered past the cursor, up to the
+    usage counter (their customer, and time in a), unless nothing is folded yet. The rows past
+    the cursor are walked on the (meter, seq) index, the range closed by the counter (no row
+    visible is numbered above it), and the customer picked by the caller: a condition on the
+    customer, or an open range, had SQLite walk the customer's whole history on the aggregate
+    index instead."""
+    cursor = cursor_of(bindparam("feature_id", type_=String()))
+    counter = select(_q.value).where(_q.name == bindparam("usage_sequence")).scalar_subquery()
+    no_key, no_number = cast(null(), String()), cast(null(), BigInteger())
+    return union_all(
+        select(
+            _kind(_HEAD),
+            no_key,
+            cursor,
+            select(func.max(_u.id)).scalar_subquery(),
+        ),
+        select(_kind(_SUBJECT), _a.subject_key, no_number, no_number).where(
+            _a.customer_key == bindparam("customer")
+        ),
+        select(_kind(_CHANGED), _u.customer_key, _u.time_us, no_number).where(
+            _u.meter == bindparam("meter"),
+            _u.seq > cursor,
+            _u.seq <= counter,
+            cursor > literal_column(str(NOTHING_FOLDED), BigInteger()),
+            *_group_match(postgres, groups),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Which parts a body statement has: see `_body_statement`."""
+
+    postgres: bool
+    count: bool
+    groups: int
+    cells: bool
+    raw: int  # hour ranges read raw
+    unbound: bool
+    parts: tuple[bool, ...]  # for each: whether the unbound rows too
+    newer: bool
+
+
+@lru_cache(maxsize=256)
+def _body_statement(shape: _Shape) -> CompoundSelect[*tuple[Any, ...]]:
+    """(kind, hour, value, amount): the customer's cells in [cells_from, cells_to) seconds
+    (hour in seconds, the value as text); the bound rows' usage in the hour ranges
+    [raw_from_i, raw_to_i) microseconds, by hour; the unbound rows' of the customer's subjects
+    in [span_from, span_to), by hour; each part's bound (and unbound) usage in
+    [part_from_i, part_to_i), by part (its index in hour); whether an unbound row of the
+    customer's subjects with an id above snapshot_max_id is before snapshot_at (amount 1).
+    Each select is one range of an index."""
+    groups = _group_match(shape.postgres, shape.groups)
+    amount = func.count() if shape.count else func.sum(_u.value)
+    no_text = cast(null(), Text())
+    no_amount = cast(null(), BigInteger() if shape.count else Float())
+    customer = bindparam("customer", type_=String())
+    meter = _u.meter == bindparam("meter")
+    mine = _u.customer_key == customer
+    waiting = and_(
+        _u.customer_key.is_(None),
+        _u.subject.in_(select(_a.subject_key).where(_a.customer_key == customer)),
+    )
+    selects: list[Select[*tuple[Any, ...]]] = []
+    if shape.cells:
+        selects.append(
+            hour_cells(
+                bindparam("feature_id", type_=String()),
+                customer,
+                bindparam("cells_from", type_=BigInteger()),
+                bindparam("cells_to", type_=BigInteger()),
+                _kind(_CELL),
+            ).add_columns(no_amount)
+        )
+    if shape.raw:
+        within = or_(
+            *(
+                and_(
+                    _u.time_us >= bindparam(f"raw_from_{index}"),
+                    _u.time_us < bindparam(f"raw_to_{index}"),
+                )
+                for index in range(shape.raw)
+            )
+        )
+        selects.append(
+            select(_kind(_RAW), _HOUR, no_text, amount)
+            .where(meter, mine, within, *groups)
+            .group_by(_HOUR)
+        )
+    if shape.unbound:
+        selects.append(
+            select(_kind(_UNBOUND), _HOUR, no_text, amount)
+            .where(
+                meter,
+                waiting,
+                _u.time_us >= bindparam("span_from"),
+                _u.time_us < bindparam("span_to"),
+                *groups,
+            )
+            .group_by(_HOUR)
+        )
+    for index, with_unbound in enumerate(shape.parts):
+        for whose in (mine, waiting) if with_unbound else (mine,):
+            selects.append(
+                select(_kind(_PART), _kind(index), no_text, amount).where(
+                    meter,
+                    whose,
+                    _u.time_us >= bindparam(f"part_from_{index}"),
+                    _u.time_us < bindparam(f"part_to_{index}"),
+                    *groups,
+                )
+            )
+    if shape.newer:
+        newer = (
+            select(_u.id)
+            .where(
+                _u.customer_key.is_(None),
+                _u.id > bindparam("snapshot_max_id"),
+                _u.subject.in_(select(_a.subject_key).where(_a.customer_key == customer)),
+                meter,
+                _u.time_us < bindparam("snapshot_at"),
+                *groups,
+            )
+            .limit(1)
+            .subquery()
+        )
+        selects.append(
+            select(_kind(_NEWER), cast(null(), BigInteger()), no_text, func.count()).select_from(
+                newer
+            )
+        )
+    return union_all(*selects)
+
+
+@dataclass
+class _Sums:
+    """What a `_Read` found."""
+
+    cells: list[tuple[int, str]] = field(default_factory=list)  # (hour start s, value)
+    raw: dict[int, Decimal] = field(default_factory=dict)  # hour → bound usage
+    unbound: dict[int, Decimal] = field(default_factory=dict)  # hour → unbound usage
+    parts: dict[int, Decimal] = field(default_factory=dict)  # part → usage
+    newer: bool = False
+
+
+@dataclass
+class _Read:
+    """A load's reads after its head, as few statements as the limits allow: the first has
+    the cells, the unbound rows, the snapshot's check, the first `_RANGES` raw hour ranges
+    and the first `_PARTS` parts; more ranges and parts take statements of their own. `parts`:
+    (minute, whether the unbound rows too), each read from the nearer end of its hour."""
+
+    postgres: bool
+    count: bool
+    groups: int
+    cells: bool = False
+    raw: Sequence[tuple[int, int]] = ()
+    unbound: bool = False
+    parts: Sequence[tuple[int, bool]] = ()
+    newer: bool = False
+
+    def run(self, connection: Connection, params: dict[str, Any]) -> _Sums:
+        sums = _Sums()
+        raw_chunks = list(_chunks(self.raw, _RANGES))
+        part_chunks = list(_chunks(self.parts, _PARTS))
+        statements = max(len(raw_chunks), len(part_chunks), 1)
+        for number in range(statements):
+            first = number == 0
+            ranges = raw_chunks[number] if number < len(raw_chunks) else ()
+            parts = part_chunks[number] if number < len(part_chunks) else ()
+            shape = _Shape(
+                postgres=self.postgres,
+                count=self.count,
+                groups=self.groups,
+                cells=first and self.cells,
+                raw=len(ranges),
+                unbound=first and self.unbound,
+                parts=tuple(with_unbound for _, with_unbound in parts),
+                newer=first and self.newer,
+            )
+            if not (shape.cells or shape.raw or shape.unbound or shape.parts or shape.newer):
+                continue
+            values = dict(params)
+            for index, (lo, hi) in enumerate(ranges):
+                values[f"raw_from_{index}"] = lo * HOUR_US
+                values[f"raw_to_{index}"] = hi * HOUR_US
+            for index, (minute, _) in enumerate(parts):
+                lo, hi = _part_span(minute)
+                values[f"part_from_{index}"] = lo * MINUTE_US
+                values[f"part_to_{index}"] = hi * MINUTE_US
+            offset = number * _PARTS
+            with localcontext(_EXACT):
+                for kind, hour, value, amount in connection.execute(_body_statement(shape), values):
+                    if kind == _CELL:
+                        sums.cells.append((int(hour), value))
+                    elif kind == _RAW:
+                        sums.raw[int(hour)] = _decimal(amount)
+                    elif kind == _UNBOUND:
+                        sums.unbound[int(hour)] = _decimal(amount)
+                    elif kind == _PART:
+                        key = offset + int(hour)
+                        sums.parts[key] = sums.parts.get(key, _ZERO) + _decimal(amount)
+                    else:
+                        sums.newer = bool(amount)
+        return sums
 
 
 def _hour_sums(
@@ -486,62 +780,19 @@ def _hour_sums(
     within = or_(
         *(and_(_u.time_us >= lo * HOUR_US, _u.time_us < hi * HOUR_US) for lo, hi in hour_ranges)
     )
-    hour = (_u.time_us // literal(HOUR_US)).label("hour")
+    postgres = _is_postgres(session)
     query: Select[Any] = (
-        select(hour, _amount(feature))
-        .where(_u.meter == feature.meter, whose, within, *_group_match(session, feature))
-        .group_by(hour)
-    )
-    return [(int(h), _decimal(amount)) for h, amount in session.execute(query).all()]
-
-
-def _span_sums(
-    session: Session,
-    feature: MeteredFeature,
-    parts: Sequence[tuple[int, ColumnElement[bool], int, int]],
-) -> dict[int, Decimal]:
-    """For (key, whose, from, to) parts: the usage of the rows `whose` selects in the minutes
-    [from, to), added up by key. One statement (UNION ALL), each part a range of an index."""
-    groups = _group_match(session, feature)
-    selects = [
-        select(literal(key).label("part"), _amount(feature).label("amount")).where(
-            _u.meter == feature.meter,
-            whose,
-            _u.time_us >= lo * MINUTE_US,
-            _u.time_us < hi * MINUTE_US,
-            *groups,
-        )
-        for key, whose, lo, hi in parts
-    ]
-    out: dict[int, Decimal] = {}
-    with localcontext(_EXACT):
-        for chunk in _chunks(selects, _RANGES):
-            for key, amount in session.execute(union_all(*chunk)).all():
-                out[int(key)] = out.get(int(key), _ZERO) + _decimal(amount)
-    return out
-
-
-def _unfolded_hours(
-    session: Session, feature: MeteredFeature, customer_key: str, *, after: int
-) -> set[int]:
-    """Hours (since the epoch) of the customer's bound rows numbered past the cursor: their
-    cells may be behind, so they are read raw. The meter's rows numbered past the cursor, in
-    order, on the (meter, seq) index: few after a refresh. The range is closed by the counter
-    (no row visible is numbered above it), and the customer is picked here rather than in
-    SQL: an open range, or a condition on the customer, had SQLite walk the customer's whole
-    history on the aggregate index instead."""
-    upto = session.execute(select(_q.value).where(_q.name == USAGE_SEQUENCE)).scalar_one()
-    rows = session.execute(
-        select(_u.customer_key, _u.time_us)
+        select(_HOUR, _amount(feature))
         .where(
             _u.meter == feature.meter,
-            _u.seq > after,
-            _u.seq <= upto,
-            *_group_match(session, feature),
+            whose,
+            within,
+            *_group_match(postgres, len(feature.group_filters)),
         )
-        .order_by(_u.seq)
+        .group_by(_HOUR)
     )
-    return {int(t) // HOUR_US for key, t in rows if key == customer_key}
+    rows = session.execute(query, _group_params(postgres, feature)).all()
+    return [(int(h), _decimal(amount)) for h, amount in rows]
 
 
 # -- small pieces --------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from metersync.clock import utcnow
 from metersync.store.engine import Store
@@ -60,10 +62,10 @@ def _insert(session: Session, table: Table) -> Any:
 # -- the cursor ----------------------------------------------------------------------------------
 
 
-def read_cursor(session: Session, feature_id: str) -> int:
-    """How far the feature's hours are folded (NOTHING_FOLDED: not at all)."""
-    seq = session.execute(select(_k.seq).where(_k.feature_id == feature_id)).scalar()
-    return NOTHING_FOLDED if seq is None else int(seq)
+def cursor_of(feature_id: ColumnElement[str]) -> ScalarSelect[Any]:
+    """How far the feature's hours are folded, as a scalar subquery (NULL, or NOTHING_FOLDED:
+    not at all), for a statement that reads it with other things in one go."""
+    return select(_k.seq).where(_k.feature_id == feature_id).scalar_subquery()
 
 
 def lock_cursor(session: Session, feature_id: str) -> int:
@@ -119,22 +121,23 @@ def write_hours(session: Session, feature_id: str, values: Mapping[Cell, Decimal
         )
 
 
-def hour_values(
-    session: Session, feature_id: str, customer_key: str, *, start: int, end: int
-) -> list[tuple[int, str]]:
-    """The customer's hours in [start, end) (seconds) that hold usage, in order: one range of
-    the primary key, fetched whole (a year is 8,760 rows; row by row cost more than the read)."""
-    rows = session.execute(
-        select(_h.hour_start, _h.value)
-        .where(
-            _h.feature_id == feature_id,
-            _h.customer_key == customer_key,
-            _h.hour_start >= start,
-            _h.hour_start < end,
-        )
-        .order_by(_h.hour_start)
-    ).all()
-    return [(hour, value) for hour, value in rows]
+def hour_cells(
+    feature_id: ColumnElement[str],
+    customer_key: ColumnElement[str],
+    start: ColumnElement[int],
+    end: ColumnElement[int],
+    *leading: ColumnElement[Any],
+) -> Select[Any]:
+    """The customer's hours in [start, end) (seconds) that hold usage, as (*leading,
+    hour_start, value), unordered: one range of the primary key. Of expressions (bind
+    parameters, say), so that a reader builds it once and reads it with other things in one
+    statement."""
+    return select(*leading, _h.hour_start, _h.value).where(
+        _h.feature_id == feature_id,
+        _h.customer_key == customer_key,
+        _h.hour_start >= start,
+        _h.hour_start < end,
+    )
 
 
 # -- snapshots -----------------------------------------------------------------------------------
@@ -195,27 +198,41 @@ def save_snapshot(store: Store, snapshot: EntitlementSnapshot) -> bool:
     return True
 
 
+_LATEST = (
+    select(
+        _s.entitlement_id,
+        _s.at,
+        _s.balances,
+        _s.overage,
+        _s.usage_mark,
+        _s.max_usage_id,
+        _s.subjects_hash,
+    )
+    .where(_s.entitlement_id == bindparam("entitlement_id"), _s.at <= bindparam("at_or_before"))
+    .order_by(_s.at.desc())
+    .limit(1)
+)
+
+
 def latest_snapshot(
-    store: Store, entitlement_id: str, at_or_before: datetime
+    store: Store,
+    entitlement_id: str,
+    at_or_before: datetime,
+    *,
+    session: Session | None = None,
 ) -> EntitlementSnapshot | None:
     """The entitlement's newest snapshot at or before `at_or_before`, or None. Whether it is
     still current for unbound usage and the customer's subjects is the reader's check
-    (entitlements._usage.FeatureUsage)."""
-    with store.read_session() as session:
-        row = session.execute(
-            select(
-                _s.entitlement_id,
-                _s.at,
-                _s.balances,
-                _s.overage,
-                _s.usage_mark,
-                _s.max_usage_id,
-                _s.subjects_hash,
-            )
-            .where(_s.entitlement_id == entitlement_id, _s.at <= at_or_before)
-            .order_by(_s.at.desc())
-            .limit(1)
-        ).first()
+    (entitlements._usage.FeatureUsage). `session`: an open read session to read in (by
+    default, a read session of its own)."""
+    if session is None:
+        with store.read_session() as own:
+            return latest_snapshot(store, entitlement_id, at_or_before, session=own)
+    row = (
+        session.connection()
+        .execute(_LATEST, {"entitlement_id": entitlement_id, "at_or_before": at_or_before})
+        .first()
+    )
     if row is None:
         return None
     return EntitlementSnapshot(
