@@ -224,7 +224,9 @@ class EntitlementValues:
         terms, feature = self._terms(held)
         minute = value_minute(moment)
         period = engine.current_period(terms, minute)
-        usage, since = self._usage_since(found, terms, feature, period.start, minute)
+        usage, since = self._usage_since(
+            found, terms, feature, period.start, minute, session=session
+        )
         figures = engine.value_at(terms, usage.between, moment, since=since)
         return EntitlementValue(
             has_access=figures.has_access,
@@ -258,12 +260,15 @@ class EntitlementValues:
         end: datetime,
         *,
         save: bool = True,
+        session: Session | None = None,
     ) -> tuple[FeatureUsage, engine.Snapshot | None]:
         """The customer's usage from the newest valid snapshot at or before `start` (or from
         the start of measurement) to `end`, and that snapshot. With `save`, and `start` a
         period's start past the snapshot, the state at `start` is figured and cached."""
         measuring = truncate_minute(terms.measure_usage_from)
-        cached = latest_snapshot(self.store, found.id, start) if start > measuring else None
+        cached = None
+        if start > measuring:
+            cached = latest_snapshot(self.store, found.id, start, session=session)
         cuts = _cuts(terms)
         usage = FeatureUsage.load(
             self.store,
@@ -273,11 +278,18 @@ class EntitlementValues:
             end,
             cuts=cuts,
             snapshot=cached,
+            session=session,
         )
         if cached is not None and not usage.snapshot_current:
             cached = None  # stale: usage it did not count has arrived; figure from the start
             usage = FeatureUsage.load(
-                self.store, feature, found.customer_key, min(measuring, end), end, cuts=cuts
+                self.store,
+                feature,
+                found.customer_key,
+                min(measuring, end),
+                end,
+                cuts=cuts,
+                session=session,
             )
         since = None
         if cached is not None:
