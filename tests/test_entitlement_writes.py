@@ -56,7 +56,7 @@ def test_a_metered_entitlement_takes_its_defaults_at_a_whole_minute(book: Entitl
     assert made.usage_period is not None and made.usage_period.anchor == minute
     assert made.measure_usage_from == minute
     assert made.customer_key == "acme" and made.feature_key == "gpt_4"
-    (issued,) = book.grants_of(made.id)
+    (issued,) = book.list_grants(entitlement=made.id)
     # The issued grant returns to its amount at every reset: min = max = amount.
     assert (issued.amount, issued.min_rollover, issued.max_rollover) == (
         Decimal(100),

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from dateutil.relativedelta import relativedelta
 
-from metersync.entitlements._periods import UsagePeriod
+from metersync.entitlements._periods import Period, UsagePeriod
 
 
 class Kind(StrEnum):
@@ -130,6 +130,9 @@ class EntitlementValue:
     overage: Decimal | None = None
     total_available_grant_amount: Decimal | None = None
     config: str | None = None
+    # Metered: the usage period the figures are of (the CRM shows its end). Not in
+    # OpenMeter's shape; the value's own reading of it, so no second read is needed.
+    period: Period | None = None
 
 
 @dataclass(frozen=True)

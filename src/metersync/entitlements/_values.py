@@ -34,7 +34,7 @@ from metersync.entitlements._model import (
     UsageReset,
     WindowedHistory,
 )
-from metersync.entitlements._periods import Period, truncate_minute, value_minute
+from metersync.entitlements._periods import truncate_minute, value_minute
 from metersync.entitlements._reads import Held, entitlements_of, holdings, owner, pick
 from metersync.entitlements._usage import FeatureUsage, MeteredFeature, refresh_feature_usage
 from metersync.entitlements._writes import METERED_AGGREGATIONS, EntitlementBook
@@ -129,15 +129,6 @@ class EntitlementValues:
             ]
             held = holdings(session, live)
             return {e.feature_key: self._value(session, held[e.id], moment) for e in live}
-
-    def period(self, customer: str, entitlement: str, at: datetime | None = None) -> Period | None:
-        """The current usage period of a metered entitlement (None for the other kinds)."""
-        held = self._held(customer, entitlement, at)
-        found = held.entitlement
-        if found.kind != Kind.METERED:
-            return None
-        terms = terms_of(found, held.grants, held.resets)
-        return engine.current_period(terms, value_minute(at or utcnow()))
 
     def history(
         self,
@@ -236,6 +227,7 @@ class EntitlementValues:
             usage=figures.usage,
             overage=figures.overage,
             total_available_grant_amount=figures.total_available_grant_amount,
+            period=figures.period,
         )
 
     def _terms(self, held: Held) -> tuple[engine.MeteredTerms, MeteredFeature]:

@@ -350,11 +350,6 @@ class EntitlementBook:
             query = query.order_by(col(GrantRow.created_at), col(GrantRow.id))
             return [grant_of(row) for row in session.exec(query)]
 
-    def grants_of(self, entitlement_id: str) -> list[EntitlementGrant]:
-        with self.store.read_session() as session:
-            rows = session.exec(select(GrantRow).where(GrantRow.entitlement_id == entitlement_id))
-            return [grant_of(row) for row in rows]
-
     def void_grant(self, grant_id: str) -> EntitlementGrant:
         now = truncate_minute(utcnow())
         with self.store.session() as session:

@@ -71,6 +71,8 @@ class EntitlementValue(Protocol):
     def balance(self) -> Decimal | None: ...
     @property
     def usage(self) -> Decimal | None: ...
+    @property
+    def period(self) -> Period | None: ...
 
 
 class EntitlementReads(Protocol):
@@ -81,10 +83,6 @@ class EntitlementReads(Protocol):
     ) -> EntitlementValue:
         """The value of the customer's entitlement (by feature key) live at `at`; NotFound
         without one."""
-        ...
-
-    def period(self, customer: str, entitlement: str, at: datetime | None = None) -> Period | None:
-        """The usage period of a metered entitlement at `at` (None for the other kinds)."""
         ...
 
 
@@ -184,7 +182,7 @@ class ContextReader:
         if self.upstream is not None:
             return self.upstream.figures(self.store, self.features, keys)
         query = (
-            select(_CUSTOMERS.c.key, _ENTITLEMENTS.c.feature_key, _ENTITLEMENTS.c.kind)
+            select(_CUSTOMERS.c.key, _ENTITLEMENTS.c.feature_key)
             .select_from(_HELD)
             .where(
                 _ENTITLEMENTS.c.feature_key.in_(self.features),
@@ -195,13 +193,11 @@ class ContextReader:
         if keys is not None:
             query = query.where(_CUSTOMERS.c.key.in_(keys))
         with self.store.read_session() as session:
-            held = sorted({(key, feature, kind) for key, feature, kind in session.execute(query)})
+            held = sorted({(key, feature) for key, feature in session.execute(query)})
         figures: dict[str, dict[str, EntitlementFigures]] = {}
-        for key, feature, kind in held:
+        for key, feature in held:
             try:
                 value = self._reads().value(key, feature, at=self.now)
-                metered = kind == "metered"
-                period = self._reads().period(key, feature, at=self.now) if metered else None
             except NotFound:
                 # Deleted (or created) since the query above: its write is seen by the next
                 # run's changed_since, which renders it again.
@@ -210,7 +206,7 @@ class ContextReader:
                 has_access=value.has_access,
                 balance=value.balance,
                 usage=value.usage,
-                period_end=period.end if period is not None else None,
+                period_end=value.period.end if value.period is not None else None,
             )
         return figures
 
