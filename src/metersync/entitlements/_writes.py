@@ -46,6 +46,8 @@ from metersync.entitlements._model import (
     UsageReset,
 )
 from metersync.entitlements._periods import UsagePeriod, truncate_minute
+from metersync.entitlements._reads import entitlements_of, pick
+from metersync.entitlements._reads import owner as customer_of
 from metersync.entitlements._records import entitlement_of, feature_of, grant_of, reset_of
 from metersync.errors import Conflict, FieldProblem, InvalidInput, NotFound, PreconditionFailed
 from metersync.store import (
@@ -169,8 +171,11 @@ class EntitlementBook:
         """By id, or (with a customer) by id or feature key: the live one, or the one live at
         `at`."""
         with self.store.read_session() as session:
-            owner = _customer(session, customer) if customer is not None else None
-            row = _entitlement_row(session, owner, entitlement, at=at)
+            if customer is not None:
+                # The rule the values read by (`_reads.pick`), one place for "live at".
+                who = customer_of(session, customer)
+                return pick(entitlements_of(session, who), entitlement, at, who)
+            row = _entitlement_row(session, None, entitlement)
             return entitlement_of(row, _customer_id(session, row.customer_key))
 
     def list_entitlements(
@@ -515,10 +520,9 @@ def _entitlement_row(
     id_or_feature: str,
     *,
     by_feature: bool = True,
-    at: datetime | None = None,
 ) -> EntitlementRow:
-    """By id (of the customer's, if one is given); or, for a customer, by feature key: the
-    live entitlement, or the one live at `at`."""
+    """For a write: by id (of the customer's, if one is given); or, for a customer, by feature
+    key, the live entitlement. (Reads at a time go through `_reads.pick`.)"""
     row = session.get(EntitlementRow, id_or_feature)
     if row is not None and (owner is None or row.customer_key == owner.key):
         return row
@@ -526,14 +530,8 @@ def _entitlement_row(
         query = select(EntitlementRow).where(
             EntitlementRow.customer_key == owner.key, EntitlementRow.feature_key == id_or_feature
         )
-        if at is None:
-            query = query.where(col(EntitlementRow.deleted_at).is_(None))
-        else:
-            query = query.where(
-                col(EntitlementRow.created_at) <= at,
-                or_(col(EntitlementRow.deleted_at).is_(None), col(EntitlementRow.deleted_at) > at),
-            )
-        found = session.exec(query.order_by(col(EntitlementRow.created_at).desc())).first()
+        query = query.where(col(EntitlementRow.deleted_at).is_(None))
+        found = session.exec(query).first()
         if found is not None:
             return found
     whose = f" of customer {owner.key!r}" if owner is not None else ""
