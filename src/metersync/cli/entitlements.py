@@ -641,7 +641,7 @@ def reset(
     if preserve_overage is not None:
         body["preserveOverage"] = preserve_overage
     book = entitlement_book(ctx, write=True)
-    done = entitlement_values(ctx, book).reset(customer, entitlement, body)
+    done = book.record_reset(customer, entitlement, body)  # drops the cached balances too
     if as_json:
         from metersync.entitlements import reset_json
 

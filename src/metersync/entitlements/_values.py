@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.relativedelta import relativedelta
@@ -195,12 +195,6 @@ class EntitlementValues:
                 continue
             folded += refresh_feature_usage(self.store, _metered(feature, meter))
         return folded
-
-    # -- writes that change values ---------------------------------------------------------------
-
-    def reset(self, customer: str, entitlement: str, data: Any) -> UsageReset:
-        """Record a reset (the book drops the entitlement's cached balances with it)."""
-        return self.book.record_reset(customer, entitlement, data)
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -271,7 +271,7 @@ def entitlement_routes(
         body: Any = {}
         if (await request.body()).strip():  # OpenMeter requires a body; {} is all it needs
             body = await json_object(request, "a reset")
-        await call(values.reset, customer, _entitlement(request), body)
+        await call(book.record_reset, customer, _entitlement(request), body)
         return Response(status_code=204)
 
     # -- across customers ------------------------------------------------------------------------
